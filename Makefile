@@ -1,0 +1,20 @@
+# The two commands a newcomer needs: `make demo` (the local stack end to end)
+# and `make test` (the whole test suite, as CI runs it).
+PY := .venv/bin/python
+
+.PHONY: setup demo test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m scripts.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) -m bench

@@ -1,0 +1,163 @@
+"""The memory bank's equations, as the GMem paper writes them (CONTRACT.md section 2).
+
+The bank ``M`` (N x d) of unit-norm snippets is kept factorised::
+
+    mu = mean(M),   M - mu ~= U_r S_r V_r^T,   C = U_r S_r^(1/2),   B = V_r S_r^(1/2)
+
+so that ``B^T B = diag(S)`` and snippet i is ``normalize(C[i] B^T + mu)``.
+
+numpy only: the bank service imports this without torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from shared.errors import DimensionMismatch, InvalidInput, NonFiniteValue, ZeroVector
+
+InterpolationMethod = Literal["linear", "slerp"]
+
+# Below this norm a vector has no direction we can trust in float32.
+_EPS = 1e-12
+
+
+def check_finite(x: np.ndarray, what: str) -> None:
+    """Raise NonFiniteValue when ``x`` holds NaN or infinite values."""
+    if not np.all(np.isfinite(x)):
+        raise NonFiniteValue(f"{what} contains NaN or infinite values; every entry must be a finite number")
+
+
+def as_vectors(x: np.ndarray | list, dim: int, what: str = "feature") -> np.ndarray:
+    """Validate a vector or a batch of vectors of width ``dim``; returns float64 [k, dim]."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise DimensionMismatch(f"{what} has shape {tuple(np.shape(x))}; expected length {dim} (the bank's feature_dim)")
+    check_finite(arr, what)
+    return arr
+
+
+def normalize(x: np.ndarray, what: str = "feature") -> np.ndarray:
+    """L2-normalise the rows of ``x`` (``s = f / |f|``); a zero row raises ZeroVector."""
+    x = np.asarray(x)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    if np.any(norms <= _EPS):
+        raise ZeroVector(f"{what} has zero length and cannot be L2-normalised; send a non-zero vector")
+    return x / norms
+
+
+def reconstruct(C_rows: np.ndarray, B: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Unnormalised reconstruction ``C[i] B^T + mu`` of coefficient rows (float32)."""
+    return np.asarray(C_rows, dtype=np.float32) @ np.asarray(B, dtype=np.float32).T + mu
+
+
+def snippets_from_coefficients(C_rows: np.ndarray, B: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Snippets ``normalize(C[i] B^T + mu)`` as float32 unit rows."""
+    return normalize(reconstruct(C_rows, B, mu), what="reconstructed snippet").astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Result of eq. 10: coefficients in the bank's basis and the relative residual."""
+
+    coefficients: np.ndarray  # [k, r] float64
+    residual: np.ndarray  # [k] float64, |(g - mu) - c B^T| / |g - mu|
+
+
+def project(f: np.ndarray, mu: np.ndarray, B: np.ndarray, S: np.ndarray, normalized: bool = True) -> Projection:
+    """Eq. 10: ``g = f/|f|``, ``c = (g - mu) B / S``; ``c B^T + mu`` is the orthogonal projection of g.
+
+    ``normalized=False`` (a bank of raw features) uses ``g = f``. Accepts one
+    vector or a batch; the residual is 0 when g lies in the bank's affine subspace.
+    """
+    mu64 = np.asarray(mu, dtype=np.float64)
+    B64 = np.asarray(B, dtype=np.float64)
+    S64 = np.asarray(S, dtype=np.float64)
+    g = as_vectors(f, B64.shape[0])
+    if normalized:
+        g = normalize(g)
+    centred = g - mu64
+    c = (centred @ B64) / S64
+    err = np.linalg.norm(centred - c @ B64.T, axis=1)
+    scale = np.linalg.norm(centred, axis=1)
+    # A g equal to mu is trivially inside the subspace.
+    residual = np.where(scale > _EPS, err / np.maximum(scale, _EPS), 0.0)
+    return Projection(coefficients=c, residual=residual)
+
+
+def _check_alpha(alpha: float) -> float:
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+        raise InvalidInput(f"alpha must be a number in [0, 1] (alpha = 1 gives snippet i); got {alpha!r}")
+    return float(alpha)
+
+
+def interpolate(
+    c_i: np.ndarray, c_j: np.ndarray, alpha: float, method: InterpolationMethod = "linear"
+) -> np.ndarray:
+    """Eq. 11: ``c = alpha * C[i] + (1 - alpha) * C[j]``; ``alpha = 1`` gives snippet i.
+
+    ``slerp`` moves along the great circle between the two coefficient directions
+    and interpolates their lengths linearly, with the same endpoint rule.
+    """
+    alpha = _check_alpha(alpha)
+    a = np.asarray(c_i, dtype=np.float64)
+    b = np.asarray(c_j, dtype=np.float64)
+    if a.shape != b.shape:
+        raise DimensionMismatch(f"coefficient vectors differ in shape: {a.shape} vs {b.shape}")
+    if method == "linear":
+        return alpha * a + (1.0 - alpha) * b
+    if method == "slerp":
+        return _slerp(a, b, alpha)
+    raise InvalidInput(f"unknown interpolation method {method!r}; use 'linear' or 'slerp'")
+
+
+def _slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na <= _EPS or nb <= _EPS:
+        return alpha * a + (1.0 - alpha) * b
+    ua, ub = a / na, b / nb
+    theta = math.acos(min(1.0, max(-1.0, float(ua @ ub))))
+    if math.sin(theta) < 1e-6:
+        # Parallel (or opposite) directions: the arc is not unique, the chord is.
+        return alpha * a + (1.0 - alpha) * b
+    direction = (math.sin(alpha * theta) * ua + math.sin((1.0 - alpha) * theta) * ub) / math.sin(theta)
+    return direction * (alpha * na + (1.0 - alpha) * nb)
+
+
+def std_normal_cdf(x: float) -> float:
+    """Phi(x), the standard normal CDF, in float64."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def noise_statistic(z: np.ndarray) -> float:
+    """``zeta = sum(z) / sqrt(numel(z))`` in float64: N(0, 1) when z has iid N(0, 1) entries."""
+    z64 = np.asarray(z, dtype=np.float64)
+    if z64.size == 0:
+        raise InvalidInput("noise tensor z is empty")
+    check_finite(z64, "noise tensor z")
+    return float(z64.sum() / math.sqrt(z64.size))
+
+
+def cdf_index(z: np.ndarray, n: int) -> int:
+    """Paper sec. 4.3: ``index = min(floor(Phi(zeta) * n), n - 1)`` into a pool of n snippets.
+
+    Because zeta ~ N(0, 1), ``Phi(zeta)`` is uniform on [0, 1] and so is the index:
+    the noise alone decides which snippet the image is drawn from.
+    """
+    if n < 1:
+        raise InvalidInput("cannot index an empty pool")
+    u = std_normal_cdf(noise_statistic(z))
+    return min(int(math.floor(u * n)), n - 1)
+
+
+def search_rows(C: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Rows ``C * S^(1/2)``: Euclidean distances between them equal those between reconstructions.
+
+    ``|C_i B^T - C_j B^T|^2 = (C_i - C_j) B^T B (C_i - C_j)^T = |(C_i - C_j) S^(1/2)|^2``.
+    """
+    return (np.asarray(C, dtype=np.float32) * np.sqrt(np.asarray(S, dtype=np.float32))).astype(np.float32)

@@ -1,0 +1,6 @@
+"""Placeholder: being written."""
+
+
+def train_encoder_command() -> None:
+    """Not implemented yet."""
+    raise SystemExit("not implemented yet")
