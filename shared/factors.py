@@ -130,11 +130,17 @@ def _read_header(path: Path) -> tuple[dict, int]:
         raise BankFileError(f"{path}: no such file") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BankFileError(f"{path}: not a safetensors file ({exc})") from exc
+    if not isinstance(header, dict):
+        raise BankFileError(f"{path}: not a safetensors file (header is not a JSON object)")
     data_start = 8 + n
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        end = info["data_offsets"][1]
+        try:
+            _, end = info["data_offsets"]
+            str(info["dtype"]), list(info["shape"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BankFileError(f"{path}: tensor {name!r} has a malformed header entry") from exc
         if data_start + end > size:
             raise BankFileError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}")
     return header, data_start
@@ -246,6 +252,8 @@ def write_atomic(path: str | os.PathLike, prefix: list[bytes], arrays=()) -> Non
                     fh.write(np.ascontiguousarray(part).tobytes())
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates 0600; artifacts must be readable by other users (e.g. a non-root container).
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         dfd = os.open(target.parent, os.O_RDONLY)
         try:
