@@ -228,3 +228,19 @@ def test_end_to_end_bank_of_mnist_clusters_by_digit(tmp_path: Path, mnist):
     # And the nearest other snippet is of the same digit almost always.
     nearest = np.nanargmax(sim, axis=1)
     assert (labels[nearest] == labels).mean() > 0.95
+
+
+def test_center_crop_keeps_aspect_and_takes_the_middle():
+    from PIL import Image
+
+    from training.encoders import center_crop
+
+    # 96 x 32: a white band only in the middle third; a stretch would keep the black sides.
+    arr = np.zeros((32, 96), dtype=np.uint8)
+    arr[:, 32:64] = 255
+    out = np.asarray(center_crop(Image.fromarray(arr), 32))
+    assert out.shape == (32, 32)
+    assert out.min() > 200
+    # A large image is reduced to the target size exactly.
+    big = center_crop(Image.fromarray(np.zeros((600, 500), dtype=np.uint8)), 256)
+    assert big.size == (256, 256)

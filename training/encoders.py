@@ -108,8 +108,12 @@ class Encoder:
         preprocess: Callable[[torch.Tensor], torch.Tensor],
         features: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: str | torch.device = "cpu",
+        image_size: int | None = None,
     ) -> None:
         self.id = encoder_id
+        # Size of the canonical [-1, 1] image that images from files are centre-cropped to
+        # before ``encode`` (DINOv2 as in the paper: 256, then its own resize to 224).
+        self.image_size = image_size or resolution
         self.net = net.to(device).eval().requires_grad_(False)
         self.feature_dim = feature_dim
         self.channels = channels
@@ -136,17 +140,31 @@ class Encoder:
         from training.data import to_model_input
 
         mode = "L" if self.channels == 1 else "RGB"
-        size = (self.resolution, self.resolution)
         arrays = []
         for im in images:
-            im = im.convert(mode)
-            if im.size != size:
-                im = im.resize(size, resample=3)  # bicubic
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.asarray(center_crop(im.convert(mode), self.image_size), dtype=np.uint8)
             arrays.append(arr[:, :, None] if arr.ndim == 2 else arr)
         if not arrays:
             return np.zeros((0, self.feature_dim), dtype=np.float32)
         return self.encode(to_model_input(np.stack(arrays))).numpy()
+
+
+def center_crop(im, size: int):
+    """Square centre crop at ``size`` without stretching (the ADM crop the paper's bank used).
+
+    Halve with a box filter while the short side is at least twice the target, then
+    resize bicubically so the short side equals ``size`` and cut the centre square.
+    """
+    from PIL import Image
+
+    if im.size == (size, size):
+        return im
+    while min(im.size) >= 2 * size:
+        im = im.resize(tuple(x // 2 for x in im.size), resample=Image.BOX)
+    scale = size / min(im.size)
+    im = im.resize(tuple(round(x * scale) for x in im.size), resample=Image.BICUBIC)
+    left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+    return im.crop((left, top, left + size, top + size))
 
 
 def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -303,7 +321,9 @@ def _load_timm(encoder_id: str, weights: str | None, device: str | torch.device)
         # final norm for DINOv2 / ViTs with token pooling, the global pool otherwise.
         return net(x)
 
-    return Encoder(encoder_id, net, int(net.num_features), channels, resolution, preprocess, features, device)
+    image_size = 256 if encoder_id == DINOV2_ID else resolution
+    return Encoder(encoder_id, net, int(net.num_features), channels, resolution, preprocess, features, device,
+                   image_size=image_size)
 
 
 def load_encoder(encoder_id: str, weights: str | None = None, device: str | torch.device = "cpu") -> Encoder:
