@@ -45,10 +45,12 @@ def as_vectors(x: np.ndarray | list, dim: int, what: str = "feature") -> np.ndar
 def normalize(x: np.ndarray, what: str = "feature") -> np.ndarray:
     """L2-normalise the rows of ``x`` (``s = f / |f|``); a zero row raises ZeroVector."""
     x = np.asarray(x)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    if np.any(norms <= _EPS):
+    # Divide by the largest entry first so huge but finite vectors do not overflow the norm.
+    peak = np.max(np.abs(x), axis=-1, keepdims=True)
+    if np.any(peak <= _EPS):
         raise ZeroVector(f"{what} has zero length and cannot be L2-normalised; send a non-zero vector")
-    return x / norms
+    scaled = x / peak
+    return scaled / np.linalg.norm(scaled, axis=-1, keepdims=True)
 
 
 def reconstruct(C_rows: np.ndarray, B: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -140,7 +142,11 @@ def noise_statistic(z: np.ndarray) -> float:
     if z64.size == 0:
         raise InvalidInput("noise tensor z is empty")
     check_finite(z64, "noise tensor z")
-    return float(z64.sum() / math.sqrt(z64.size))
+    with np.errstate(over="ignore"):
+        zeta = float(z64.sum() / math.sqrt(z64.size))
+    if not math.isfinite(zeta):
+        raise NonFiniteValue("noise tensor z sums to an infinite value; z must hold N(0, 1) draws")
+    return zeta
 
 
 def cdf_index(z: np.ndarray, n: int) -> int:

@@ -214,3 +214,19 @@ def test_bad_inputs_raise_typed_errors(call, error):
     with pytest.raises(error) as info:
         call()
     assert info.value.message  # every error says what was wrong
+
+
+def test_normalize_survives_huge_finite_vectors():
+    from shared.bankmath import normalize
+
+    out = normalize(np.array([[1e308, 1e308, 0.0]]))
+    assert np.all(np.isfinite(out))
+    assert np.isclose(np.linalg.norm(out), 1.0)
+
+
+def test_cdf_index_rejects_overflowing_noise():
+    from shared.bankmath import cdf_index
+    from shared.errors import NonFiniteValue
+
+    with pytest.raises(NonFiniteValue):
+        cdf_index(np.full(4, 1e308), 10)

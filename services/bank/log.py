@@ -1,0 +1,189 @@
+"""The durable edit log: one checksummed record per acknowledged mutation, append-only.
+
+On disk (``DATA_DIR/edits.log``)::
+
+    file   := HEADER record*
+    HEADER := b"GMEMLOG1\\n"
+    record := MAGIC(4) length(u32 LE) crc32(u32 LE, over length bytes + payload) payload(JSON, UTF-8)
+
+A record is acknowledged only after ``write`` + ``fsync`` returned. A crash can
+therefore leave at most one torn record at the end; ``open`` detects it (short
+read, bad CRC or bad JSON), truncates it and fsyncs. A bad record followed by a
+valid one is not a torn tail but corruption of acknowledged data: the log
+refuses to open rather than silently dropping edits. Floats are written with
+Python's shortest round-trip repr, so replayed coefficients are bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from shared.errors import BankFileError
+
+HEADER = b"GMEMLOG1\n"
+MAGIC = b"\xa7GR1"
+_PREFIX = struct.Struct("<4sII")
+MAX_RECORD = 16 << 20
+
+log = logging.getLogger("gmem.bank.log")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a create/rename/truncate in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_record(payload: dict[str, Any]) -> bytes:
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    head = struct.pack("<I", len(body))
+    return _PREFIX.pack(MAGIC, len(body), zlib.crc32(head + body)) + body
+
+
+def _parse_at(data: memoryview, pos: int) -> tuple[dict[str, Any], int] | None:
+    """The record at ``pos`` and the offset after it, or None when it is torn or corrupt."""
+    if pos + _PREFIX.size > len(data):
+        return None
+    magic, length, crc = _PREFIX.unpack_from(data, pos)
+    end = pos + _PREFIX.size + length
+    if magic != MAGIC or length > MAX_RECORD or end > len(data):
+        return None
+    body = bytes(data[pos + _PREFIX.size : end])
+    if zlib.crc32(struct.pack("<I", length) + body) != crc:
+        return None
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return (payload, end) if isinstance(payload, dict) else None
+
+
+def scan(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """All valid records of a log image and the length of its valid prefix.
+
+    Raises BankFileError when a bad record is followed by a valid one (corruption
+    inside acknowledged data, not a torn tail).
+    """
+    if not data.startswith(HEADER):
+        if HEADER.startswith(data):  # crashed while writing the header of a new log
+            return [], 0
+        raise BankFileError("edit log does not start with the GMEMLOG1 header; it is not a GMem edit log")
+    view = memoryview(data)
+    records: list[dict[str, Any]] = []
+    pos = len(HEADER)
+    while pos < len(data):
+        parsed = _parse_at(view, pos)
+        if parsed is None:
+            break
+        payload, pos = parsed
+        records.append(payload)
+    if pos < len(data):
+        nxt = data.find(MAGIC, pos + 1)
+        while nxt != -1:
+            if _parse_at(view, nxt) is not None:
+                raise BankFileError(
+                    f"edit log is corrupt at byte {pos} but holds valid records after it (byte {nxt}); "
+                    "refusing to drop acknowledged edits. Restore the data dir from a backup, or move "
+                    "edits.log aside to start from the base factors only."
+                )
+            nxt = data.find(MAGIC, nxt + 1)
+    return records, pos
+
+
+class EditLog:
+    """Append-only, fsync-per-record log. Not thread-safe: the store serialises writers."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._size = size
+        self.last_fsync_s = 0.0
+
+    @classmethod
+    def open(cls, path: Path) -> tuple[EditLog, list[dict[str, Any]]]:
+        """Open (or create) the log, replay it, truncate a torn tail; returns the log and its records."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            data = _read_all(fd)
+            records, valid = scan(data)
+            if valid == 0:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                _write_all(fd, HEADER)
+                valid = len(HEADER)
+                os.fsync(fd)
+            elif valid < len(data):
+                log.warning(
+                    "edit log %s: torn or corrupt tail of %d bytes after %d records; truncating at byte %d",
+                    path, len(data) - valid, len(records), valid,
+                )
+                os.ftruncate(fd, valid)
+                os.fsync(fd)
+            if created:
+                fsync_dir(path.parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, valid), records
+
+    def append(self, payload: dict[str, Any]) -> None:
+        """Write one record and fsync it; on failure the log is cut back to its last good size."""
+        blob = encode_record(payload)
+        start = time.perf_counter()
+        try:
+            os.lseek(self._fd, self._size, os.SEEK_SET)
+            _write_all(self._fd, blob)
+            os.fsync(self._fd)
+        except OSError:
+            # A partial record would be truncated at the next start anyway; cut it now so the
+            # next append does not land behind garbage.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                log.exception("edit log %s: could not cut back a failed append", self.path)
+            raise
+        self._size += len(blob)
+        self.last_fsync_s = time.perf_counter() - start
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 24):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, blob: bytes) -> None:
+    view = memoryview(blob)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Read-only replay of a log file (tools and tests); stops at a torn tail."""
+    records, _ = scan(path.read_bytes())
+    yield from records

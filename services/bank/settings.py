@@ -1,0 +1,38 @@
+"""Settings of the bank service: one pydantic-settings class, every field also a ``GMEM_*`` variable.
+
+Service-specific variables carry the ``GMEM_BANK_`` prefix (``GMEM_BANK_FACTORS``,
+``GMEM_BANK_DATA_DIR``, ``GMEM_BANK_PORT``, ``GMEM_BANK_TOKEN``, ...); the Redis
+URL is shared by the stack and read from ``GMEM_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BankSettings(BaseSettings):
+    """Everything the bank service reads at start."""
+
+    model_config = SettingsConfigDict(env_prefix="GMEM_BANK_", frozen=True, extra="ignore", populate_by_name=True)
+
+    factors: Path = Field(description="the immutable factors file (CONTRACT.md section 1)")
+    data_dir: Path = Field(description="edit log and identity file; created if missing")
+    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
+    port: int = Field(8001, ge=1, le=65535, description="HTTP port")
+    token: SecretStr | None = Field(None, description="bearer token for mutations; unset = mutations refused")
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("GMEM_REDIS_URL", "GMEM_BANK_REDIS_URL"), description="redis://host:port/db"
+    )
+    redis_stream: str = Field("gmem:bank:events", description="stream that receives {version, op, id} per mutation")
+    redis_maxlen: int = Field(1_000_000, ge=1, description="approximate cap on the event stream's length")
+    redis_timeout_s: float = Field(0.5, gt=0, description="connect/read timeout of each Redis call")
+    encoder: str | None = Field(None, description="encoder id for image inserts (must match the bank's)")
+    encoder_weights: Path | None = Field(None, description="weights file of the encoder; its default when unset")
+    max_body_bytes: int = Field(64 << 20, ge=1024, description="larger request bodies get 413")
+    max_image_bytes: int = Field(16 << 20, ge=1024, description="larger image uploads get 413")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height above this is refused (422)")
+    faiss_threads: int = Field(1, ge=1, description="OpenMP threads FAISS may use per search")
+    log_level: str = Field("INFO", description="JSON log level: DEBUG, INFO, WARNING, ERROR")

@@ -1,0 +1,331 @@
+"""The bank's state: immutable base factors (memory-mapped) plus durable run-time snippets.
+
+Writers are serialised by one lock: validate, append to the edit log (fsync),
+apply in memory, then publish a new ``BankView``. Readers take the current view
+once per request and never lock: a view's arrays are never written after it is
+published (run-time coefficients live in an append-only buffer whose published
+rows are frozen; the live-id array is replaced, not edited), so a retrieval
+sees one version, whole.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.bank.datadir import check_identity, lock_data_dir, unlock_data_dir
+from services.bank.index import SnippetIndex, merge_neighbors
+from services.bank.log import EditLog
+from shared import bankmath
+from shared.errors import (
+    BankFileError,
+    BaseSnippetImmutable,
+    EmptyPool,
+    GMemError,
+    InvalidInput,
+    NonFiniteValue,
+    UnknownSnippet,
+)
+from shared.factors import BankFactors, load_factors
+
+LOG_FILE = "edits.log"
+_MAX_NOISE = 1e150
+OPS = ("insert", "interpolate", "delete")
+
+
+class StorageUnavailable(GMemError):
+    """The edit log could not be written; the mutation was not applied."""
+
+    code = "storage_unavailable"
+
+
+@dataclass(frozen=True)
+class RuntimeRecord:
+    """A snippet added at run time: how it was made and its coefficients in the bank's basis."""
+
+    id: int
+    kind: str  # "inserted" | "interpolated"
+    coefficients: np.ndarray  # [r] float64, exactly as acknowledged
+    name: str | None
+    created_at: str
+    parents: tuple[int, ...] = ()
+    alpha: float | None = None
+    method: str | None = None
+    residual: float | None = None
+
+
+@dataclass(frozen=True)
+class BankView:
+    """One published version of the bank; safe to read from any thread."""
+
+    version: int
+    base_size: int
+    n_runtime: int  # run-time ids ever allocated: base_size .. base_size + n_runtime - 1
+    user_ids: np.ndarray  # live run-time ids, ascending (pool `user`)
+    coeffs: np.ndarray  # run-time coefficient buffer, rows < n_runtime valid
+    records: list[RuntimeRecord] = field(repr=False)  # append-only, entries < n_runtime valid
+
+    def pool_size(self, pool: str) -> int:
+        user = int(self.user_ids.shape[0])
+        return {"base": self.base_size, "user": user, "all": self.base_size + user}[pool]
+
+    def is_live(self, snippet_id: int) -> bool:
+        if 0 <= snippet_id < self.base_size:
+            return True
+        pos = int(np.searchsorted(self.user_ids, snippet_id))
+        return pos < self.user_ids.shape[0] and int(self.user_ids[pos]) == snippet_id
+
+    def in_pool(self, snippet_id: int, pool: str) -> bool:
+        if pool == "base":
+            return 0 <= snippet_id < self.base_size
+        if pool == "user":
+            return snippet_id >= self.base_size and self.is_live(snippet_id)
+        return self.is_live(snippet_id)
+
+    def ids_at(self, positions: np.ndarray, pool: str) -> np.ndarray:
+        """Snippet ids at pool positions (pool order: base ids, then live run-time ids ascending)."""
+        if pool == "base":
+            return positions
+        if pool == "user":
+            return self.user_ids[positions]
+        return np.where(positions < self.base_size, positions,
+                        self.user_ids[np.maximum(positions - self.base_size, 0)] if self.user_ids.size else positions)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class BankStore:
+    """Base factors + edit log + FAISS index, behind one writer lock and lock-free views."""
+
+    def __init__(self, factors: BankFactors, data_dir: Path, faiss_threads: int = 1) -> None:
+        self.factors = factors
+        self.data_dir = data_dir
+        self._lock_fd = lock_data_dir(data_dir)
+        try:
+            check_identity(data_dir, factors)
+            self.index = SnippetIndex(factors, threads=faiss_threads)
+            self._records: list[RuntimeRecord] = []
+            self._buf = np.zeros((64, factors.rank), dtype=np.float64)
+            self._live: dict[int, None] = {}  # insertion-ordered = ascending ids
+            self._events: list[tuple[int, str, int]] = []
+            self._write = threading.Lock()
+            self._listeners: list[Callable[[], None]] = []
+            self._view = self._make_view(0)
+            self.log, payloads = EditLog.open(data_dir / LOG_FILE)
+            for payload in payloads:
+                self._apply(payload)
+            self._view = self._make_view(len(self._events))
+        except BaseException:
+            unlock_data_dir(self._lock_fd)
+            raise
+
+    @classmethod
+    def open(cls, factors_path: Path, data_dir: Path, faiss_threads: int = 1) -> BankStore:
+        return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads)
+
+    def close(self) -> None:
+        self.log.close()
+        if self._lock_fd >= 0:
+            unlock_data_dir(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- views ------------------------------------------------------------------------------------
+    def view(self) -> BankView:
+        return self._view
+
+    def _make_view(self, version: int) -> BankView:
+        user_ids = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
+        user_ids.setflags(write=False)
+        return BankView(version, self.factors.size, len(self._records), user_ids, self._buf, self._records)
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Called (without blocking) after each published mutation, e.g. to wake the event publisher."""
+        self._listeners.append(callback)
+
+    def events_since(self, version: int, limit: int = 1000) -> list[tuple[int, str, int]]:
+        """(version, op, id) of mutations after ``version``, oldest first."""
+        return self._events[version : version + limit]
+
+    @property
+    def last_fsync_s(self) -> float:
+        return self.log.last_fsync_s
+
+    # -- reads ------------------------------------------------------------------------------------
+    def coefficient_rows(self, view: BankView, ids: np.ndarray) -> np.ndarray:
+        """float32 [k, r] coefficients of live ids (base rows from the memory map)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((ids.shape[0], self.factors.rank), dtype=np.float32)
+        base = ids < view.base_size
+        if base.any():
+            out[base] = self.factors.C[ids[base]]
+        if not base.all():
+            out[~base] = view.coeffs[ids[~base] - view.base_size]
+        return out
+
+    def snippets(self, view: BankView, ids: np.ndarray) -> np.ndarray:
+        f = self.factors
+        return bankmath.snippets_from_coefficients(self.coefficient_rows(view, ids), f.B, f.mu)
+
+    def retrieve_by_noise(self, zs: list[list[float]], pool: str) -> tuple[BankView, np.ndarray, np.ndarray]:
+        """Paper 4.3: one snippet per noise tensor, drawn by its CDF index in ``pool``."""
+        view = self.view()
+        n = view.pool_size(pool)
+        if n == 0:
+            raise EmptyPool(f"pool {pool!r} has no snippets; insert one first or retrieve from pool 'base'")
+        arrays = [np.asarray(z, dtype=np.float64) for z in zs]
+        if any(a.size and np.max(np.abs(a)) > _MAX_NOISE for a in arrays):
+            # sum(z) could overflow to inf or nan; iid N(0, 1) noise never comes near this.
+            raise InvalidInput(f"noise entries must satisfy |z| <= {_MAX_NOISE:g}; z is iid N(0, 1) noise")
+        positions = np.asarray([bankmath.cdf_index(a, n) for a in arrays], dtype=np.int64)
+        ids = view.ids_at(positions, pool)
+        return view, ids, self.snippets(view, ids)
+
+    def retrieve_by_id(self, ids: list[int], pool: str) -> tuple[BankView, np.ndarray, np.ndarray]:
+        view = self.view()
+        for i in ids:
+            if not view.in_pool(i, pool):
+                raise UnknownSnippet(self._unknown_message(view, i, pool))
+        arr = np.asarray(ids, dtype=np.int64)
+        return view, arr, self.snippets(view, arr)
+
+    def _unknown_message(self, view: BankView, snippet_id: int, pool: str = "all") -> str:
+        where = {"base": f"base ids are 0..{view.base_size - 1}",
+                 "user": "pool 'user' holds live run-time snippets only",
+                 "all": "it was never created or has been deleted"}[pool]
+        return f"snippet id {snippet_id} is not in pool {pool!r} ({where}); GET /bank lists the bank's size"
+
+    def record(self, view: BankView, snippet_id: int) -> RuntimeRecord | None:
+        """The run-time record of a live id, None for a base id; unknown ids raise UnknownSnippet."""
+        if not view.is_live(snippet_id):
+            raise UnknownSnippet(self._unknown_message(view, snippet_id))
+        return None if snippet_id < view.base_size else view.records[snippet_id - view.base_size]
+
+    def label(self, snippet_id: int) -> int | None:
+        labels = self.factors.labels
+        if labels is None or snippet_id >= self.factors.size:
+            return None
+        value = int(labels[snippet_id])
+        return None if value < 0 else value
+
+    def project(self, feature: list[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Eq. 10 for one feature: (coefficients float64 [r], snippet float32 [d], residual)."""
+        f = self.factors
+        vec = bankmath.as_vectors(feature, f.feature_dim)
+        peak = float(np.max(np.abs(vec)))
+        if f.meta.normalized and peak > 0:
+            vec = vec / peak  # g = f/|f| is scale-free; pre-scaling keeps |f| from overflowing float64
+        proj = bankmath.project(vec, f.mu, f.B, f.S, normalized=f.meta.normalized)
+        c = proj.coefficients[0]
+        if not np.all(np.isfinite(c)):
+            raise NonFiniteValue("the feature's projection is not finite; send values of a sensible magnitude")
+        snippet = bankmath.snippets_from_coefficients(c[None, :], f.B, f.mu)[0]
+        return c, snippet, float(proj.residual[0])
+
+    def search(self, coefficients: np.ndarray, k: int, pool: str) -> tuple[BankView, list[tuple[int, float]]]:
+        """k nearest live snippets of ``pool`` to the reconstruction of ``coefficients``."""
+        query = self.index.row(coefficients)
+        base: list[tuple[int, float]] = []
+        if pool in ("base", "all"):
+            self.index.wait_ready(timeout=30.0)
+            base = self.index.search_base(query, k)
+        with self.index.lock:
+            view = self.view()
+            runtime = self.index.search_runtime(query, k) if pool in ("user", "all") else []
+        return view, merge_neighbors(base, runtime, k=k)
+
+    # -- mutations --------------------------------------------------------------------------------
+    def insert(self, feature: list[float] | np.ndarray, name: str | None = None) -> tuple[int, int, float]:
+        """Project a feature (eq. 10) and append its coefficients; returns (id, version, residual)."""
+        c, _, residual = self.project(feature)
+        with self._write:
+            payload = {"op": "insert", "id": self.factors.size + len(self._records),
+                       "coefficients": c.tolist(), "residual": residual, "name": name, "created_at": _now()}
+            version = self._commit(payload)
+            return payload["id"], version, residual
+
+    def interpolate(self, i: int, j: int, alpha: float, method: str = "linear",
+                    name: str | None = None) -> tuple[int, int]:
+        """Eq. 11 between two live snippets (base or run-time); returns (id, version)."""
+        with self._write:
+            view = self._view
+            ends = []
+            for sid in (i, j):
+                rec = self.record(view, sid)
+                ends.append(np.asarray(self.factors.C[sid], dtype=np.float64) if rec is None else rec.coefficients)
+            c = bankmath.interpolate(ends[0], ends[1], alpha, method)  # type: ignore[arg-type]
+            payload = {"op": "interpolate", "id": self.factors.size + len(self._records),
+                       "coefficients": c.tolist(), "parents": [i, j], "alpha": float(alpha), "method": method,
+                       "name": name, "created_at": _now()}
+            version = self._commit(payload)
+            return payload["id"], version
+
+    def delete(self, snippet_id: int) -> int:
+        """Remove a run-time snippet from every pool and search; base rows are immutable."""
+        with self._write:
+            view = self._view
+            if 0 <= snippet_id < view.base_size:
+                raise BaseSnippetImmutable(
+                    f"snippet id {snippet_id} is a base row of the factors file, which is immutable; only run-time "
+                    f"snippets (ids >= {view.base_size}) can be deleted"
+                )
+            self.record(view, snippet_id)
+            return self._commit({"op": "delete", "id": snippet_id, "created_at": _now()})
+
+    def _commit(self, payload: dict[str, Any]) -> int:
+        """Durably log, apply, publish. Caller holds the writer lock."""
+        version = len(self._events) + 1
+        payload = {"v": version, **payload}
+        try:
+            self.log.append(payload)
+        except (OSError, ValueError) as exc:
+            raise StorageUnavailable(
+                f"the edit could not be written to {self.log.path} ({exc}); nothing was changed, retry later"
+            ) from exc
+        self._apply(payload)
+        self._view = self._make_view(version)
+        for callback in self._listeners:
+            callback()
+        return version
+
+    def _apply(self, p: dict[str, Any]) -> None:
+        """Apply one log record in memory (live commits and replay share this path)."""
+        try:
+            version, op, sid = int(p["v"]), p["op"], int(p["id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BankFileError(f"edit log record {p!r} lacks v/op/id") from exc
+        if version != len(self._events) + 1 or op not in OPS:
+            raise BankFileError(f"edit log record out of order or unknown: version {version} op {op!r} after "
+                                f"version {len(self._events)}; the log is not from this data dir")
+        if op == "delete":
+            with self.index.lock:
+                self._live.pop(sid, None)
+                self.index.remove_runtime(sid)
+        else:
+            c = np.asarray(p["coefficients"], dtype=np.float64)
+            n = len(self._records)
+            if sid != self.factors.size + n or c.shape != (self.factors.rank,):
+                raise BankFileError(f"edit log record {version}: id {sid} or coefficients shape {c.shape} "
+                                    "does not fit this bank")
+            if n == self._buf.shape[0]:
+                # Grow by copy: views published before keep the old buffer, which nobody writes again.
+                grown = np.zeros((2 * n, self.factors.rank), dtype=np.float64)
+                grown[:n] = self._buf[:n]
+                self._buf = grown
+            self._buf[n] = c
+            c.setflags(write=False)
+            self._records.append(RuntimeRecord(
+                id=sid, kind="inserted" if op == "insert" else "interpolated", coefficients=c,
+                name=p.get("name"), created_at=p.get("created_at", ""), parents=tuple(p.get("parents", ())),
+                alpha=p.get("alpha"), method=p.get("method"), residual=p.get("residual")))
+            with self.index.lock:
+                self._live[sid] = None
+                self.index.add_runtime(sid, c)
+        self._events.append((version, op, sid))

@@ -1,0 +1,225 @@
+"""Request and response models of the bank service (CONTRACT.md section 4).
+
+Static bounds live here (lengths, id ranges, k, alpha); the bank's own shape
+(``feature_dim``) is only known at run time, so the service checks it and
+answers 422 ``dimension_mismatch``. Every float is finite: JSON has no NaN, but
+Python's parser accepts ``NaN``/``Infinity`` tokens, so the models refuse them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Pool = Literal["base", "user", "all"]
+Encoding = Literal["json", "b64f32"]
+Method = Literal["linear", "slerp"]
+Kind = Literal["base", "inserted", "interpolated"]
+
+# Ids stay far below 2**63 so every id fits an int64 array.
+MAX_ID = 2**53
+MAX_BATCH = 4096  # snippets per retrieval
+MAX_FEATURE = 65536  # length of one feature / snippet / noise tensor
+MAX_K = 1000
+MAX_NAME = 200
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+SnippetId = Annotated[int, Field(ge=0, le=MAX_ID)]
+Vector = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_FEATURE)]
+Name = Annotated[str, Field(max_length=MAX_NAME, description="free-form label kept with the snippet")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. dimension_mismatch")
+    message: str = Field(description="what was wrong, what is allowed, what to do")
+
+
+class ErrorResponse(BaseModel):
+    """The error envelope of every 4xx/5xx."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"error": {"code": "unknown_snippet", "message": "snippet id 7 ..."}}]}
+    )
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    detail: dict[str, str] = Field(description="factors, index and redis state")
+
+
+class BankInfo(BaseModel):
+    """GET /bank: the bank's shape and its current version."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"version": 3, "size": 5002, "base_size": 5000, "feature_dim": 128, "rank": 64,
+                          "encoder": "gmem/mnist-cnn", "format_version": "1"}]
+        }
+    )
+    version: int = Field(ge=0, description="0 for a fresh data dir, +1 per acknowledged mutation")
+    size: int = Field(ge=0, description="live snippets: base rows plus live run-time snippets (pool `all`)")
+    base_size: int = Field(ge=0, description="rows of the factors file (ids 0..base_size-1)")
+    feature_dim: int = Field(ge=1)
+    rank: int = Field(ge=1)
+    encoder: str
+    format_version: str
+
+
+class RetrieveRequest(_Model):
+    """POST /bank/retrieve: snippets by noise-CDF index (``z``) or by id (``indices``).
+
+    ``z`` is one flattened noise tensor (one index) or a batch of them (one index
+    per row): ``index = min(floor(Phi(sum(z)/sqrt(numel z)) * n), n - 1)`` into the
+    pool. ``indices`` are snippet ids; ``pool`` then only checks that each id
+    belongs to that pool.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"z": [0.3, -1.2, 0.5, 0.1], "pool": "base"},
+                {"z": [[0.3, -1.2], [1.0, 0.4]], "pool": "all", "encoding": "b64f32"},
+                {"indices": [0, 17, 42]},
+            ]
+        },
+    )
+    z: Vector | Annotated[list[Vector], Field(min_length=1, max_length=MAX_BATCH)] | None = Field(
+        None, description="noise tensor(s) with iid N(0, 1) entries, flattened"
+    )
+    indices: Annotated[list[SnippetId], Field(min_length=1, max_length=MAX_BATCH)] | None = Field(
+        None, description="snippet ids (base rows 0..base_size-1, run-time ids above)"
+    )
+    pool: Pool = Field("base", description="base rows, live run-time snippets, or both (base then user)")
+    encoding: Encoding = Field(
+        "json", description="json: lists of floats; b64f32: base64 of row-major float32 little-endian [k, d]"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RetrieveRequest:
+        if (self.z is None) == (self.indices is None):
+            raise ValueError("give exactly one of z (noise) or indices (snippet ids)")
+        return self
+
+
+class RetrieveResponse(BaseModel):
+    """Unit-norm snippets, with the bank version and pool size they were read from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"version": 3, "pool_size": 5000, "indices": [2711],
+                                         "snippets": [[0.01, -0.2, 0.05]]}]}
+    )
+    version: int
+    pool_size: int = Field(description="snippets in the pool when the indices were drawn")
+    indices: list[int] = Field(description="snippet ids, one per row of snippets")
+    snippets: list[list[float]] | str = Field(description="[k, d] floats, or base64 float32 LE when b64f32")
+
+
+class SnippetInfo(BaseModel):
+    """GET /bank/snippets/{id}: one snippet and where it came from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": 5001, "kind": "interpolated", "label": None, "parents": [3, 9],
+                                         "alpha": 0.25, "name": "3-to-9", "created_at": "2026-01-01T00:00:00Z",
+                                         "snippet": [0.1, 0.2], "coefficients": [0.4, -0.3]}]}
+    )
+    id: int
+    kind: Kind
+    label: int | None = Field(description="class label of a base row; null when unknown or run-time")
+    parents: list[int] = Field(description="[i, j] for an interpolation, else []")
+    alpha: float | None = Field(description="weight of parent i (eq. 11); null unless interpolated")
+    name: str | None
+    created_at: str | None = Field(description="ISO 8601 UTC time of the mutation; null for base rows")
+    snippet: list[float] = Field(description="normalize(c B^T + mu), unit norm")
+    coefficients: list[float] = Field(description="c in the bank's basis (r values)")
+
+
+class FeatureInput(_Model):
+    """A raw feature f(x) from the bank's encoder; L2-normalised and projected (eq. 10)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"feature": [0.12, -0.4, 0.33], "name": "my style"}]},
+    )
+    feature: Vector = Field(description="length feature_dim, finite, not all zero")
+    name: Name | None = None
+
+
+class InsertResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": 5000, "version": 1, "residual": 0.12}]})
+    id: int
+    version: int
+    residual: float = Field(ge=0, description="|(g - mu) - c B^T| / |g - mu|; 0 = inside the bank's subspace")
+
+
+class ProjectResponse(BaseModel):
+    coefficients: list[float]
+    snippet: list[float]
+    residual: float = Field(ge=0)
+
+
+class InterpolateRequest(_Model):
+    """POST /bank/interpolate: eq. 11, ``c = alpha C[i] + (1 - alpha) C[j]``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"i": 3, "j": 9, "alpha": 0.25, "method": "slerp", "name": "3-to-9"}]},
+    )
+    i: SnippetId
+    j: SnippetId
+    alpha: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="1 gives snippet i, 0 snippet j")
+    method: Method = "linear"
+    name: Name | None = None
+
+
+class MutationResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": 5001, "version": 2}]})
+    id: int
+    version: int
+
+
+class SearchRequest(_Model):
+    """POST /bank/search: k nearest live snippets by distance between reconstructions ``C[i] B^T + mu``.
+
+    Query by ``id`` (the snippet itself comes first, at distance 0), by a unit
+    ``snippet`` or by a raw ``feature``; vectors are projected first (eq. 10).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"id": 42, "k": 5}, {"feature": [0.1, 0.2, 0.3], "k": 3}]},
+    )
+    id: SnippetId | None = None
+    snippet: Vector | None = None
+    feature: Vector | None = None
+    k: int = Field(10, ge=1, le=MAX_K, description=f"neighbours to return, 1..{MAX_K}")
+    pool: Pool = Field("all", description="which snippets to search")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        given = [name for name in ("id", "snippet", "feature") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of id, snippet or feature (got {given or 'none'})")
+        return self
+
+
+class Neighbor(BaseModel):
+    id: int
+    distance: float = Field(ge=0)
+
+
+class SearchResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"neighbors": [{"id": 42, "distance": 0.0}, {"id": 7, "distance": 0.31}]}]}
+    )
+    neighbors: list[Neighbor] = Field(description="nearest first")
