@@ -1,6 +1,300 @@
-"""Placeholder: being written."""
+"""`python -m training train`: flow-matching training of a GMem network on a dataset and its bank.
+
+Image i of the dataset is paired with bank row i (its own snippet, as in the
+release). AdamW, EMA, grad clipping, bf16 autocast on GPU, resumable
+checkpoints, DDP under ``torchrun``. Every step's batch, times, noise and masks
+derive from (seed, step, rank), so a resumed run continues exactly where the
+checkpoint left it. The model file written at the end holds the EMA weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+from shared.errors import GMemError, IncompatibleArtifacts, InvalidInput
+from training.model import GMemConfig, GMemDiT, count_parameters, preset
+from training.transport import PATH, flow_matching_loss, sample_time
 
 
-def train_command() -> None:
-    """Not implemented yet."""
-    raise SystemExit("not implemented yet")
+@dataclass(frozen=True)
+class TrainOptions:
+    """Optimisation settings of one run (recorded in checkpoints and the model file)."""
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup: int = 100
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    time_sampling: str = "logit-normal"
+    cosine_loss: bool = False
+    seed: int = 0
+    log_every: int = 25
+    sample_every: int = 500
+    ckpt_every: int = 500
+
+
+@dataclass
+class TrainData:
+    """Images in [-1, 1] and the condition of each row (snippets, labels or nothing)."""
+
+    x: torch.Tensor  # [N, C, H, W]
+    cond: torch.Tensor | None  # [N, d] float snippets, [N] int64 labels, or None
+    source: str
+    preview_ids: list[int]
+
+
+def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[TrainData, Any]:
+    """Open the dataset (and bank), check they pair row by row; returns the data and the bank meta."""
+    from shared.factors import load_factors
+    from training.data import load_dataset, to_model_input
+
+    ds = load_dataset(dataset)
+    if len(ds) == 0:
+        raise InvalidInput(f"dataset {dataset!r} holds no images")
+    x = to_model_input(ds.images)
+    preview = np.linspace(0, len(ds) - 1, 16).round().astype(int).tolist()
+    meta, cond = None, None
+    if conditioning == "snippet":
+        if bank is None:
+            raise InvalidInput("snippet conditioning needs --bank FILE (built from the same dataset)")
+        factors = load_factors(bank)
+        meta = factors.meta
+        if factors.size != len(ds) or (factors.meta.source and factors.meta.source != ds.source):
+            raise IncompatibleArtifacts(
+                f"bank {bank} has {factors.size} rows from source {factors.meta.source!r}, dataset {dataset!r} has "
+                f"{len(ds)} images from source {ds.source!r}; row i of the bank must be the snippet of image i: "
+                "build the bank from this dataset (python -m training build-bank --dataset ...)"
+            )
+        cond = torch.from_numpy(factors.snippets(np.arange(factors.size)))
+    elif conditioning == "class":
+        if np.any(ds.labels < 0):
+            raise InvalidInput(f"dataset {dataset!r} has unlabelled images; class conditioning needs labels")
+        cond = torch.from_numpy(ds.labels.astype(np.int64))
+    return TrainData(x=x, cond=cond, source=ds.source, preview_ids=preview), meta
+
+
+def lr_at(step: int, opts: TrainOptions) -> float:
+    """Constant learning rate after a linear warm-up."""
+    return opts.lr * min(1.0, (step + 1) / max(1, opts.warmup))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * net``; buffers copied."""
+    for e, p in zip(ema.parameters(), net.parameters(), strict=True):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    for e, b in zip(ema.buffers(), net.buffers(), strict=True):
+        e.copy_(b)
+
+
+def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world: int, device: torch.device):
+    """This rank's (x_data, cond, t, eps) of ``step``: a pure function of (seed, step, rank)."""
+    g = torch.Generator().manual_seed(opts.seed * 1_000_003 + step)
+    idx = torch.randint(0, data.x.shape[0], (opts.batch_size,), generator=g)[rank::world]
+    g_rank = torch.Generator().manual_seed((opts.seed * 1_000_003 + step) * 64 + rank)
+    x = data.x[idx]
+    t = sample_time(len(idx), opts.time_sampling, generator=g_rank)  # type: ignore[arg-type]
+    eps = torch.randn(x.shape, generator=g_rank)
+    cond = data.cond[idx].to(device) if data.cond is not None else None
+    return x.to(device), cond, t.to(device), eps.to(device)
+
+
+def preview_grid(ema: GMemDiT, cfg: GMemConfig, data: TrainData, path: Path) -> None:
+    """Sample the fixed preview snippets with the EMA network (heun, 10 steps) and save a grid."""
+    from training.generate import sample_tensor, to_uint8
+    from training.sample import make_grid, save_png
+
+    cond = data.cond[data.preview_ids] if data.cond is not None else None
+    was_training = ema.training
+    ema.eval()
+    x = sample_tensor(ema, cfg, cond, list(range(len(data.preview_ids))), steps=10, sampler="heun")
+    ema.train(was_training)
+    save_png(make_grid(to_uint8(x)), path)
+
+
+def plot_losses(history: list[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    steps, losses = zip(*history, strict=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss (mean over log interval)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _dist_setup() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    return dist.get_rank(), world, device
+
+
+def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_dir: Path,
+          resume: Path | None = None, extra: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) training to ``opts.steps``; writes checkpoints, previews and the EMA model file."""
+    from tqdm import tqdm
+
+    from training.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
+    from training.modelfile import save_model
+
+    ckpt = load_checkpoint(resume) if resume else None  # read and checked before anything is written
+    if ckpt is not None:
+        check_same_architecture(ckpt.config, cfg, str(resume))
+    rank, world, device = _dist_setup()
+    torch.manual_seed(opts.seed)
+    net = GMemDiT(cfg).to(device)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
+    start, history = 0, []
+    if ckpt is not None:
+        restore(ckpt, net, ema, opt)
+        start, history = ckpt.step, [tuple(h) for h in ckpt.state.get("history", [])]
+    model = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.index is not None else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=opts.steps, initial=start, disable=not progress or rank != 0, desc="train", unit="step")
+    acc, n_acc, t0 = 0.0, 0, time.time()
+    net.train()
+    for step in range(start, opts.steps):
+        x_data, cond, t, eps = step_batch(data, opts, step, rank, world, device)
+        torch.manual_seed(opts.seed * 7919 + step * world + rank)  # S-Adapter masks and label drops
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, opts)
+        with autocast:
+            v = model(PATH.x_t(x_data, eps, t), t, cond)
+        loss = flow_matching_loss(v, PATH.velocity(x_data, eps, t), cosine=opts.cosine_loss).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), opts.grad_clip)
+        opt.step()
+        update_ema(ema, net, min(opts.ema_decay, (1 + step) / (10 + step)))
+        acc, n_acc = acc + loss.item(), n_acc + 1
+        done = step + 1
+        bar.update(1)
+        if done % opts.log_every == 0 or done == opts.steps:
+            history.append((done, acc / n_acc))
+            bar.set_postfix(loss=f"{acc / n_acc:.4f}")
+            if rank == 0:
+                with (run_dir / "log.jsonl").open("a") as fh:
+                    fh.write(json.dumps({"step": done, "loss": acc / n_acc, "lr": lr_at(step, opts),
+                                         "elapsed_s": round(time.time() - t0, 2)}) + "\n")
+            acc, n_acc = 0.0, 0
+        if rank == 0 and (done % opts.sample_every == 0 or done == opts.steps):
+            preview_grid(ema, cfg, data, run_dir / "samples" / f"step_{done:07d}.png")
+            plot_losses(history, run_dir / "loss.png")
+        if rank == 0 and (done % opts.ckpt_every == 0 or done == opts.steps):
+            state = {"options": dataclasses.asdict(opts), "history": history, "source": data.source}
+            save_checkpoint(run_dir / "checkpoints" / f"step_{done:07d}.safetensors", done, net, ema, opt, cfg, state)
+    bar.close()
+    summary = {"steps": opts.steps, "final_loss": history[-1][1] if history else math.nan,
+               "dataset": data.source, "options": dataclasses.asdict(opts)}
+    if rank == 0:
+        save_model(out, ema, cfg, {**(extra or {}), "train": summary})
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def build_config(preset_name: str, bank_meta: Any, data: TrainData, **overrides: Any) -> GMemConfig:
+    """Preset + dataset shape + bank's snippet dim/encoder + command-line overrides."""
+    set_ = {k: v for k, v in overrides.items() if v is not None}
+    cfg = preset(preset_name)
+    if cfg.space != "pixel":
+        raise InvalidInput(f"preset {preset_name!r} is a latent-space network; `train` here trains pixel-space "
+                           "networks (gmem-tiny, gmem-S/2) — latent training needs pre-encoded latents")
+    _, c, h, _ = data.x.shape
+    set_.update(input_size=h, in_channels=c)
+    if bank_meta is not None:
+        set_.update(snippet_dim=bank_meta.feature_dim, encoder=bank_meta.encoder)
+    return preset(preset_name, **set_)
+
+
+def train_command(
+    dataset: Annotated[str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")],
+    out: Annotated[Path, typer.Option(help="model file to write (EMA weights)", envvar="GMEM_OUT")],
+    bank: Annotated[Path | None, typer.Option(help="bank factors file built from the dataset", envvar="GMEM_BANK")] = None,
+    preset_name: Annotated[str, typer.Option("--preset", help="network preset", envvar="GMEM_PRESET")] = "gmem-tiny",
+    steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_STEPS")] = 3000,
+    batch_size: Annotated[int, typer.Option(help="global batch size", envvar="GMEM_BATCH_SIZE")] = 64,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate", envvar="GMEM_LR")] = 3e-4,
+    mask_ratio: Annotated[float | None, typer.Option(help="S-Adapter mask ratio (default 0.4)",
+                                                     envvar="GMEM_MASK_RATIO")] = None,
+    mask_strategy: Annotated[str | None, typer.Option(help="zero, noise or random", envvar="GMEM_MASK_STRATEGY")] = None,
+    conditioning: Annotated[str, typer.Option(help="snippet, class or none", envvar="GMEM_CONDITIONING")] = "snippet",
+    resume: Annotated[Path | None, typer.Option(help="checkpoint .safetensors to continue", envvar="GMEM_RESUME")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="checkpoints, previews, loss curve", envvar="GMEM_RUN_DIR")] = None,
+    seed: Annotated[int, typer.Option(help="training seed", envvar="GMEM_SEED")] = 0,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay", envvar="GMEM_EMA_DECAY")] = 0.999,
+    time_sampling: Annotated[str, typer.Option(help="uniform or logit-normal", envvar="GMEM_TIME_SAMPLING")] = "logit-normal",
+    cosine_loss: Annotated[bool, typer.Option(help="add the release's cosine loss", envvar="GMEM_COSINE_LOSS")] = False,
+    sample_every: Annotated[int, typer.Option(help="preview grid every N steps", envvar="GMEM_SAMPLE_EVERY")] = 500,
+    ckpt_every: Annotated[int, typer.Option(help="checkpoint every N steps", envvar="GMEM_CKPT_EVERY")] = 500,
+    default_sampler: Annotated[str | None, typer.Option(help="sampler recorded in the model file",
+                                                        envvar="GMEM_DEFAULT_SAMPLER")] = None,
+    default_steps: Annotated[int | None, typer.Option(help="steps recorded in the model file",
+                                                      envvar="GMEM_DEFAULT_STEPS")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads", envvar="GMEM_THREADS")] = 2,
+) -> None:
+    """Train a GMem network; image i is conditioned on bank row i."""
+    torch.set_num_threads(max(1, threads))
+    try:
+        if conditioning not in ("snippet", "class", "none"):
+            raise InvalidInput(f"--conditioning must be snippet, class or none; got {conditioning!r}")
+        if mask_strategy is not None and mask_strategy not in ("zero", "noise", "random"):
+            raise InvalidInput(f"--mask-strategy must be zero, noise or random; got {mask_strategy!r}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise InvalidInput(f"cannot write the model file into {out.parent}; choose a writable --out")
+        data, bank_meta = load_train_data(dataset, str(bank) if bank else None, conditioning)
+        cfg = build_config(preset_name, bank_meta, data, conditioning=conditioning, mask_ratio=mask_ratio,
+                           mask_strategy=mask_strategy, default_sampler=default_sampler, default_steps=default_steps)
+        opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
+                            time_sampling=time_sampling, cosine_loss=cosine_loss, sample_every=sample_every,
+                            ckpt_every=ckpt_every)
+        extra = {"id": f"{cfg.name}/{data.source}"}
+        if bank_meta is not None:
+            extra["bank"] = {"source": bank_meta.source, "encoder": bank_meta.encoder,
+                             "feature_dim": bank_meta.feature_dim, "rank": bank_meta.rank}
+        typer.echo(f"{cfg.name}: {count_parameters(GMemDiT(cfg)) / 1e6:.2f}M parameters, "
+                   f"{data.x.shape[0]} images, conditioning={cfg.conditioning}")
+        summary = train(cfg, opts, data, out, run_dir or out.parent / (out.stem + "-run"), resume, extra)
+    except (GMemError, ValueError) as exc:
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(2) from exc
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(f"wrote {out} (final loss {summary['final_loss']:.4f})")

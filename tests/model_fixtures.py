@@ -1,0 +1,63 @@
+"""Tiny real artifacts for the model/training tests: an image folder, its bank, a model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.factors import BankMeta, save_factors
+
+TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, snippet_dim=8)
+
+
+def bars(kind: int, offset: int, size: int = 16) -> np.ndarray:
+    """A bright bar on black: kind 0 horizontal, kind 1 vertical, at ``offset``."""
+    img = np.zeros((size, size), dtype=np.uint8)
+    if kind == 0:
+        img[offset : offset + 3, 2:-2] = 255
+    else:
+        img[2:-2, offset : offset + 3] = 255
+    return img
+
+
+def make_folder(root: Path, per_class: int = 8, size: int = 16) -> Path:
+    """``root/{horizontal,vertical}/*.png`` grey images."""
+    from PIL import Image
+
+    for k, name in enumerate(("horizontal", "vertical")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(bars(k, 2 + i % (size - 6), size), mode="L").save(root / name / f"{i:03d}.png")
+    return root
+
+
+def make_bank(path: Path, dataset: str, dim: int = 8, rank: int = 4, encoder: str = "test/bars") -> Path:
+    """A bank for ``dataset`` whose snippets are a fixed random projection of the pixels."""
+    from training.data import load_dataset
+
+    ds = load_dataset(dataset)
+    rng = np.random.default_rng(0)
+    feats = ds.images.reshape(len(ds), -1).astype(np.float64) @ rng.normal(size=(ds.images[0].size, dim))
+    feats += rng.normal(size=(len(ds), dim))
+    g = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    mu = g.mean(0)
+    U, S, Vt = np.linalg.svd(g - mu, full_matrices=False)
+    C, B = U[:, :rank] * np.sqrt(S[:rank]), Vt[:rank].T * np.sqrt(S[:rank])
+    meta = BankMeta(encoder=encoder, feature_dim=dim, rank=rank, source=ds.source,
+                    explained_variance=float((S[:rank] ** 2).sum() / (S**2).sum()))
+    save_factors(path, mu, B, S[:rank], C, meta, labels=ds.labels)
+    return path
+
+
+def make_model(path: Path, seed: int = 0, **overrides) -> Path:
+    """A randomly initialised (xavier, so outputs are non-trivial) tiny model file for 16x16 grey images."""
+    from training.model import GMemDiT, preset
+    from training.modelfile import save_model
+
+    torch.manual_seed(seed)
+    cfg = preset("gmem-tiny", **{**TINY, "input_size": 16, "encoder": "test/bars", "init": "xavier",
+                                 "default_steps": 3, **overrides})
+    save_model(path, GMemDiT(cfg), cfg, {"id": "test-tiny"})
+    return path
