@@ -1,0 +1,189 @@
+"""POST /generate as a domain function: pick snippets (bank, cache or caller), queue, answer.
+
+Where each image's snippet comes from (CONTRACT.md section 6):
+
+- neither ``snippet_ids`` nor ``snippet``: image k's initial noise ``z_k`` (seed
+  s + k) goes to the bank, which picks index ``min(floor(Phi(zeta(z_k)) n), n-1)``
+  in the chosen pool (paper 4.3) and returns that snippet;
+- ``snippet_ids`` (one for all images, or one per image): the bank's snippets,
+  through the Redis-fed cache when configured;
+- ``snippet``: the caller's vector, checked and L2-normalised, no bank involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from services.generator.batcher import Batcher, Job
+from services.generator.cache import SnippetCache
+from services.generator.errors import BankRejected, BankUnavailable, LimitExceeded, NotReady, RequestTimeout
+from services.generator.metrics import GeneratorMetrics
+from services.generator.runtime import Runtime, check_bank_compatible, prepare_snippet
+from services.generator.settings import GeneratorSettings
+from shared import client as bc
+from shared.errors import EmptyPool, IncompatibleArtifacts, InvalidInput, UnknownSnippet
+from shared.schemas.generator import GenerateRequest, GenerateResponse
+
+# Seeds drawn for the caller stay small enough to type back in.
+_DRAWN_SEED_LIMIT = 2**31
+
+
+class Generator:
+    """The service's state: model runtime, bank client, optional cache, batcher and readiness."""
+
+    def __init__(self, settings: GeneratorSettings, runtime: Runtime, bank: bc.AsyncBankClient,
+                 batcher: Batcher, metrics: GeneratorMetrics, cache: SnippetCache | None = None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.bank = bank
+        self.batcher = batcher
+        self.metrics = metrics
+        self.cache = cache
+        self.load_error: str | None = None
+        self.last_bank_version: int | None = None
+        self._ready_at = 0.0
+        self._ready: tuple[bool, str] = (False, "bank not checked yet")
+
+    # ------------------------------------------------------------ readiness
+
+    async def bank_status(self) -> tuple[bool, str]:
+        """(reachable and compatible, detail); cached for ``ready_cache_s`` so probes stay cheap."""
+        if time.monotonic() - self._ready_at < self.settings.ready_cache_s:
+            return self._ready
+        try:
+            info = await self.bank.info()
+            check_bank_compatible(self.runtime.facts, info.feature_dim, info.encoder, self.settings.bank_url)
+            self.last_bank_version = info.version
+            self._ready = (True, f"bank at {self.settings.bank_url} version {info.version}")
+        except bc.ClientError as exc:
+            self._ready = (False, f"bank unreachable: {exc.message}")
+        except IncompatibleArtifacts as exc:
+            self._ready = (False, exc.message)
+        self._ready_at = time.monotonic()
+        return self._ready
+
+    def model_status(self) -> tuple[bool, str]:
+        if self.load_error:
+            return False, f"model failed to load: {self.load_error}"
+        if not self.runtime.loaded:
+            return False, "model loading"
+        return True, f"model {self.runtime.facts.id} on {self.runtime.device}"
+
+    # ------------------------------------------------------------ generate
+
+    async def generate(self, req: GenerateRequest,
+                       gone: Callable[[], Awaitable[bool]] | None = None) -> GenerateResponse:
+        """Answer one request within ``request_timeout_s`` (503 ``timeout`` otherwise)."""
+        try:
+            return await asyncio.wait_for(self._generate(req, gone), self.settings.request_timeout_s)
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"the request was not answered within {self.settings.request_timeout_s:g} s "
+                "(GMEM_REQUEST_TIMEOUT_S); retry later or ask for fewer images or steps"
+            ) from exc
+
+    def _check(self, req: GenerateRequest) -> tuple[int, str]:
+        ok, detail = self.model_status()
+        if not ok:
+            raise NotReady(f"{detail}; retry shortly")
+        if req.n > self.settings.max_n:
+            raise LimitExceeded(f"n={req.n} is over this service's maximum of {self.settings.max_n} images "
+                                "per request (GMEM_MAX_N); split the request")
+        steps = req.steps or self.runtime.facts.default_steps
+        if steps > self.settings.max_steps:
+            raise LimitExceeded(f"steps={steps} is over this service's maximum of {self.settings.max_steps} "
+                                "(GMEM_MAX_STEPS); ask for fewer steps")
+        return steps, req.sampler or self.runtime.facts.default_sampler
+
+    async def _generate(self, req: GenerateRequest, gone: Callable[[], Awaitable[bool]] | None) -> GenerateResponse:
+        t0 = time.perf_counter()
+        steps, sampler = self._check(req)
+        seed = req.seed if req.seed is not None else secrets.randbelow(_DRAWN_SEED_LIMIT)
+        seeds = [seed + k for k in range(req.n)]
+        self.batcher.expect()
+        try:
+            snippets, indices, version = await self._snippets(req, seeds)
+        except BaseException:
+            self.batcher.unexpect()
+            raise
+        job = Job(key=(steps, sampler, float(req.cfg_scale)), snippets=snippets, seeds=seeds, gone=gone)
+        pngs = await self.batcher.submit(job, expected=True)
+        self.metrics.images.inc(len(pngs))
+        return GenerateResponse(
+            images=[base64.b64encode(p).decode("ascii") for p in pngs], seed=seed, indices=indices,
+            bank_version=version, model=self.runtime.facts.id, steps=steps, sampler=sampler,
+            elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3),
+        )
+
+    async def _snippets(self, req: GenerateRequest,
+                        seeds: list[int]) -> tuple[np.ndarray, list[int | None], int | None]:
+        if req.snippet is not None:
+            row = prepare_snippet(req.snippet, self.runtime.facts.feature_dim)
+            return np.repeat(row, req.n, axis=0), [None] * req.n, None
+        if req.snippet_ids is not None:
+            ids = req.snippet_ids * req.n if len(req.snippet_ids) == 1 else list(req.snippet_ids)
+            rows, version = await self._pinned(ids)
+            return rows, list(ids), version
+        z = self.runtime.initial_noise(seeds)
+        got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="b64f32"))
+        self._check_dim(got.snippets)
+        return got.snippets, list(got.indices), got.version
+
+    async def _pinned(self, ids: list[int]) -> tuple[np.ndarray, int | None]:
+        unique = list(dict.fromkeys(ids))
+        found: dict[int, np.ndarray] = {}
+        epoch = 0
+        if self.cache is not None:
+            epoch = self.cache.epoch
+            found = await self.cache.get(unique, min_version=self.last_bank_version)
+        missing = [i for i in unique if i not in found]
+        version = None
+        if missing:
+            # Pool "all": a pinned id may be a base row or a run-time snippet.
+            got = await self._bank_call(self.bank.retrieve(indices=missing, pool="all", encoding="b64f32"))
+            self._check_dim(got.snippets)
+            found.update(zip(got.indices, got.snippets, strict=True))
+            version = got.version
+            if self.cache is not None:
+                self.cache.put(got.indices, got.snippets, epoch)
+        if version is None:
+            # All from cache: the newest version this process has seen (stream or bank).
+            known = [v for v in (self.cache.version if self.cache else None, self.last_bank_version) if v is not None]
+            version = max(known) if known else None
+        return np.stack([found[i] for i in ids]).astype(np.float32), version
+
+    def _check_dim(self, snippets: np.ndarray) -> None:
+        if snippets.ndim != 2 or snippets.shape[1] != self.runtime.facts.feature_dim:
+            # The bank was swapped for an incompatible one after start: not ready, not a bad request.
+            raise IncompatibleArtifacts(f"the bank returned snippets of shape {snippets.shape}; model "
+                                        f"{self.runtime.facts.id!r} takes dimension {self.runtime.facts.feature_dim}")
+
+    async def _bank_call(self, call: Awaitable[bc.Retrieval]) -> bc.Retrieval:
+        """Await a bank call, translating its failures into this service's errors."""
+        try:
+            got = await call
+        except bc.Unavailable as exc:
+            self.metrics.bank_calls.labels("unavailable").inc()
+            raise BankUnavailable(f"the memory bank at {self.settings.bank_url} is unavailable "
+                                  f"({exc.message}); retry later") from exc
+        except bc.NotFound as exc:
+            self.metrics.bank_calls.labels("not_found").inc()
+            raise UnknownSnippet(f"the bank has no such snippet: {exc.detail}") from exc
+        except bc.Conflict as exc:
+            self.metrics.bank_calls.labels("conflict").inc()
+            raise EmptyPool(exc.detail) from exc
+        except bc.BadRequest as exc:
+            self.metrics.bank_calls.labels("rejected").inc()
+            raise InvalidInput(f"the bank refused the request: {exc.detail}") from exc
+        except bc.ClientError as exc:
+            self.metrics.bank_calls.labels("error").inc()
+            raise BankRejected(f"the bank answered outside the contract: {exc.message}") from exc
+        self.metrics.bank_calls.labels("ok").inc()
+        self.last_bank_version = max(got.version, self.last_bank_version or 0)
+        return got
