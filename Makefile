@@ -7,8 +7,11 @@ PY := .venv/bin/python
 setup:
 	bash scripts/setup.sh
 
+# Extra demo options, e.g. `make demo DEMO_ARGS="--keep-running --image my-digit.png"`.
+DEMO_ARGS ?=
+
 demo: setup
-	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q
