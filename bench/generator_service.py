@@ -5,7 +5,7 @@ CPU (default): starts the real bank and generator processes on loopback and prin
 1. images/s of POST /generate with n = --batch against ``training.generate.generate``
    in this process on the same model, batch, sampler and steps (ratio; target >= 0.9);
 2. images/s at 1, 4 and 16 concurrent clients (n = 1 each) with dynamic batching
-   (max batch 16) and without (GMEM_MAX_BATCH_SIZE=1), as ratios to 1 client unbatched.
+   (max batch 16) and without (GMEM_GENERATOR_MAX_BATCH_SIZE=1), as ratios to 1 client unbatched.
 
 GPU (``--device cuda --preset gmem-XL/1``): milliseconds per network evaluation of a
 randomly initialised network at batch 1/16/64 in bf16 autocast, its FLOPs (counted
@@ -72,7 +72,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def start_generator(tmp: Path, bank_url: str, model: Path, threads: int, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    base = {"GMEM_TORCH_THREADS": str(threads), "GMEM_MAX_N": "64", "GMEM_MAX_BATCH_WAIT_MS": "5"}
+    base = {"GMEM_GENERATOR_TORCH_THREADS": str(threads), "GMEM_GENERATOR_MAX_N": "64",
+            "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "5"}
     proc = start([sys.executable, "-m", "services.generator", "--model", str(model), "--bank-url", bank_url,
                   "--port", str(port)], {**base, **env}, port, "/readyz", tmp / f"gen-{port}.log")
     return proc, f"http://127.0.0.1:{port}"
@@ -132,8 +133,8 @@ def cpu_bench(args: argparse.Namespace) -> None:
     try:
         first = in_process_rate(args.model, args.batch, args.steps, args.sampler, args.threads, args.repeats)
         for micro in ("0", "4"):
-            proc, url = start_generator(tmp, bank_url, args.model, args.threads, GMEM_MICRO_BATCH=micro,
-                                        GMEM_MAX_BATCH_SIZE=str(max(16, args.batch)))
+            proc, url = start_generator(tmp, bank_url, args.model, args.threads, GMEM_GENERATOR_MICRO_BATCH=micro,
+                                        GMEM_GENERATOR_MAX_BATCH_SIZE=str(max(16, args.batch)))
             try:
                 label = "auto (probed)" if micro == "0" else f"padded to {micro}"
                 rows.append((f"service POST /generate n={args.batch}, micro-batch {label}",
@@ -150,9 +151,9 @@ def cpu_bench(args: argparse.Namespace) -> None:
             print(f"{name:58s} {rate:8.1f} img/s   ratio {rate / base:5.2f}")
 
         results: dict[tuple[str, int], float] = {}
-        configs = [("no batching (max batch 1)", {"GMEM_MAX_BATCH_SIZE": "1"}),
-                   ("dynamic batching (max 16)", {"GMEM_MAX_BATCH_SIZE": "16",
-                                                  "GMEM_MICRO_BATCH": str(args.micro_batch)})]
+        configs = [("no batching (max batch 1)", {"GMEM_GENERATOR_MAX_BATCH_SIZE": "1"}),
+                   ("dynamic batching (max 16)", {"GMEM_GENERATOR_MAX_BATCH_SIZE": "16",
+                                                  "GMEM_GENERATOR_MICRO_BATCH": str(args.micro_batch)})]
         todo = [(name, env, c) for name, env in configs for c in (1, 4, 16)]
         procs: dict[str, tuple[subprocess.Popen, str]] = {}
         try:
@@ -217,7 +218,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--requests", type=int, default=32, help="requests per concurrency level (split over clients)")
-    ap.add_argument("--micro-batch", type=int, default=0, help="GMEM_MICRO_BATCH of the batched service (0 = auto)")
+    ap.add_argument("--micro-batch", type=int, default=0, help="GMEM_GENERATOR_MICRO_BATCH of the batched service (0 = auto)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--preset", default="gmem-XL/1", help="network preset for --device cuda")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak if the GPU is not listed")

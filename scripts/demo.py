@@ -210,7 +210,7 @@ def main(
     cfg = StackConfig(out_dir=out, factors=factors, model=model, encoder=encoder, encoder_weights=encoder_weights,
                       use_redis=redis,
                       bank_port=bank_port or None, generator_port=generator_port or None,
-                      redis_port=redis_port or None, generator_env={"GMEM_MAX_N": str(max(n, 16))})
+                      redis_port=redis_port or None, generator_env={"GMEM_GENERATOR_MAX_N": str(max(n, 16))})
     if fresh and cfg.data_dir.exists():
         shutil.rmtree(cfg.data_dir)
     stack = LocalStack(cfg, on_status=lambda msg: console.log(msg))

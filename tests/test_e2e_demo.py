@@ -73,7 +73,7 @@ def demo(tmp_path_factory) -> Demo:
     out = tmp_path_factory.mktemp("demo-output")
     log = out.parent / f"{out.name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")}
-    env.update(GMEM_TORCH_THREADS="2", COLUMNS="200")
+    env.update(GMEM_GENERATOR_TORCH_THREADS="2", COLUMNS="200")
     argv = [sys.executable, "-m", "scripts.demo", "--out", str(out), "--n", str(N), "--steps", str(STEPS),
             "--points", str(POINTS), "--model", str(ARTIFACTS / "model.safetensors"), "--keep-running",
             "--bank-port", "0", "--generator-port", "0", "--redis-port", "0"]

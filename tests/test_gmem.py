@@ -76,8 +76,32 @@ def test_client_settings_read_gmem_variables(monkeypatch):
 def test_envvar_catalogue_names_follow_each_class_prefix_and_aliases():
     names = {v.name for v in from_settings()}
     # prefix + field name, and an alias choice (the bank reads the shared GMEM_REDIS_URL)
-    assert {"GMEM_BANK_FACTORS", "GMEM_BANK_TOKEN", "GMEM_REDIS_URL", "GMEM_MODEL", "GMEM_GENERATOR_URL"} <= names
+    assert {"GMEM_BANK_FACTORS", "GMEM_BANK_TOKEN", "GMEM_REDIS_URL", "GMEM_GENERATOR_MODEL",
+            "GMEM_GENERATOR_DEVICE", "GMEM_BANK_URL", "GMEM_GENERATOR_URL"} <= names
     assert all(n.startswith("GMEM_") and n == n.upper() for n in names)
+    # the services never read the training commands' unprefixed names
+    assert not {"GMEM_MODEL", "GMEM_DEVICE", "GMEM_MAX_N", "GMEM_PORT", "GMEM_HOST"} & names
+
+
+def test_generator_settings_use_their_prefix_and_the_shared_urls(monkeypatch):
+    from services.generator.settings import GeneratorSettings
+
+    for k in [k for k in os.environ if k.startswith("GMEM_")]:
+        monkeypatch.delenv(k)
+    # the training commands' variables (and a shared env file's) leave the generator alone
+    monkeypatch.setenv("GMEM_DEVICE", "cuda")
+    monkeypatch.setenv("GMEM_MODEL", "training-model.safetensors")
+    monkeypatch.setenv("GMEM_MAX_N", "3")
+    monkeypatch.setenv("GMEM_GENERATOR_DEVICE", "cpu")
+    monkeypatch.setenv("GMEM_GENERATOR_MAX_N", "5")
+    monkeypatch.setenv("GMEM_BANK_URL", "http://bank.example:9001")
+    monkeypatch.setenv("GMEM_REDIS_URL", "redis://redis.example:6379/0")
+    s = GeneratorSettings()
+    assert (s.device, s.max_n, s.model) == ("cpu", 5, "artifacts/mnist-5k/model.safetensors")
+    assert (s.bank_url, s.redis_url) == ("http://bank.example:9001", "redis://redis.example:6379/0")
+    # fields given by name (the CLI's flags) override the variables, aliased ones included
+    s = GeneratorSettings(bank_url="http://other:1", redis_url=None, port=9)
+    assert (s.bank_url, s.redis_url, s.port) == ("http://other:1", None, 9)
 
 
 def test_markdown_table_is_written_between_the_markers_only(tmp_path):

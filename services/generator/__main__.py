@@ -46,10 +46,10 @@ def check_bank_at_start(settings: GeneratorSettings) -> None:
 
 
 def serve(
-    model: str | None = typer.Option(None, "--model", help="model file [env GMEM_MODEL]"),
+    model: str | None = typer.Option(None, "--model", help="model file [env GMEM_GENERATOR_MODEL]"),
     bank_url: str | None = typer.Option(None, "--bank-url", help="bank service URL [env GMEM_BANK_URL]"),
-    host: str | None = typer.Option(None, "--host", help="bind address [env GMEM_HOST; default 127.0.0.1]"),
-    port: int | None = typer.Option(None, "--port", help="port [env GMEM_PORT; default 8002]"),
+    host: str | None = typer.Option(None, "--host", help="bind address [env GMEM_GENERATOR_HOST; default 127.0.0.1]"),
+    port: int | None = typer.Option(None, "--port", help="port [env GMEM_GENERATOR_PORT; default 8002]"),
 ) -> None:
     """Serve GMem sampling over HTTP (POST /generate); snippets come from the bank service."""
     import uvicorn

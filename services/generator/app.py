@@ -67,7 +67,7 @@ class BodyLimitAndMetrics:
             await self.app(scope, limited_receive, counting_send)
         except _BodyTooLarge:
             resp = envelope(413, "body_too_large", f"request body is over {self.max_body} bytes "
-                            "(GMEM_MAX_BODY_BYTES); send a smaller request")
+                            "(GMEM_GENERATOR_MAX_BODY_BYTES); send a smaller request")
             await resp(scope, receive, counting_send)
         finally:
             self.metrics.requests.labels(route, str(status[0])).inc()
@@ -78,7 +78,7 @@ class _BodyTooLarge(StarletteHTTPException):
     # An HTTPException so that FastAPI re-raises it from body parsing (instead of a 400) and the
     # service's handler renders the 413 envelope.
     def __init__(self) -> None:
-        super().__init__(413, "request body is too large (GMEM_MAX_BODY_BYTES); send a smaller request")
+        super().__init__(413, "request body is too large (GMEM_GENERATOR_MAX_BODY_BYTES); send a smaller request")
 
 
 def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: GeneratorMetrics) -> Generator:

@@ -12,7 +12,7 @@ Class tree (beside shared.errors, which domain code also raises)::
         ├── BankRejected             502: the bank refused a request the generator built (a bug)
         ├── NotReady                 503 + Retry-After: model still loading, or bank incompatible
         ├── Overloaded               429 + Retry-After: too many images queued
-        └── RequestTimeout           503 + Retry-After: not answered within GMEM_REQUEST_TIMEOUT_S
+        └── RequestTimeout           503 + Retry-After: not answered within GMEM_GENERATOR_REQUEST_TIMEOUT_S
 
 Every error is rendered as ``{"error": {"code", "message"}}`` by ``install_handlers``.
 """

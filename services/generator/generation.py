@@ -85,7 +85,7 @@ class Generator:
         except TimeoutError as exc:
             raise RequestTimeout(
                 f"the request was not answered within {self.settings.request_timeout_s:g} s "
-                "(GMEM_REQUEST_TIMEOUT_S); retry later or ask for fewer images or steps"
+                "(GMEM_GENERATOR_REQUEST_TIMEOUT_S); retry later or ask for fewer images or steps"
             ) from exc
 
     def _check(self, req: GenerateRequest) -> tuple[int, str]:
@@ -94,11 +94,11 @@ class Generator:
             raise NotReady(f"{detail}; retry shortly")
         if req.n > self.settings.max_n:
             raise LimitExceeded(f"n={req.n} is over this service's maximum of {self.settings.max_n} images "
-                                "per request (GMEM_MAX_N); split the request")
+                                "per request (GMEM_GENERATOR_MAX_N); split the request")
         steps = req.steps or self.runtime.facts.default_steps
         if steps > self.settings.max_steps:
             raise LimitExceeded(f"steps={steps} is over this service's maximum of {self.settings.max_steps} "
-                                "(GMEM_MAX_STEPS); ask for fewer steps")
+                                "(GMEM_GENERATOR_MAX_STEPS); ask for fewer steps")
         return steps, req.sampler or self.runtime.facts.default_sampler
 
     async def _generate(self, req: GenerateRequest, gone: Callable[[], Awaitable[bool]] | None) -> GenerateResponse:

@@ -108,7 +108,7 @@ def pick_device(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda" and not torch.cuda.is_available():
-        raise IncompatibleArtifacts("GMEM_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+        raise IncompatibleArtifacts("GMEM_GENERATOR_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
     return setting
 
 
@@ -165,7 +165,7 @@ class Runtime:
     def _choose_micro_batch(self, model: Any) -> None:
         if self.settings.micro_batch:
             self._micro = self.settings.micro_batch
-            self.invariance = f"padded to {self._micro} rows (GMEM_MICRO_BATCH)"
+            self.invariance = f"padded to {self._micro} rows (GMEM_GENERATOR_MICRO_BATCH)"
         elif model.config.space != "pixel" or (self.device == "cuda" and self.settings.compile):
             self._micro = FALLBACK_MICRO_BATCH
             self.invariance = f"padded to {self._micro} rows (latent or compiled model)"

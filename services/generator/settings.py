@@ -1,10 +1,17 @@
-"""Settings of the generator service: one pydantic-settings class, every field a GMEM_* variable."""
+"""Settings of the generator service: one pydantic-settings class, every field also a ``GMEM_*`` variable.
+
+Service-specific variables carry the ``GMEM_GENERATOR_`` prefix (``GMEM_GENERATOR_MODEL``,
+``GMEM_GENERATOR_PORT``, ``GMEM_GENERATOR_DEVICE``, ``GMEM_GENERATOR_MAX_N``, ...), like the
+bank's ``GMEM_BANK_*``, so they never collide with the training commands' variables
+(``GMEM_DEVICE``, ``GMEM_MODEL``). Two are shared by the stack and keep their names:
+``GMEM_BANK_URL`` (also read by the CLI) and ``GMEM_REDIS_URL`` (also read by the bank).
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -12,18 +19,20 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 class GeneratorSettings(BaseSettings):
-    """GMEM_MODEL, GMEM_BANK_URL, ...; CLI flags of `python -m services.generator` override them."""
+    """GMEM_GENERATOR_MODEL, GMEM_BANK_URL, ...; CLI flags of `python -m services.generator` override them."""
 
-    model_config = SettingsConfigDict(env_prefix="GMEM_", extra="ignore")
+    # populate_by_name: the aliased fields can still be given by name (GeneratorSettings(bank_url=...)).
+    model_config = SettingsConfigDict(env_prefix="GMEM_GENERATOR_", extra="ignore", populate_by_name=True)
 
     model: str = Field("artifacts/mnist-5k/model.safetensors", description="model file (CONTRACT.md section 5)")
-    bank_url: str = "http://127.0.0.1:8001"
-    host: str = "127.0.0.1"
-    port: int = 8002
-    device: Device = "auto"
+    bank_url: str = Field("http://127.0.0.1:8001", validation_alias=AliasChoices("GMEM_BANK_URL"),
+                          description="bank service URL (shared with the CLI)")
+    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
+    port: int = Field(8002, description="HTTP port")
+    device: Device = Field("auto", description="auto (CUDA if visible), cpu or cuda")
     # Reduced precision and compilation only apply on CUDA; the CPU path is always float32, eager.
-    dtype: Dtype = "bfloat16"
-    compile: bool = False
+    dtype: Dtype = Field("bfloat16", description="autocast dtype on CUDA: bfloat16, float16 or float32")
+    compile: bool = Field(False, description="torch.compile the network (CUDA only)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
 
     max_n: int = Field(16, ge=1, description="largest n of one request")
@@ -34,10 +43,10 @@ class GeneratorSettings(BaseSettings):
     # Dynamic batching: up to max_batch_size images from compatible requests share
     # one forward; the first waits at most max_batch_wait_ms for company.
     max_batch_size: int = Field(16, ge=1, description="1 disables dynamic batching")
-    max_batch_wait_ms: float = Field(5.0, ge=0)
+    max_batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for company")
     # Batch invariance (see runtime.py): N > 0 runs every forward on exactly N rows (padded);
     # 0 = auto: probe the network at load and pad only if some batch size changes a row.
-    micro_batch: int = Field(0, ge=0)
+    micro_batch: int = Field(0, ge=0, description="N > 0: every forward on exactly N rows; 0: probe at load")
 
     bank_timeout_s: float = Field(5.0, gt=0, description="timeout of each call to the bank")
     bank_retries: int = Field(2, ge=1, description="attempts of each idempotent call to the bank")
@@ -45,5 +54,8 @@ class GeneratorSettings(BaseSettings):
     ready_cache_s: float = Field(1.0, ge=0, description="how long a /readyz bank check is reused")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503")
 
-    redis_url: str | None = Field(None, description="enables the pinned-snippet cache fed by gmem:bank:events")
-    cache_max_entries: int = Field(100_000, ge=1)
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("GMEM_REDIS_URL"),
+        description="enables the pinned-snippet cache fed by gmem:bank:events (shared with the bank)",
+    )
+    cache_max_entries: int = Field(100_000, ge=1, description="capacity of the pinned-snippet cache")

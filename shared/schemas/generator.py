@@ -1,8 +1,8 @@
 """Request and response models of the generator service (CONTRACT.md section 6).
 
 The static bounds here are the ones every deployment shares (n >= 1, steps >= 1,
-known samplers and pools); the configured maxima (``GMEM_MAX_N``,
-``GMEM_MAX_STEPS``) are checked by the service, which answers 422 above them.
+known samplers and pools); the configured maxima (``GMEM_GENERATOR_MAX_N``,
+``GMEM_GENERATOR_MAX_STEPS``) are checked by the service, which answers 422 above them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class GenerateRequest(BaseModel):
         },
     )
 
-    n: int = Field(1, ge=1, description="number of images; at most the service's GMEM_MAX_N")
+    n: int = Field(1, ge=1, description="number of images; at most the service's GMEM_GENERATOR_MAX_N")
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="image k uses the noise of seed + k; drawn and returned when absent"
     )

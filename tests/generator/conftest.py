@@ -27,14 +27,14 @@ TOKEN = "test-token-generator"
 
 # Settings every test generator shares: small limits keep schemathesis and batching fast.
 GENERATOR_ENV = {
-    "GMEM_MAX_N": "8",
-    "GMEM_MAX_STEPS": "32",
-    "GMEM_MAX_BATCH_SIZE": "8",
-    "GMEM_MAX_BATCH_WAIT_MS": "30",
-    "GMEM_TORCH_THREADS": "1",
-    "GMEM_BANK_TIMEOUT_S": "2",
-    "GMEM_BANK_START_WAIT_S": "5",
-    "GMEM_READY_CACHE_S": "0",
+    "GMEM_GENERATOR_MAX_N": "8",
+    "GMEM_GENERATOR_MAX_STEPS": "32",
+    "GMEM_GENERATOR_MAX_BATCH_SIZE": "8",
+    "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "30",
+    "GMEM_GENERATOR_TORCH_THREADS": "1",
+    "GMEM_GENERATOR_BANK_TIMEOUT_S": "2",
+    "GMEM_GENERATOR_BANK_START_WAIT_S": "5",
+    "GMEM_GENERATOR_READY_CACHE_S": "0",
 }
 
 

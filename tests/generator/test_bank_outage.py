@@ -64,7 +64,8 @@ def test_generator_starts_not_ready_without_a_bank_and_becomes_ready_when_it_app
     from .conftest import free_port
 
     port = free_port()
-    gen = start_generator(tmp_path, f"http://127.0.0.1:{port}", wait_ready=False, GMEM_BANK_START_WAIT_S="0")
+    gen = start_generator(tmp_path, f"http://127.0.0.1:{port}", wait_ready=False,
+                          GMEM_GENERATOR_BANK_START_WAIT_S="0")
     bank = None
     try:
         r = httpx.get(gen.url + "/readyz")
@@ -98,8 +99,8 @@ def test_a_bank_that_accepts_but_never_answers_gives_503_after_the_timeout(tmp_p
 
     threading.Thread(target=accept, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    gen = start_generator(tmp_path, url, wait_ready=False, GMEM_BANK_START_WAIT_S="0", GMEM_BANK_TIMEOUT_S="1",
-                          GMEM_BANK_RETRIES="1")
+    gen = start_generator(tmp_path, url, wait_ready=False, GMEM_GENERATOR_BANK_START_WAIT_S="0",
+                          GMEM_GENERATOR_BANK_TIMEOUT_S="1", GMEM_GENERATOR_BANK_RETRIES="1")
     try:
         deadline = time.monotonic() + 60
         while "loading" in httpx.get(gen.url + "/readyz", timeout=10).json()["detail"]["model"]:

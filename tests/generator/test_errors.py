@@ -26,11 +26,11 @@ def test_unknown_snippet_id_is_404(gen_url: str):
 
 
 def test_n_over_the_configured_maximum_is_422(gen_url: str):
-    assert_error(post(gen_url, {"n": 9, "steps": 1}), 422, "limit_exceeded", "GMEM_MAX_N")
+    assert_error(post(gen_url, {"n": 9, "steps": 1}), 422, "limit_exceeded", "GMEM_GENERATOR_MAX_N")
 
 
 def test_steps_over_the_configured_maximum_is_422(gen_url: str):
-    assert_error(post(gen_url, {"n": 1, "steps": 33}), 422, "limit_exceeded", "GMEM_MAX_STEPS")
+    assert_error(post(gen_url, {"n": 1, "steps": 33}), 422, "limit_exceeded", "GMEM_GENERATOR_MAX_STEPS")
 
 
 @pytest.mark.parametrize(
