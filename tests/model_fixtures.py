@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from shared.factors import BankMeta, save_factors
@@ -61,3 +62,12 @@ def make_model(path: Path, seed: int = 0, **overrides) -> Path:
                                  "default_steps": 3, **overrides})
     save_model(path, GMemDiT(cfg), cfg, {"id": "test-tiny"})
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two OpenMP threads can run 20x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.errors import InvalidInput
+from tests.model_fixtures import one_torch_thread  # noqa: F401
 from training.model import AxialRoPE, GMemDiT, SnippetAdapter, TimestepEmbedder, modulate, preset
 
 TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, input_size=16, snippet_dim=8)

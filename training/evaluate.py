@@ -155,9 +155,11 @@ def eval_command(
     evalnet_weights: Annotated[str, typer.Option(help="evaluation network weights",
                                                  envvar="GMEM_EVALNET_WEIGHTS")] = EVALNET_WEIGHTS,
     json_out: Annotated[Path | None, typer.Option(help="also write the result as JSON here")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads (1 is safest on a busy machine)",
+                                         envvar="GMEM_THREADS")] = 1,
 ) -> None:
     """Frechet distance (evalnet features) and snippet-class consistency of the model's samples."""
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(max(1, threads))
     try:
         result = run_eval(str(model), str(bank) if bank else None, dataset, n, seed, steps, sampler, cfg_scale,
                           evalnet_weights)

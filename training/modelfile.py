@@ -119,7 +119,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     if config.space == "latent":
         from training import vae  # only latent-space models need the decoder (engineer F's module)
 
-        decoder = vae.load_decoder(config.decoder, device=device)
+        decoder = vae.load_decoder(config.decoder, device=device, base_dir=Path(path).parent)
     return LoadedModel(net=net, config=config, meta=meta, decoder=decoder, path=str(path))
 
 

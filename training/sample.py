@@ -90,11 +90,13 @@ def sample_command(
     cfg_scale: Annotated[float, typer.Option(help="classifier-free guidance scale (1 = off)",
                                              envvar="GMEM_CFG_SCALE")] = 1.0,
     snippet_ids: Annotated[list[int] | None, typer.Option(help="pin snippet ids (repeat the flag)")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads (1 is safest on a busy machine)",
+                                         envvar="GMEM_THREADS")] = 1,
 ) -> None:
     """Write a grid of K samples (ceil(sqrt(K)) columns, row-major) to --out."""
     import torch
 
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    torch.set_num_threads(max(1, threads))
     try:
         grid, ids = sample_grid(str(model), str(bank) if bank else None, n, seed, steps, sampler, cfg_scale,
                                 snippet_ids)

@@ -249,7 +249,7 @@ def train_command(
     out: Annotated[Path, typer.Option(help="model file to write (EMA weights)", envvar="GMEM_OUT")],
     bank: Annotated[Path | None, typer.Option(help="bank factors file built from the dataset", envvar="GMEM_BANK")] = None,
     preset_name: Annotated[str, typer.Option("--preset", help="network preset", envvar="GMEM_PRESET")] = "gmem-tiny",
-    steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_STEPS")] = 3000,
+    steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_TRAIN_STEPS")] = 3000,
     batch_size: Annotated[int, typer.Option(help="global batch size", envvar="GMEM_BATCH_SIZE")] = 64,
     lr: Annotated[float, typer.Option(help="AdamW learning rate", envvar="GMEM_LR")] = 3e-4,
     mask_ratio: Annotated[float | None, typer.Option(help="S-Adapter mask ratio (default 0.4)",
