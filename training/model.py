@@ -4,10 +4,11 @@
 and drives every block through adaLN. With the LightningDiT options (RMSNorm,
 SwiGLU, RoPE, linear adapter, REPA projector) the module names and shapes match
 the paper authors' release key for key (official-gmem-facts.md section 2d), so
-their checkpoints load straight into :class:`GMemDiT`.
+their checkpoints load straight into :class:`GMemDiT`. The generic pieces
+(norms, RoPE, attention, MLPs, embedders) live in :mod:`training.layers`.
 
-Ideas from facebookresearch/DiT (adaLN-zero, sin-cos tables), hustvl/LightningDiT
-(RMSNorm, SwiGLU, 2-D axial RoPE) and LINs-lab/GMem (S-Adapter); written here.
+Ideas from facebookresearch/DiT (adaLN-zero, class baseline), hustvl/LightningDiT
+(REPA projector layout) and LINs-lab/GMem (S-Adapter); written here.
 """
 
 from __future__ import annotations
@@ -16,12 +17,23 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import InvalidInput
+from training.layers import (
+    Attention,
+    AxialRoPE,
+    GeluMLP,
+    PatchEmbed,
+    RowLinear,
+    SwiGLU,
+    TimestepEmbedder,
+    make_norm,
+    modulate,
+    sincos_2d,
+)
 
 Space = Literal["pixel", "latent"]
 Conditioning = Literal["snippet", "class", "none"]
@@ -100,81 +112,8 @@ class GMemConfig:
 
 
 #################################################################################
-#                         Embedding tables and small layers                     #
+#                    Conditioning: S-Adapter and class baseline                 #
 #################################################################################
-
-
-def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
-    """[sin, cos] of ``pos * 10000^(-2k/dim)`` (the MAE / DiT table)."""
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-
-def sincos_2d(dim: int, grid: int) -> np.ndarray:
-    """Fixed 2-D position table [grid*grid, dim]: first half encodes the column, second the row (MAE order)."""
-    w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
-    return np.concatenate([sincos_1d(dim // 2, w), sincos_1d(dim // 2, h)], axis=1)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x * (1 + scale) + shift`` per sample."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
-class RowLinear(nn.Linear):
-    """nn.Linear for per-sample vectors [N, K] that gives each row the same bits whatever N is (eval mode).
-
-    CPU GEMM picks a different kernel (and summation order) for N = 1 than for
-    N > 1, so a batch would not equal single runs. One batched 1 x K product per
-    row keeps every row on the same kernel; training keeps the fused GEMM.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or x.ndim != 2:
-            return super().forward(x)
-        n = x.shape[0]
-        out = torch.baddbmm(self.bias.expand(n, 1, -1), x.unsqueeze(1), self.weight.t().expand(n, -1, -1))
-        return out.squeeze(1)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm with a learnable weight, computed in fp32 (LightningDiT)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-def make_norm(cfg: GMemConfig, dim: int) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(dim)
-    return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-
-
-class TimestepEmbedder(nn.Module):
-    """t in [0, 1] (raw flow time, no x1000) -> [cos, sin] of 256 frequencies -> MLP."""
-
-    def __init__(self, hidden: int, freq_dim: int = 256) -> None:
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(RowLinear(freq_dim, hidden), nn.SiLU(), RowLinear(hidden, hidden))
-
-    @staticmethod
-    def frequency_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
-        """``[cos(t w_k), sin(t w_k)]``, ``w_k = exp(-ln(1e4) k / (dim/2))``: cos first, as the release does."""
-        half = dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = t.float()[:, None] * freqs[None]
-        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.frequency_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
 class SnippetAdapter(nn.Module):
@@ -228,74 +167,6 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(y)
 
 
-class AxialRoPE(nn.Module):
-    """2-D axial rotary embedding: first hd/2 channels rotate by row h, last hd/2 by column w."""
-
-    def __init__(self, head_dim: int, grid: int) -> None:
-        super().__init__()
-        half = head_dim // 2
-        k = torch.arange(0, half, 2, dtype=torch.float64)[: half // 2]
-        freqs = (10000.0 ** (-k / half)).repeat_interleave(2)  # [hd/2], adjacent pairs share one
-        pos = torch.arange(grid, dtype=torch.float64)
-        h = pos.repeat_interleave(grid)  # token n = h * W + w
-        w = pos.repeat(grid)
-        angles = torch.cat([h[:, None] * freqs[None], w[:, None] * freqs[None]], dim=1)  # [T, hd]
-        self.register_buffer("freqs_cos", angles.cos().float())
-        self.register_buffer("freqs_sin", angles.sin().float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (x_2k, x_2k+1) -> (x_2k cos - x_2k+1 sin, x_2k+1 cos + x_2k sin)
-        pairs = x.unflatten(-1, (-1, 2))
-        rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-        return x * self.freqs_cos.to(x.dtype) + rotated * self.freqs_sin.to(x.dtype)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with optional q/k norm and RoPE (applied by the caller's table)."""
-
-    def __init__(self, cfg: GMemConfig) -> None:
-        super().__init__()
-        self.heads = cfg.num_heads
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
-        self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else nn.Identity()
-        self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else nn.Identity()
-        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-
-    def forward(self, x: torch.Tensor, rope: AxialRoPE | None) -> torch.Tensor:
-        n, t, h = x.shape
-        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = rope(q), rope(k)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(n, t, h))
-
-
-class SwiGLU(nn.Module):
-    """SwiGLU feed-forward: ``w3(silu(x1) * x2)`` with ``[x1, x2] = w12(x)``."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
-        self.w3 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(x1) * x2)
-
-
-class GeluMLP(nn.Module):
-    """DiT/SiT feed-forward: fc1, GELU (tanh), fc2."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
 #################################################################################
 #                               Blocks and network                              #
 #################################################################################
@@ -307,9 +178,9 @@ class GMemBlock(nn.Module):
     def __init__(self, cfg: GMemConfig) -> None:
         super().__init__()
         h = cfg.hidden_size
-        self.norm1 = make_norm(cfg, h)
-        self.attn = Attention(cfg)
-        self.norm2 = make_norm(cfg, h)
+        self.norm1 = make_norm(cfg.norm, h)
+        self.attn = Attention(h, cfg.num_heads, qk_norm=cfg.qk_norm, norm=cfg.norm)
+        self.norm2 = make_norm(cfg.norm, h)
         if cfg.mlp == "swiglu":
             self.mlp: nn.Module = SwiGLU(h, int(2 / 3 * cfg.mlp_ratio * h))
         else:
@@ -328,7 +199,7 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: GMemConfig) -> None:
         super().__init__()
         h = cfg.hidden_size
-        self.norm_final = make_norm(cfg, h)
+        self.norm_final = make_norm(cfg.norm, h)
         self.linear = nn.Linear(h, cfg.patch_size**2 * cfg.out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), RowLinear(h, 2 * h))
 
@@ -336,16 +207,6 @@ class FinalLayer(nn.Module):
         shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
-
-class PatchEmbed(nn.Module):
-    """Conv2d with kernel = stride = patch, flattened row-major (token n = h * W + w)."""
-
-    def __init__(self, cfg: GMemConfig) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(cfg.in_channels, cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class GMemDiT(nn.Module):
@@ -355,7 +216,7 @@ class GMemDiT(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         h, grid = cfg.hidden_size, cfg.grid_size
-        self.x_embedder = PatchEmbed(cfg)
+        self.x_embedder = PatchEmbed(cfg.in_channels, h, cfg.patch_size)
         self.t_embedder = TimestepEmbedder(h)
         if cfg.conditioning == "snippet":
             self.condition_projection = SnippetAdapter(cfg)

@@ -196,7 +196,7 @@ def match_network_keys(
 
 def check_rope_tables(state: Mapping[str, torch.Tensor], head_dim: int, grid: int, where: str = "network") -> float:
     """Max deviation of the stored ``feat_rope`` tables from our recomputation; refuses a different layout."""
-    from training.model import AxialRoPE
+    from training.layers import AxialRoPE
 
     ours = AxialRoPE(head_dim, grid)
     worst = 0.0
