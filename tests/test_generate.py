@@ -153,3 +153,30 @@ def test_model_meta_is_plain_json(files):
     assert md["format"] == "gmem-model" and md["format_version"] == "1"
     cfg = json.loads(md["config"])
     assert cfg["id"] == "test-tiny" and cfg["encoder"] == "test/bars" and cfg["default_sampler"] == "heun"
+
+
+def test_model_config_records_the_pixel_normalisation(files):
+    # CONTRACT.md section 5: the config names the space "and its normalisation".
+    norm = read_model_meta(files / "model.safetensors")["normalization"]
+    assert norm["space"] == "pixel" and norm["range"] == [-1.0, 1.0]
+    assert "127.5" in norm["encode"] and "127.5" in norm["decode"]
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf")])
+def test_generate_refuses_a_non_finite_cfg_scale(files, scale):
+    from shared.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="finite"):
+        generate(load_model(files / "model.safetensors"), unit(1), [0], steps=1, cfg_scale=scale)
+
+
+def test_sample_snippet_ids_have_an_environment_variable(files, tmp_path):
+    # CONTRACT.md section 3: every setting has a GMEM_* variable; the flag overrides it.
+    args = ["sample", "--model", str(files / "model.safetensors"), "--bank", str(files / "bank.safetensors"),
+            "--n", "2", "--steps", "1", "--out", str(tmp_path / "g.png")]
+    res = CliRunner().invoke(build_app(), args, env={"GMEM_SNIPPET_IDS": "3 5"})
+    assert res.exit_code == 0, res.output
+    assert "[3, 5]" in res.output
+    res = CliRunner().invoke(build_app(), [*args, "--snippet-ids", "4"], env={"GMEM_SNIPPET_IDS": "3 5"})
+    assert res.exit_code == 0, res.output
+    assert "[4, 4]" in res.output

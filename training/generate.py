@@ -8,6 +8,7 @@ never depends on what else was in the batch.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,6 +52,9 @@ def sample_tensor(
         raise InvalidInput(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
     if steps < 1:
         raise InvalidInput(f"steps must be at least 1; got {steps}")
+    if not math.isfinite(cfg_scale):
+        # A NaN scale would silently turn every image into NaN (clamped to black).
+        raise InvalidInput(f"cfg_scale must be a finite number; got {cfg_scale} (1 = no guidance)")
     device = next(net.parameters()).device
     generators = [noise_generator(s) for s in seeds]
     x = torch.stack([torch.randn(image_shape(config), generator=g, dtype=torch.float32) for g in generators])

@@ -1,7 +1,8 @@
 """The model file (CONTRACT.md section 5): network weights in safetensors plus a JSON config.
 
 ``__metadata__``: ``format = gmem-model``, ``format_version = 1`` and ``config``,
-the JSON of :class:`training.model.GMemConfig` plus ``id`` and whatever the
+the JSON of :class:`training.model.GMemConfig` plus ``id``, ``normalization``
+(how the network's pixel or latent space maps to pixels) and whatever the
 writer adds (training summary, bank it was trained with). Readers refuse any
 other format or version, naming both.
 """
@@ -51,6 +52,17 @@ def config_to_json(config: GMemConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def normalization(config: GMemConfig) -> dict[str, Any]:
+    """How the network's space maps to pixels: the "normalisation" the model file's config records."""
+    if config.space == "pixel":
+        return {"space": "pixel", "range": [-1.0, 1.0], "encode": "x = pixel / 127.5 - 1",
+                "decode": "pixel = clamp(127.5 x + 128, 0, 255)"}
+    return {"space": "latent", "encode": "x = (z - latent_mean) / latent_std * latent_multiplier",
+            "decode": "z = x * latent_std / latent_multiplier + latent_mean, then the decoder",
+            "latent_mean": config.latent_mean, "latent_std": config.latent_std,
+            "latent_multiplier": config.latent_multiplier}
+
+
 def config_from_json(data: dict[str, Any]) -> GMemConfig:
     """GMemConfig from the file's config JSON; keys that are not config fields (id, train, ...) are ignored."""
     fields = {f.name for f in dataclasses.fields(GMemConfig)}
@@ -67,7 +79,7 @@ def config_from_json(data: dict[str, Any]) -> GMemConfig:
 def save_model(path: str | os.PathLike, net: torch.nn.Module, config: GMemConfig,
                extra: dict[str, Any] | None = None) -> None:
     """Write weights + metadata atomically (temp file, rename); ``extra`` goes into the config JSON."""
-    meta = {"id": config.name, **config_to_json(config), **(extra or {})}
+    meta = {"id": config.name, **config_to_json(config), "normalization": normalization(config), **(extra or {})}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

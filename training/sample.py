@@ -89,7 +89,8 @@ def sample_command(
                                                 envvar="GMEM_SAMPLER")] = None,
     cfg_scale: Annotated[float, typer.Option(help="classifier-free guidance scale (1 = off)",
                                              envvar="GMEM_CFG_SCALE")] = 1.0,
-    snippet_ids: Annotated[list[int] | None, typer.Option(help="pin snippet ids (repeat the flag)")] = None,
+    snippet_ids: Annotated[list[int] | None, typer.Option(help="pin snippet ids (repeat the flag; env: ids "
+                                                          "separated by spaces)", envvar="GMEM_SNIPPET_IDS")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads (1 is safest on a busy machine)",
                                          envvar="GMEM_THREADS")] = 1,
 ) -> None:

@@ -46,12 +46,15 @@ def check_bank_at_start(settings: GeneratorSettings) -> None:
 
 
 def serve(
-    model: str | None = typer.Option(None, "--model", help="model file [env GMEM_GENERATOR_MODEL]"),
-    bank_url: str | None = typer.Option(None, "--bank-url", help="bank service URL [env GMEM_BANK_URL]"),
-    host: str | None = typer.Option(None, "--host", help="bind address [env GMEM_GENERATOR_HOST; default 127.0.0.1]"),
-    port: int | None = typer.Option(None, "--port", help="port [env GMEM_GENERATOR_PORT; default 8002]"),
+    model: str | None = typer.Option(None, "--model", help="model file (env GMEM_GENERATOR_MODEL)"),
+    bank_url: str | None = typer.Option(None, "--bank-url", help="bank service URL (env GMEM_BANK_URL)"),
+    host: str | None = typer.Option(None, "--host", help="bind address (env GMEM_GENERATOR_HOST; default 127.0.0.1)"),
+    port: int | None = typer.Option(None, "--port", help="port (env GMEM_GENERATOR_PORT; default 8002)"),
 ) -> None:
-    """Serve GMem sampling over HTTP (POST /generate); snippets come from the bank service."""
+    """Serve GMem sampling over HTTP (POST /generate); snippets come from the bank service.
+
+    Every other setting is an environment variable GMEM_GENERATOR_* (services/generator/settings.py).
+    """
     import uvicorn
 
     from services.generator.app import create_app

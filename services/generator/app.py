@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.generator.batcher import Batcher
 from services.generator.cache import SnippetCache
-from services.generator.errors import ERROR_RESPONSES, envelope, install_handlers
+from services.generator.errors import ERROR_RESPONSES, NotReady, envelope, install_handlers
 from services.generator.generation import Generator
 from services.generator.metrics import GeneratorMetrics, make_metrics
 from services.generator.runtime import ModelFacts, Runtime, read_model_facts
@@ -147,6 +147,10 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
 
     @app.get("/model", response_model=ModelInfo, responses={503: ERROR_RESPONSES[503]})
     async def model_info() -> ModelInfo:
+        # Before the weights are in, "parameters" is unknown: say not ready rather than report 0.
+        ok, detail = gen.model_status()
+        if not ok:
+            raise NotReady(f"{detail}; GET /model answers once the model is loaded, retry shortly")
         return gen.runtime.info()
 
     @app.post("/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES)

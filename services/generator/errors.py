@@ -89,6 +89,9 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
+ROUTES_SERVED = "GET /healthz, GET /readyz, GET /metrics, GET /model, POST /generate, GET /openapi.json"
+
+
 def status_of(exc: GMemError) -> int:
     for cls, status in STATUS:
         if isinstance(exc, cls):
@@ -110,8 +113,16 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:
+            # FastAPI's loc here is (body, character offset), which reads as a field name; say it plainly.
+            at = bad_json.get("loc", ("body", "?"))[-1]
+            why = (bad_json.get("ctx") or {}).get("error", "JSON decode error")
+            return envelope(422, "invalid_request", f"request body is not valid JSON ({why} at character {at}); "
+                            'send a JSON object such as {"n": 1, "seed": 0}')
         parts = []
-        for err in exc.errors()[:5]:
+        for err in errors[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
             parts.append(f"{where}: {err.get('msg')}")
         return envelope(422, "invalid_request", "; ".join(parts) + "; see GET /openapi.json for the schema")
@@ -119,4 +130,9 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
-        return envelope(exc.status_code, code, str(exc.detail), retry_after_s)
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):
+            # Starlette's bare "Not Found" does not say what exists.
+            what = "no such path" if exc.status_code == 404 else f"method {request.method} is not allowed on"
+            message = f"{what} {request.url.path}; this service answers {ROUTES_SERVED}"
+        return envelope(exc.status_code, code, message, retry_after_s)

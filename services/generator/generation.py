@@ -57,12 +57,16 @@ class Generator:
         if time.monotonic() - self._ready_at < self.settings.ready_cache_s:
             return self._ready
         try:
-            info = await self.bank.info()
+            # One timeout in all, not one per retry: a probe that hangs for attempts x timeout is itself a failure.
+            info = await asyncio.wait_for(self.bank.info(), self.settings.bank_timeout_s)
             check_bank_compatible(self.runtime.facts, info.feature_dim, info.encoder, self.settings.bank_url)
             self.last_bank_version = info.version
             self._ready = (True, f"bank at {self.settings.bank_url} version {info.version}")
         except bc.ClientError as exc:
             self._ready = (False, f"bank unreachable: {exc.message}")
+        except TimeoutError:
+            self._ready = (False, f"bank at {self.settings.bank_url} did not answer GET /bank within "
+                                  f"{self.settings.bank_timeout_s:g} s (GMEM_GENERATOR_BANK_TIMEOUT_S)")
         except IncompatibleArtifacts as exc:
             self._ready = (False, exc.message)
         self._ready_at = time.monotonic()
@@ -89,9 +93,7 @@ class Generator:
             ) from exc
 
     def _check(self, req: GenerateRequest) -> tuple[int, str]:
-        ok, detail = self.model_status()
-        if not ok:
-            raise NotReady(f"{detail}; retry shortly")
+        # Limits first: a request over them can never succeed, so "retry shortly" would mislead.
         if req.n > self.settings.max_n:
             raise LimitExceeded(f"n={req.n} is over this service's maximum of {self.settings.max_n} images "
                                 "per request (GMEM_GENERATOR_MAX_N); split the request")
@@ -99,6 +101,9 @@ class Generator:
         if steps > self.settings.max_steps:
             raise LimitExceeded(f"steps={steps} is over this service's maximum of {self.settings.max_steps} "
                                 "(GMEM_GENERATOR_MAX_STEPS); ask for fewer steps")
+        ok, detail = self.model_status()
+        if not ok:
+            raise NotReady(f"{detail}; retry shortly")
         return steps, req.sampler or self.runtime.facts.default_sampler
 
     async def _generate(self, req: GenerateRequest, gone: Callable[[], Awaitable[bool]] | None) -> GenerateResponse:

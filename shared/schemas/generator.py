@@ -47,7 +47,9 @@ class GenerateRequest(BaseModel):
         None, min_length=1, description="a raw feature of the model's snippet dimension; L2-normalised here"
     )
     pool: Pool = Field("base", description="pool the noise-CDF index draws from when no snippet is given")
-    cfg_scale: float = Field(1.0, ge=0.0, le=50.0, description="classifier-free guidance scale; 1 = none")
+    # allow_inf_nan=False: a NaN would otherwise be reported as "should be <= 50", which misleads.
+    cfg_scale: float = Field(1.0, ge=0.0, le=50.0, allow_inf_nan=False,
+                             description="classifier-free guidance scale; 1 = none")
 
     @field_validator("snippet")
     @classmethod
