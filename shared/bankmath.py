@@ -23,6 +23,7 @@ InterpolationMethod = Literal["linear", "slerp"]
 
 # Below this norm a vector has no direction we can trust in float32.
 _EPS = 1e-12
+_SNIPPET_CHUNK = 4096
 
 
 def check_finite(x: np.ndarray, what: str) -> None:
@@ -54,13 +55,33 @@ def normalize(x: np.ndarray, what: str = "feature") -> np.ndarray:
 
 
 def reconstruct(C_rows: np.ndarray, B: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    """Unnormalised reconstruction ``C[i] B^T + mu`` of coefficient rows (float32)."""
-    return np.asarray(C_rows, dtype=np.float32) @ np.asarray(B, dtype=np.float32).T + mu
+    """Unnormalised reconstruction ``C[i] B^T + mu`` of coefficient rows (float64 [k, d]).
+
+    Row by row on purpose: a batched matmul picks BLAS kernels (and so rounding) by
+    batch size, which made snippet i differ in its last bits depending on which other
+    ids were retrieved with it. One matrix-vector product per row gives every row the
+    same bits in any batch, so a retrieval batched with others equals a single one.
+    """
+    # Inputs rounded to float32 first, as the bank stores them, so a coefficient vector gives the same
+    # snippet whether it comes from /bank/project (float64) or back from storage (float32).
+    C64 = np.asarray(C_rows, dtype=np.float32).astype(np.float64).reshape(-1, np.shape(B)[1])
+    B64 = np.asarray(B, dtype=np.float32).astype(np.float64)
+    out = np.empty((C64.shape[0], B64.shape[0]), dtype=np.float64)
+    for i in range(C64.shape[0]):
+        np.matmul(B64, C64[i], out=out[i])
+    out += np.asarray(mu, dtype=np.float32)
+    return out
 
 
 def snippets_from_coefficients(C_rows: np.ndarray, B: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    """Snippets ``normalize(C[i] B^T + mu)`` as float32 unit rows."""
-    return normalize(reconstruct(C_rows, B, mu), what="reconstructed snippet").astype(np.float32)
+    """Snippets ``normalize(C[i] B^T + mu)`` as float32 unit rows, identical for an id in any batch."""
+    C_rows = np.asarray(C_rows).reshape(-1, np.shape(B)[1])
+    out = np.empty((C_rows.shape[0], np.shape(B)[0]), dtype=np.float32)
+    # In chunks so a whole bank (training) needs no N x d float64 temporary; rows are independent.
+    for lo in range(0, C_rows.shape[0], _SNIPPET_CHUNK):
+        part = reconstruct(C_rows[lo : lo + _SNIPPET_CHUNK], B, mu)
+        out[lo : lo + _SNIPPET_CHUNK] = normalize(part, what="reconstructed snippet")
+    return out
 
 
 @dataclass(frozen=True)
@@ -111,6 +132,14 @@ def interpolate(
     b = np.asarray(c_j, dtype=np.float64)
     if a.shape != b.shape:
         raise DimensionMismatch(f"coefficient vectors differ in shape: {a.shape} vs {b.shape}")
+    if method not in ("linear", "slerp"):
+        raise InvalidInput(f"unknown interpolation method {method!r}; use 'linear' or 'slerp'")
+    # The endpoints exactly, not up to round-off: slerp's (sin(theta) u_i / sin(theta)) |c_i| is not
+    # bit-equal to c_i, and the contract promises that alpha = 1 gives snippet i.
+    if alpha == 1.0:
+        return a.copy()
+    if alpha == 0.0:
+        return b.copy()
     if method == "linear":
         return alpha * a + (1.0 - alpha) * b
     if method == "slerp":

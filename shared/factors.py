@@ -41,7 +41,8 @@ class BankMeta:
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_strings(self) -> dict[str, str]:
-        out = dict(self.extra)
+        # safetensors metadata is str -> str (and CONTRACT.md says "all values strings").
+        out = {str(k): str(v) for k, v in self.extra.items()}
         out.update(
             format=self.format,
             format_version=self.format_version,
@@ -64,6 +65,13 @@ class BankMeta:
             )
         known = {"format", "format_version", "encoder", "feature_dim", "rank", "source",
                  "explained_variance", "normalized"}
+        not_text = sorted(k for k, v in md.items() if not isinstance(v, str))
+        if not_text:
+            raise BankFileError(f"{path}: metadata values must be strings; {not_text} are not")
+        # Anything but true/false would silently pick the wrong eq. 10 (g = f/|f| versus g = f).
+        normalized = md.get("normalized", "true").lower()
+        if normalized not in ("true", "false"):
+            raise BankFileError(f"{path}: metadata normalized={md['normalized']!r}; expected 'true' or 'false'")
         try:
             return cls(
                 encoder=md["encoder"],
@@ -71,7 +79,7 @@ class BankMeta:
                 rank=int(md["rank"]),
                 source=md.get("source", ""),
                 explained_variance=float(md.get("explained_variance", "nan")),
-                normalized=md.get("normalized", "true").lower() == "true",
+                normalized=normalized == "true",
                 extra={k: v for k, v in md.items() if k not in known},
             )
         except (KeyError, ValueError) as exc:
@@ -169,7 +177,10 @@ def load_factors(path: str | os.PathLike, mmap: bool = True) -> BankFactors:
     """Open a factors file, checking format, version, shapes and length; C is memory-mapped."""
     p = Path(path)
     header, data_start = _read_header(p)
-    meta = BankMeta.from_strings(header.get("__metadata__") or {}, str(p))
+    md = header.get("__metadata__") or {}
+    if not isinstance(md, dict):
+        raise BankFileError(f"{p}: __metadata__ is not a JSON object of strings")
+    meta = BankMeta.from_strings(md, str(p))
     missing = [k for k in ("mu", "B", "S", "C") if k not in header]
     if missing:
         raise BankFileError(f"{p}: missing tensors {missing}; a bank file holds mu, B, S, C (labels optional)")

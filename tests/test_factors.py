@@ -193,3 +193,43 @@ def test_saved_bank_is_readable_by_other_users(tmp_path):
     save_factors(tmp_path / "b.safetensors", np.zeros(2), np.ones((2, 1)), np.ones(1), np.ones((3, 1)),
                  BankMeta(encoder="e", feature_dim=2, rank=1, source="s", explained_variance=1.0))
     assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) & 0o044 == 0o044
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"normalized": "yes"}, "normalized='yes'"),     # was silently read as false (g = f in eq. 10)
+    ({"normalized": True}, "must be strings"),        # a JSON bool: was an AttributeError crash
+    ({"rank": 4}, "must be strings"),
+])
+def test_metadata_values_must_be_the_contracts_strings(tmp_path: Path, changes: dict, says: str):
+    mu, B, S, C, meta, _ = make_bank()
+    path = tmp_path / "b.safetensors"
+    save_factors(path, mu, B, S, C, meta)
+    _rewrite_metadata(path, **changes)
+    with pytest.raises(BankFileError, match=says):
+        load_factors(path)
+
+
+@pytest.mark.parametrize("value", ["false", "False", "TRUE"])
+def test_normalized_true_or_false_in_any_case(tmp_path: Path, value: str):
+    mu, B, S, C, meta, _ = make_bank()
+    path = tmp_path / "b.safetensors"
+    save_factors(path, mu, B, S, C, meta)
+    _rewrite_metadata(path, normalized=value)
+    assert load_factors(path).meta.normalized is (value.lower() == "true")
+
+
+def test_metadata_that_is_not_an_object_is_refused(tmp_path: Path):
+    _raw(tmp_path / "b.safetensors", {"__metadata__": ["format", "gmem-bank"]})
+    with pytest.raises(BankFileError, match="__metadata__"):
+        load_factors(tmp_path / "b.safetensors")
+
+
+def test_extra_metadata_is_written_as_strings(tmp_path: Path):
+    mu, B, S, C, meta, _ = make_bank()
+    meta = BankMeta(encoder=meta.encoder, feature_dim=meta.feature_dim, rank=meta.rank, source=meta.source,
+                    explained_variance=meta.explained_variance, extra={"epochs": 3})  # type: ignore[dict-item]
+    path = tmp_path / "b.safetensors"
+    save_factors(path, mu, B, S, C, meta)
+    with safe_open(str(path), framework="numpy") as fh:
+        assert fh.metadata()["epochs"] == "3"
+    assert load_factors(path).meta.extra == {"epochs": "3"}

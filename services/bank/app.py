@@ -172,7 +172,7 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
         return BankInfo(version=view.version, size=view.pool_size("all"), base_size=f.size, feature_dim=f.feature_dim,
                         rank=f.rank, encoder=f.meta.encoder, format_version=f.meta.format_version)
 
-    @app.post("/bank/retrieve", response_model=RetrieveResponse, responses=responses(404, 409, 413, 422),
+    @app.post("/bank/retrieve", response_model=RetrieveResponse, responses=responses(404, 409, 413, 415, 422),
               description=_RETRIEVE_DOC, tags=["bank"])
     async def retrieve(req: RetrieveRequest) -> Response:
         if req.z is not None:
@@ -249,13 +249,13 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
         return ProjectResponse(coefficients=c.tolist(), snippet=snippet.tolist(), residual=residual)
 
     @app.post("/bank/interpolate", status_code=201, response_model=MutationResponse, dependencies=mutation,
-              responses=responses(401, 403, 404, 413, 422, 503), tags=["edit"])
+              responses=responses(401, 403, 404, 413, 415, 422, 503), tags=["edit"])
     def interpolate(req: InterpolateRequest) -> MutationResponse:
         """Eq. 11 between two live snippets (base or run-time), appended as a new snippet."""
         sid, version = store.interpolate(req.i, req.j, req.alpha, req.method, req.name)
         return MutationResponse(id=sid, version=version)
 
-    @app.post("/bank/search", response_model=SearchResponse, responses=responses(404, 413, 422, 503),
+    @app.post("/bank/search", response_model=SearchResponse, responses=responses(404, 413, 415, 422, 503),
               tags=["bank"])
     def search(req: SearchRequest) -> SearchResponse:
         """Exact kNN (FAISS) by distance between reconstructions, over live snippets of the pool."""

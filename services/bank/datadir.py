@@ -16,7 +16,7 @@ import os
 import struct
 from pathlib import Path
 
-from shared.errors import IncompatibleArtifacts
+from shared.errors import BankFileError, IncompatibleArtifacts
 from shared.factors import BankFactors, write_atomic
 
 IDENTITY_FILE = "factors.json"
@@ -26,6 +26,10 @@ _SAMPLE = 1 << 20
 
 class DataDirLocked(IncompatibleArtifacts):
     code = "data_dir_locked"
+
+
+class DataDirUnusable(BankFileError):
+    code = "data_dir_unusable"
 
 
 def factors_identity(factors: BankFactors) -> dict[str, object]:
@@ -73,8 +77,14 @@ def check_identity(data_dir: Path, factors: BankFactors) -> None:
 
 def lock_data_dir(data_dir: Path) -> int:
     """Hold an exclusive flock on the data dir for the life of the process (released by the kernel on kill)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a file in the way, no permission, read-only disk: say so, not a traceback
+        raise DataDirUnusable(
+            f"cannot use data dir {data_dir} ({exc.strerror or exc}); --data-dir must be a directory this user "
+            "can create and write (it holds the edit log)"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:

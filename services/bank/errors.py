@@ -115,6 +115,14 @@ def install(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype and ctype != "application/json" and not ctype.endswith("+json") and any(
+            tuple(err.get("loc", ()))[:1] == ("body",) for err in exc.errors()
+        ):
+            # FastAPI does not parse a JSON body sent under another type (curl -d sends form-urlencoded),
+            # which otherwise surfaces as a puzzling "Input should be a valid dictionary".
+            return error_response(415, "unsupported_media_type", f"content type {ctype!r} is not accepted; send "
+                                  "the JSON body with 'Content-Type: application/json'")
         return error_response(422, "invalid_request", _validation_message(exc))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:

@@ -20,13 +20,15 @@ Kind = Literal["base", "inserted", "interpolated"]
 # Ids stay far below 2**63 so every id fits an int64 array.
 MAX_ID = 2**53
 MAX_BATCH = 4096  # snippets per retrieval
-MAX_FEATURE = 65536  # length of one feature / snippet / noise tensor
+MAX_FEATURE = 65536  # length of one feature / snippet
+MAX_NOISE = 1 << 20  # numel of one noise tensor: 3 x 512 x 512 pixels fit (the body limit bounds the rest)
 MAX_K = 1000
 MAX_NAME = 200
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 SnippetId = Annotated[int, Field(ge=0, le=MAX_ID)]
 Vector = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_FEATURE)]
+Noise = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_NOISE)]
 Name = Annotated[str, Field(max_length=MAX_NAME, description="free-form label kept with the snippet")]
 
 
@@ -94,7 +96,7 @@ class RetrieveRequest(_Model):
             ]
         },
     )
-    z: Vector | Annotated[list[Vector], Field(min_length=1, max_length=MAX_BATCH)] | None = Field(
+    z: Noise | Annotated[list[Noise], Field(min_length=1, max_length=MAX_BATCH)] | None = Field(
         None, description="noise tensor(s) with iid N(0, 1) entries, flattened"
     )
     indices: Annotated[list[SnippetId], Field(min_length=1, max_length=MAX_BATCH)] | None = Field(

@@ -79,6 +79,16 @@ def test_malformed_json_and_wrong_content_type(client: TestClient) -> None:
     assert_error(client.post("/bank/retrieve", content=b"[1, 2]", headers=JSON), 422, "invalid_request")
 
 
+@pytest.mark.parametrize(("path", "body"), [("/bank/retrieve", b'{"z": [0.5]}'), ("/bank/search", b'{"id": 0}'),
+                                            ("/bank/interpolate", b'{"i": 0, "j": 1, "alpha": 0.5}')])
+def test_json_routes_say_when_the_body_is_not_sent_as_json(client: TestClient, path: str, body: bytes) -> None:
+    # Regression: `curl -d` (form-urlencoded) got 422 "Input should be a valid dictionary", not what to do.
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert_error(client.post(path, content=body, headers={**AUTH, **form}), 415, "unsupported_media_type",
+                 "application/json")
+    assert client.post(path, content=body, headers={**AUTH, **JSON}).status_code in (200, 201)
+
+
 def test_unknown_ids_are_404(client: TestClient) -> None:
     assert_error(client.get(f"/bank/snippets/{N0}"), 404, "unknown_snippet", f"snippet id {N0}")
     assert_error(client.post("/bank/retrieve", json={"indices": [0, N0 + 5]}), 404, "unknown_snippet")

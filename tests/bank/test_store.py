@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.bank.datadir import DataDirLocked
+from services.bank.datadir import DataDirLocked, DataDirUnusable
 from services.bank.store import BankStore
 from shared.bankmath import snippets_from_coefficients
 from shared.errors import IncompatibleArtifacts
@@ -65,6 +65,28 @@ def test_one_process_per_data_dir(bank: SyntheticBank, tmp_path: Path) -> None:
         BankStore.open(bank.path, tmp_path / "d")
     store.close()
     BankStore.open(bank.path, tmp_path / "d").close()
+
+
+def test_a_data_dir_that_cannot_be_a_directory_is_a_clear_error(bank: SyntheticBank, tmp_path: Path) -> None:
+    # Regression: a file at --data-dir crashed the service start with a FileExistsError traceback.
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("")
+    with pytest.raises(DataDirUnusable, match="must be a directory"):
+        BankStore.open(bank.path, in_the_way)
+
+
+def test_cli_reports_an_unusable_data_dir_without_a_traceback(bank: SyntheticBank, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from services.bank.__main__ import serve
+
+    (tmp_path / "afile").write_text("")
+    cli = typer.Typer()
+    cli.command()(serve)
+    result = CliRunner().invoke(cli, ["--factors", str(bank.path), "--data-dir", str(tmp_path / "afile")])
+    assert result.exit_code == 2 and "cannot use data dir" in result.output
+    assert not isinstance(result.exception, OSError)
 
 
 def test_readers_see_whole_versions_while_a_writer_appends(bank: SyntheticBank, tmp_path: Path) -> None:
