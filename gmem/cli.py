@@ -292,7 +292,7 @@ def info(ctx: typer.Context) -> None:
     failures = 0
     with obj.bank() as bank:
         try:
-            data["bank"] = vars(bank.info())
+            data["bank"] = bank.info().model_dump()
         except ClientError as exc:
             data["bank"] = {"error": exc.message}
             failures += 1

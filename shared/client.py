@@ -1,7 +1,8 @@
 """Typed HTTP clients for the bank and generator services (sync and async, httpx).
 
-Errors and result types live in shared.client_types and are re-exported here, so
-callers import everything from ``shared.client``. Idempotent calls (GET, and the
+Errors and result types live in shared.client_types (BankInfo and Neighbor are the
+bank's response models in shared.schemas.bank) and are re-exported here, so callers
+import everything from ``shared.client``. Idempotent calls (GET, and the
 read-only POSTs retrieve, search, project, generate) are retried with bounded
 exponential backoff on Unavailable; mutations are sent once (a connect error is
 still retried by the transport, since nothing reached the server). Like httpx,
@@ -25,7 +26,6 @@ from shared.client_types import (
     RETRY_STATUS,
     BadRequest,
     BankError,
-    BankInfo,
     BankUnavailable,
     ClientError,
     Conflict,
@@ -33,7 +33,6 @@ from shared.client_types import (
     Forbidden,
     Generation,
     ModelInfo,
-    Neighbor,
     NotFound,
     Projected,
     Retrieval,
@@ -48,6 +47,7 @@ from shared.client_types import (
     parse_retrieval,
     parse_snippet,
 )
+from shared.schemas.bank import BankInfo, Neighbor
 from shared.schemas.generator import GenerateRequest
 
 __all__ = [
@@ -216,8 +216,7 @@ class _BankCalls:
 
     @staticmethod
     def info() -> _Call[BankInfo]:
-        return _Call("GET", "/bank", _json(lambda b: BankInfo(**{k: b[k] for k in BankInfo.__dataclass_fields__})),
-                     idempotent=True)
+        return _Call("GET", "/bank", _json(BankInfo.model_validate), idempotent=True)
 
     @staticmethod
     def ready() -> _Call[bool]:
@@ -283,7 +282,7 @@ class _BankCalls:
             body["snippet"] = as_float_list(snippet)
         else:
             body["feature"] = as_float_list(feature)  # type: ignore[arg-type]
-        parse = _json(lambda b: [Neighbor(int(n["id"]), float(n["distance"])) for n in b["neighbors"]])
+        parse = _json(lambda b: [Neighbor.model_validate(n) for n in b["neighbors"]])
         return _Call("POST", "/bank/search", parse, json=body, idempotent=True)
 
     @staticmethod

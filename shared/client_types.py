@@ -105,18 +105,9 @@ def error_from_response(resp: httpx.Response) -> ClientError:
 
 # ---------------------------------------------------------------- results
 
-
-@dataclass(frozen=True)
-class BankInfo:
-    """GET /bank."""
-
-    version: int
-    size: int
-    base_size: int
-    feature_dim: int
-    rank: int
-    encoder: str
-    format_version: str
+# BankInfo (GET /bank) and Neighbor (a hit of POST /bank/search) need nothing beyond the bank's
+# response models, which shared.client returns as they are; the types here add decoded arrays or
+# bytes (or keep unknown fields, ModelInfo.extra).
 
 
 @dataclass(frozen=True)
@@ -158,12 +149,6 @@ class Projected:
     coefficients: np.ndarray
     snippet: np.ndarray
     residual: float
-
-
-@dataclass(frozen=True)
-class Neighbor:
-    id: int
-    distance: float
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import typer
 from shared.errors import BankFileError, GMemError, IncompatibleArtifacts
 from shared.factors import load_factors
 from training.importbank import DEFAULT_FULL_RANK
+from training.statedict import state_dict_problems
 
 # Release networks -> our presets (facts 2a). Both are LightningDiT */1 with RMSNorm, SwiGLU, RoPE.
 RELEASE_PRESETS = ("gmem-XL/1", "gmem-B/1-lightning")
@@ -138,10 +139,6 @@ def detect_preset(state: Mapping[str, torch.Tensor], where: str = "network") -> 
                                 f"known: {known}. Pass --preset to force one.")
 
 
-def _describe(keys: list[str], limit: int = 20) -> str:
-    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def _collapse_blocks(keys: list[str], universe: Mapping[str, Any]) -> list[str]:
     """Name whole absent/extra transformer blocks once ("blocks.12-27.*") instead of key by key."""
     def block_of(k: str) -> int | None:
@@ -175,19 +172,8 @@ def match_network_keys(
 
     Raises IncompatibleArtifacts naming every missing, unexpected or misshapen key.
     """
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    ignored = [k for k in extra if k.startswith("projector.")]
-    unexpected = [k for k in extra if not k.startswith("projector.")]
-    wrong = [f"{k} {list(state[k].shape)} (ours {list(expected[k])})"
-             for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k])]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_describe(_collapse_blocks(missing, expected))}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_describe(_collapse_blocks(unexpected, state))}")
-    if wrong:
-        problems.append(f"shape mismatches: {_describe(wrong, 6)}")
+    ignored = sorted(k for k in state if k not in expected and k.startswith("projector."))
+    problems = state_dict_problems({k: v for k, v in state.items() if k not in ignored}, expected, _collapse_blocks)
     if problems:
         raise IncompatibleArtifacts(f"{where}: does not fit our network ({'; '.join(problems)}). "
                                     "Check --preset and that the file is a GMem LightningDiT network.")

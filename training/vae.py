@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import BankFileError, IncompatibleArtifacts
+from training.statedict import state_dict_problems
 
 KIND = "vavae-f16d32"
 
@@ -231,15 +232,9 @@ def load_decoder(spec: str | os.PathLike | Mapping[str, Any], device: str | torc
                             "create it with `python -m training import-official --vae ... --out DIR`") from exc
     with torch.device("meta"):
         module = VAEDecoder()
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        raise IncompatibleArtifacts(
-            f"{path}: not a VA-VAE f16d32 decoder: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}, wrong shape {wrong[:8]}"
-        )
+    problems = state_dict_problems(state, {k: v.shape for k, v in module.state_dict().items()})
+    if problems:
+        raise IncompatibleArtifacts(f"{path}: not a VA-VAE f16d32 decoder ({'; '.join(problems)})")
     module.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     return module.to(device).eval()
 
@@ -265,18 +260,7 @@ def decoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint")
     expected = decoder_shapes()
     picked = {k: v for k, v in state.items() if k.startswith(("decoder.", "post_quant_conv."))}
     ignored = sorted(k for k in state if k not in picked)
-    missing = sorted(set(expected) - set(picked))
-    unexpected = sorted(set(picked) - set(expected))
-    wrong = [f"{k} {list(picked[k].shape)} (expected {list(expected[k])})"
-             for k in sorted(set(picked) & set(expected)) if tuple(picked[k].shape) != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} decoder tensors: {', '.join(missing[:10])}"
-                        + (" ..." if len(missing) > 10 else ""))
-    if unexpected:
-        problems.append(f"unexpected decoder tensors: {', '.join(unexpected[:10])}")
-    if wrong:
-        problems.append(f"wrong shapes: {'; '.join(wrong[:10])}")
+    problems = state_dict_problems(picked, expected)
     if problems:
         raise IncompatibleArtifacts(f"{where}: not the VA-VAE f16d32 decoder ({'; '.join(problems)}). "
                                     "Use vavae-imagenet256-f16d32-dinov2.pt from hustvl/vavae-imagenet256-f16d32-dinov2")
