@@ -93,7 +93,8 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
     leave the app many times; ``__main__`` calls it after the server stops.
     """
     owns_store = store is None
-    store = store or BankStore.open(settings.factors, settings.data_dir, settings.faiss_threads)
+    store = store or BankStore.open(settings.factors, settings.data_dir, settings.faiss_threads,
+                                     settings.snapshot_every)
     try:
         images = ImageEncoder(encoder or load_configured_encoder(settings.encoder, settings.encoder_weights,
                                                                  store.factors))
@@ -110,6 +111,8 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
         size=lambda pool: store.view().pool_size(pool),
         version=lambda: store.view().version,
         last_fsync=lambda: store.last_fsync_s,
+        snapshot_version=lambda: store.snapshot_version,
+        snapshot_time=lambda: store.snapshot_unix,
         redis_up=lambda: 1.0 if publisher is not None and publisher.up else 0.0,
         redis_pending=lambda: publisher.pending if publisher is not None else 0.0,
     )

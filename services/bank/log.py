@@ -108,12 +108,14 @@ class EditLog:
         self.path = path
         self._fd = fd
         self._size = size
+        self._dir_dirty = False
         self.last_fsync_s = 0.0
 
     @classmethod
     def open(cls, path: Path) -> tuple[EditLog, list[dict[str, Any]]]:
         """Open (or create) the log, replay it, truncate a torn tail; returns the log and its records."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # a rotation killed before its rename
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -147,6 +149,9 @@ class EditLog:
             os.lseek(self._fd, self._size, os.SEEK_SET)
             _write_all(self._fd, blob)
             os.fsync(self._fd)
+            if self._dir_dirty:
+                fsync_dir(self.path.parent)
+                self._dir_dirty = False
         except OSError:
             # A partial record would be truncated at the next start anyway; cut it now so the
             # next append does not land behind garbage.
@@ -157,6 +162,29 @@ class EditLog:
             raise
         self._size += len(blob)
         self.last_fsync_s = time.perf_counter() - start
+
+    def rotate(self) -> None:
+        """Replace the log by an empty one (header only): after a snapshot holds every record in it.
+
+        A new file is written and fsynced next to the log, renamed over it and the directory fsynced,
+        so a kill leaves either the old log (its records <= the snapshot's version are skipped at
+        start) or the new empty one. On failure the old log stays open and in use.
+        """
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, HEADER)
+            os.fsync(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        # From the rename on, the new file is the log: appends must go there even if the directory
+        # fsync fails now (then the next append retries it before acknowledging anything).
+        os.close(self._fd)
+        self._fd, self._size, self._dir_dirty = fd, len(HEADER), True
+        fsync_dir(self.path.parent)
+        self._dir_dirty = False
 
     @property
     def size(self) -> int:

@@ -26,16 +26,24 @@ class BankMetrics:
         self.size = Gauge("gmem_bank_size", "live snippets per pool", ["pool"], registry=r)
         self.version = Gauge("gmem_bank_version", "current bank version (acknowledged mutations)", registry=r)
         self.last_fsync = Gauge("gmem_bank_last_fsync_seconds", "latency of the last edit-log fsync", registry=r)
+        self.snapshot_version = Gauge("gmem_bank_snapshot_version",
+                                      "bank version of the last snapshot (0 = none)", registry=r)
+        self.snapshot_time = Gauge("gmem_bank_snapshot_timestamp_seconds",
+                                   "unix time the last snapshot was written (0 = none)", registry=r)
         self.redis_up = Gauge("gmem_bank_redis_up", "1 when the event stream is reachable", registry=r)
         self.redis_pending = Gauge("gmem_bank_redis_pending_events", "mutations not yet in the stream",
                                    registry=r)
 
     def bind(self, *, size: Callable[[str], float], version: Callable[[], float], last_fsync: Callable[[], float],
-             redis_up: Callable[[], float], redis_pending: Callable[[], float]) -> None:
+             redis_up: Callable[[], float], redis_pending: Callable[[], float],
+             snapshot_version: Callable[[], float] = lambda: 0.0,
+             snapshot_time: Callable[[], float] = lambda: 0.0) -> None:
         """Gauges read live state at scrape time, so they can never drift from the store."""
         for pool in ("base", "user", "all"):
             self.size.labels(pool).set_function(lambda p=pool: size(p))
         self.version.set_function(version)
         self.last_fsync.set_function(last_fsync)
+        self.snapshot_version.set_function(snapshot_version)
+        self.snapshot_time.set_function(snapshot_time)
         self.redis_up.set_function(redis_up)
         self.redis_pending.set_function(redis_pending)

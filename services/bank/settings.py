@@ -19,7 +19,7 @@ class BankSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GMEM_BANK_", frozen=True, extra="ignore", populate_by_name=True)
 
     factors: Path = Field(description="the immutable factors file (CONTRACT.md section 1)")
-    data_dir: Path = Field(description="edit log and identity file; created if missing")
+    data_dir: Path = Field(description="edit log, snapshot and identity file; created if missing")
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
     port: int = Field(8001, ge=1, le=65535, description="HTTP port")
     token: SecretStr | None = Field(None, description="bearer token for mutations; unset = mutations refused")
@@ -34,5 +34,7 @@ class BankSettings(BaseSettings):
     max_body_bytes: int = Field(64 << 20, ge=1024, description="larger request bodies get 413")
     max_image_bytes: int = Field(16 << 20, ge=1024, description="larger image uploads get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height above this is refused (422)")
+    snapshot_every: int = Field(10_000, ge=0, description="write a snapshot and empty the edit log after this many "
+                                "mutations (0 = never); start-up then replays only the log since the snapshot")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads FAISS may use per search")
     log_level: str = Field("INFO", description="JSON log level: DEBUG, INFO, WARNING, ERROR")

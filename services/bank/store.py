@@ -10,7 +10,9 @@ sees one version, whole.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +24,7 @@ import numpy as np
 from services.bank.datadir import check_identity, lock_data_dir, unlock_data_dir
 from services.bank.index import SnippetIndex, merge_neighbors
 from services.bank.log import EditLog
+from services.bank.snapshot import Snapshot, read_snapshot, write_snapshot
 from shared import bankmath
 from shared.errors import (
     BankFileError,
@@ -37,6 +40,8 @@ from shared.factors import BankFactors, load_factors
 LOG_FILE = "edits.log"
 _MAX_NOISE = 1e150
 OPS = ("insert", "interpolate", "delete")
+
+log = logging.getLogger("gmem.bank.store")
 
 
 class StorageUnavailable(GMemError):
@@ -105,9 +110,11 @@ def _now() -> str:
 class BankStore:
     """Base factors + edit log + FAISS index, behind one writer lock and lock-free views."""
 
-    def __init__(self, factors: BankFactors, data_dir: Path, faiss_threads: int = 1) -> None:
+    def __init__(self, factors: BankFactors, data_dir: Path, faiss_threads: int = 1,
+                 snapshot_every: int = 10_000) -> None:
         self.factors = factors
         self.data_dir = data_dir
+        self.snapshot_every = snapshot_every
         self._lock_fd = lock_data_dir(data_dir)
         try:
             check_identity(data_dir, factors)
@@ -116,20 +123,30 @@ class BankStore:
             self._buf = np.zeros((64, factors.rank), dtype=np.float64)
             self._live: dict[int, None] = {}  # insertion-ordered = ascending ids
             self._events: list[tuple[int, str, int]] = []
+            self._events_base = 0  # version before self._events[0] (the snapshot's at start)
+            self._version = 0
+            self.snapshot_version = 0
+            self.snapshot_unix = 0.0
             self._write = threading.Lock()
             self._listeners: list[Callable[[], None]] = []
             self._view = self._make_view(0)
+            snap = read_snapshot(data_dir)
+            if snap is not None:
+                self._restore(snap)
             self.log, payloads = EditLog.open(data_dir / LOG_FILE)
             for payload in payloads:
+                if isinstance(payload.get("v"), int) and payload["v"] <= self._version:
+                    continue  # already in the snapshot (killed between snapshot and log rotation)
                 self._apply(payload)
-            self._view = self._make_view(len(self._events))
+            self._view = self._make_view(self._version)
         except BaseException:
             unlock_data_dir(self._lock_fd)
             raise
 
     @classmethod
-    def open(cls, factors_path: Path, data_dir: Path, faiss_threads: int = 1) -> BankStore:
-        return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads)
+    def open(cls, factors_path: Path, data_dir: Path, faiss_threads: int = 1,
+             snapshot_every: int = 10_000) -> BankStore:
+        return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads, snapshot_every)
 
     def close(self) -> None:
         self.log.close()
@@ -152,7 +169,8 @@ class BankStore:
 
     def events_since(self, version: int, limit: int = 1000) -> list[tuple[int, str, int]]:
         """(version, op, id) of mutations after ``version``, oldest first."""
-        return self._events[version : version + limit]
+        start = max(version - self._events_base, 0)
+        return self._events[start : start + limit]
 
     @property
     def last_fsync_s(self) -> float:
@@ -281,7 +299,7 @@ class BankStore:
 
     def _commit(self, payload: dict[str, Any]) -> int:
         """Durably log, apply, publish. Caller holds the writer lock."""
-        version = len(self._events) + 1
+        version = self._version + 1
         payload = {"v": version, **payload}
         try:
             self.log.append(payload)
@@ -293,7 +311,55 @@ class BankStore:
         self._view = self._make_view(version)
         for callback in self._listeners:
             callback()
+        if self.snapshot_every and version - self.snapshot_version >= self.snapshot_every:
+            try:
+                self._snapshot_locked()
+            except (OSError, ValueError):  # the mutation is durable in the log already; retry at the next one
+                log.exception("could not write a snapshot at version %d; the edit log still holds every edit",
+                              version)
         return version
+
+    # -- snapshots --------------------------------------------------------------------------------
+    def snapshot(self) -> int:
+        """Write a snapshot of the current version and empty the log; returns that version."""
+        with self._write:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> int:
+        """Snapshot, then rotate the log (see snapshot.py for why every kill point recovers). Holds the writer lock."""
+        n = len(self._records)
+        records = [{"kind": r.kind, "name": r.name, "created_at": r.created_at, "parents": list(r.parents),
+                    "alpha": r.alpha, "method": r.method, "residual": r.residual} for r in self._records]
+        snap = Snapshot(self._version, self._buf[:n].copy(), records, list(self._live), time.time())
+        write_snapshot(self.data_dir, snap)
+        self.snapshot_version, self.snapshot_unix = snap.version, snap.created_unix
+        self.log.rotate()
+        return snap.version
+
+    def _restore(self, snap: Snapshot) -> None:
+        """Load a snapshot into an empty store (start-up only)."""
+        n = snap.coefficients.shape[0]
+        if snap.coefficients.shape[1] != self.factors.rank or snap.version < 0:
+            raise BankFileError(f"snapshot in {self.data_dir} has rank {snap.coefficients.shape[1]}, the factors "
+                                f"file has rank {self.factors.rank}; it is not from this data dir")
+        self._buf = np.zeros((max(64, 2 * n), self.factors.rank), dtype=np.float64)
+        self._buf[:n] = snap.coefficients
+        for k, meta in enumerate(snap.records):
+            c = snap.coefficients[k].copy()
+            c.setflags(write=False)
+            self._records.append(RuntimeRecord(
+                id=self.factors.size + k, kind=meta["kind"], coefficients=c, name=meta.get("name"),
+                created_at=meta.get("created_at", ""), parents=tuple(meta.get("parents") or ()),
+                alpha=meta.get("alpha"), method=meta.get("method"), residual=meta.get("residual")))
+        live = sorted(snap.live)
+        if live and (live[0] < self.factors.size or live[-1] >= self.factors.size + n):
+            raise BankFileError(f"snapshot in {self.data_dir} lists live ids outside its run-time range")
+        with self.index.lock:
+            for sid in live:
+                self._live[sid] = None
+                self.index.add_runtime(sid, self._records[sid - self.factors.size].coefficients)
+        self._version = self._events_base = self.snapshot_version = snap.version
+        self.snapshot_unix = snap.created_unix
 
     def _apply(self, p: dict[str, Any]) -> None:
         """Apply one log record in memory (live commits and replay share this path)."""
@@ -301,9 +367,9 @@ class BankStore:
             version, op, sid = int(p["v"]), p["op"], int(p["id"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BankFileError(f"edit log record {p!r} lacks v/op/id") from exc
-        if version != len(self._events) + 1 or op not in OPS:
+        if version != self._version + 1 or op not in OPS:
             raise BankFileError(f"edit log record out of order or unknown: version {version} op {op!r} after "
-                                f"version {len(self._events)}; the log is not from this data dir")
+                                f"version {self._version}; the log is not from this data dir")
         if op == "delete":
             with self.index.lock:
                 self._live.pop(sid, None)
@@ -329,3 +395,4 @@ class BankStore:
                 self._live[sid] = None
                 self.index.add_runtime(sid, c)
         self._events.append((version, op, sid))
+        self._version = version
