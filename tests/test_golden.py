@@ -1,0 +1,62 @@
+"""Golden outputs: refactors must leave the bytes users get exactly as they were.
+
+The hashes were recorded from the commands below before the code was reorganised.
+They hold on one machine kind and thread count (CI runs on the same kind as
+development). A change that alters them on purpose (a new default encoder, a
+retrained model) must say so in its commit and record the new hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts" / "mnist-5k"
+
+SAMPLE_PNG_SHA256 = {
+    "sde": "56c749af9812759d8c8bb85cfbe038cb0ab99ee12a3a14c3a1b0515a9fe87359",
+    "heun": "fb35838cee9c218d5465ff016777a921e9b6e140ff0168ebb3c8bf6fca72b4cb",
+    "euler": "f1cc02f7539557ffb4e846040a892c18dbf8a789aeba246ecd0776b302b38f9c",
+}
+FEATURES_BANK_SHA256 = "b8201738bca2579ceccc3c49e0a66a150302c9d4c6690f529e8b821d5d14fc8e"
+DATASET_BANK_SHA256 = "8be173a23660cb88910f5146e35202bc264e6798438dbb8d4bf5e508b0f270b5"
+
+
+def _run(*args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLE_PNG_SHA256))
+def test_sample_grid_bytes_are_unchanged(tmp_path: Path, sampler: str) -> None:
+    out = tmp_path / f"{sampler}.png"
+    _run("sample", "--model", str(ARTIFACTS / "model.safetensors"), "--bank", str(ARTIFACTS / "bank.safetensors"),
+         "--n", "6", "--seed", "11", "--sampler", sampler, "--steps", "12", "--out", str(out))
+    assert _sha(out) == SAMPLE_PNG_SHA256[sampler]
+
+
+def test_factors_file_from_features_is_unchanged(tmp_path: Path) -> None:
+    features = np.random.default_rng(7).standard_normal((300, 24)).astype(np.float32)
+    np.save(tmp_path / "f.npy", features)
+    out = tmp_path / "feat.safetensors"
+    _run("build-bank", "--features", str(tmp_path / "f.npy"), "--rank", "8", "--out", str(out))
+    assert _sha(out) == FEATURES_BANK_SHA256
+
+
+def test_factors_file_from_dataset_is_unchanged(tmp_path: Path) -> None:
+    out = tmp_path / "bank.safetensors"
+    _run("build-bank", "--dataset", "mnist-5k:train", "--encoder", "gmem/mnist-cnn", "--rank", "32",
+         "--encoder-weights", str(ARTIFACTS / "encoder.safetensors"), "--out", str(out))
+    assert _sha(out) == DATASET_BANK_SHA256
