@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from shared import fileio
 from shared.bankmath import snippets_from_coefficients
 from shared.errors import BankFileError, DimensionMismatch, UnknownFormat, UnknownSnippet
 
@@ -248,29 +248,14 @@ def save_factors(
 
 
 def write_atomic(path: str | os.PathLike, prefix: list[bytes], arrays=()) -> None:
-    """Write bytes then arrays (in row chunks) to ``path`` so it appears whole or not at all."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in prefix:
-                fh.write(chunk)
-            for arr in arrays:
-                rows = max(1, (64 << 20) // max(1, arr[:1].nbytes)) if arr.ndim else 1
-                for start in range(0, max(1, arr.shape[0] if arr.ndim else 1), rows):
-                    part = arr[start : start + rows] if arr.ndim else arr
-                    fh.write(np.ascontiguousarray(part).tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; artifacts must be readable by other users (e.g. a non-root container).
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-        dfd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write bytes then arrays (in row chunks of about 64 MiB) to ``path``, whole or not at all."""
+
+    def chunks():
+        yield from prefix
+        for arr in arrays:
+            rows = max(1, (64 << 20) // max(1, arr[:1].nbytes)) if arr.ndim else 1
+            for start in range(0, max(1, arr.shape[0] if arr.ndim else 1), rows):
+                part = arr[start : start + rows] if arr.ndim else arr
+                yield np.ascontiguousarray(part).tobytes()
+
+    fileio.write_atomic(path, chunks())

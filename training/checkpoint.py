@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from shared.errors import BankFileError, IncompatibleArtifacts
+from shared.fileio import atomic_path
 from training.model import GMemConfig
 
 # Fields that change the network's shape or meaning; sampling defaults may differ on resume.
@@ -43,15 +43,8 @@ def json_path(path: str | os.PathLike) -> Path:
 
 
 def _atomic(target: Path, write) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, step: int, net: torch.nn.Module, ema: torch.nn.Module,

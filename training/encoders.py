@@ -30,6 +30,7 @@ import typer
 from torch import nn
 
 from shared.errors import BankFileError, EncoderUnavailable, GMemError, IncompatibleArtifacts, InvalidInput
+from shared.fileio import atomic_path
 
 ENCODER_FORMAT = "gmem-encoder"
 ENCODER_FORMAT_VERSION = "1"
@@ -199,11 +200,8 @@ def save_embedded(path: str | Path, encoder_id: str, net: nn.Module, feature_dim
         "channels": "1",
     }
     meta.update({k: str(v) for k, v in (extra or {}).items()})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.chmod(0o644)  # an artifact other users (and containers) read
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from safetensors.torch import save_file
 
 from shared.errors import BankFileError, IncompatibleArtifacts, UnknownFormat
 from shared.factors import BankMeta
+from shared.fileio import atomic_path
 from training.model import GMemConfig, GMemDiT, count_parameters
 
 FORMAT = "gmem-model"
@@ -78,21 +78,12 @@ def config_from_json(data: dict[str, Any]) -> GMemConfig:
 
 def save_model(path: str | os.PathLike, net: torch.nn.Module, config: GMemConfig,
                extra: dict[str, Any] | None = None) -> None:
-    """Write weights + metadata atomically (temp file, rename); ``extra`` goes into the config JSON."""
+    """Write weights + metadata atomically and durably (shared.fileio); ``extra`` goes into the config JSON."""
     meta = {"id": config.name, **config_to_json(config), "normalization": normalization(config), **(extra or {})}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": FORMAT_VERSION,
                                           "config": json.dumps(meta, sort_keys=True)})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is meant to be shared and served
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:

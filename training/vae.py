@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import BankFileError, IncompatibleArtifacts
+from shared.fileio import atomic_path
 from training.statedict import state_dict_problems
 
 KIND = "vavae-f16d32"
@@ -274,14 +275,5 @@ def save_decoder(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Non
     """Write decoder weights to safetensors atomically (temp file in the same folder, then rename)."""
     from safetensors.torch import save_file
 
-    target = os.fspath(path)
-    tmp = f"{target}.tmp-{os.getpid()}"
-    try:
-        save_file(state, tmp, metadata={"format": "gmem-vae-decoder", "format_version": "1",
-                                        "kind": KIND})
-        # safetensors creates files 0600; services may run as another user (containers).
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "gmem-vae-decoder", "format_version": "1", "kind": KIND})

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import BankFileError
+from shared.fileio import fsync_dir
 
 HEADER = b"GMEMLOG1\n"
 MAGIC = b"\xa7GR1"
@@ -34,15 +35,6 @@ _PREFIX = struct.Struct("<4sII")
 MAX_RECORD = 16 << 20
 
 log = logging.getLogger("gmem.bank.log")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a create/rename/truncate in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode_record(payload: dict[str, Any]) -> bytes:

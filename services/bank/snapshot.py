@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from services.bank.log import fsync_dir
 from shared.errors import BankFileError
+from shared.fileio import fsync_dir
 
 SNAPSHOT_FILE = "snapshot.bin"
 MAGIC = b"GMEMSNP1"
