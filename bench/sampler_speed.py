@@ -24,9 +24,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from training.generate import generate, image_shape
-    from training.modelfile import load_model
-    from training.samplers import network_calls
+    from training.files.modelfile import load_model
+    from training.flow.generate import generate, image_shape
+    from training.flow.samplers import network_calls
 
     model = load_model(args.model)
     cfg = model.config

@@ -54,7 +54,7 @@ class EvalNet:
     """The evaluation network: penultimate features and predicted classes of [-1, 1] images."""
 
     def __init__(self, weights: str = EVALNET_WEIGHTS, device: str = "cpu") -> None:
-        from training.encoders import load_encoder
+        from training.encoders.registry import load_encoder
 
         self.encoder = load_encoder(EVALNET_ID, weights, device=device)
 
@@ -71,7 +71,7 @@ class EvalNet:
 def sample_conditions(cfg, bank, labels_pool: np.ndarray | None, seeds: list[int]):
     """The condition of each seed: the bank snippet its noise picks (snippet), its label (class) or None."""
     from shared.bankmath import cdf_index
-    from training.generate import initial_noise
+    from training.flow.generate import initial_noise
 
     if cfg.conditioning == "none":
         return None, None
@@ -93,7 +93,7 @@ def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n
     """Sample n images (seeds seed..seed+n-1) in batches and score them against ``real_feats``."""
     from tqdm import tqdm
 
-    from training.generate import sample_tensor
+    from training.flow.generate import sample_tensor
 
     seeds = list(range(seed, seed + n))
     cond, labels = sample_conditions(cfg, bank, labels_pool, seeds)
@@ -121,7 +121,7 @@ def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed:
              sampler: str | None, cfg_scale: float, evalnet_weights: str) -> dict[str, Any]:
     """Load everything, check it fits, sample and score; returns the result as a dict."""
     from shared.factors import load_factors
-    from training.modelfile import check_compatible, load_model
+    from training.files.modelfile import check_compatible, load_model
 
     if n < 2:
         raise InvalidInput(f"--n must be at least 2 for a Frechet distance; got {n}")

@@ -36,7 +36,7 @@ def make_grid(images: np.ndarray, pad: int = GRID_PAD, fill: int = GRID_FILL) ->
 
 def save_png(image: np.ndarray, path: str | Path) -> None:
     """Write a uint8 [H, W, C] image as PNG."""
-    from training.generate import to_png
+    from training.flow.generate import to_png
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(to_png(image))
@@ -44,7 +44,7 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
 
 def choose_snippet_ids(model, bank_size: int, seeds: list[int], snippet_ids: list[int] | None) -> list[int]:
     """Pinned ids (1 or one per image) or the noise-CDF index of each seed's initial noise."""
-    from training.generate import initial_noise
+    from training.flow.generate import initial_noise
 
     if snippet_ids:
         if len(snippet_ids) not in (1, len(seeds)):
@@ -58,8 +58,8 @@ def sample_grid(model_path: str, bank_path: str | None, n: int, seed: int, steps
                 snippet_ids: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
     """Load model (+ bank), sample n images with seeds seed..seed+n-1, return the grid and snippet ids."""
     from shared.factors import load_factors
-    from training.generate import generate
-    from training.modelfile import check_compatible, load_model
+    from training.files.modelfile import check_compatible, load_model
+    from training.flow.generate import generate
 
     if n < 1:
         raise InvalidInput(f"--n must be at least 1; got {n}")

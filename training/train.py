@@ -24,8 +24,8 @@ import torch
 import typer
 
 from shared.errors import GMemError, IncompatibleArtifacts, InvalidInput
-from training.model import GMemConfig, GMemDiT, count_parameters, preset
-from training.transport import PATH, flow_matching_loss, sample_time
+from training.flow.transport import PATH, flow_matching_loss, sample_time
+from training.network.model import GMemConfig, GMemDiT, count_parameters, preset
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world:
 
 def preview_grid(ema: GMemDiT, cfg: GMemConfig, data: TrainData, path: Path) -> None:
     """Sample the fixed preview snippets with the EMA network (heun, 10 steps) and save a grid."""
-    from training.generate import sample_tensor, to_uint8
+    from training.flow.generate import sample_tensor, to_uint8
     from training.sample import make_grid, save_png
 
     cond = data.cond[data.preview_ids] if data.cond is not None else None
@@ -166,8 +166,8 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
     """Run (or continue) training to ``opts.steps``; writes checkpoints, previews and the EMA model file."""
     from tqdm import tqdm
 
-    from training.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
-    from training.modelfile import save_model
+    from training.files.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
+    from training.files.modelfile import save_model
 
     ckpt = load_checkpoint(resume) if resume else None  # read and checked before anything is written
     if ckpt is not None:

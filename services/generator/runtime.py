@@ -40,7 +40,7 @@ log = logging.getLogger("gmem.generator")
 # Rows per network call when batch invariance must be forced by padding.
 FALLBACK_MICRO_BATCH = 4
 
-# Downsampling of the latent decoders a model file can name (training/vae.py).
+# Downsampling of the latent decoders a model file can name (training/official/vae.py).
 _DECODER_SCALE = {"vavae-f16d32": 16, "sd-vae-ft-ema": 8, "sd-vae-ft-mse": 8}
 
 
@@ -60,7 +60,7 @@ class ModelFacts:
 
 def read_model_facts(path: str | Path) -> ModelFacts:
     """Read the model file's header only (cheap even for XL): snippet dimension, encoder, sizes."""
-    from training.modelfile import read_model_meta
+    from training.files.modelfile import read_model_meta
 
     cfg = read_model_meta(path)
     return facts_from_config(cfg, str(cfg.get("id") or Path(path).parent.name or Path(path).stem))
@@ -148,7 +148,7 @@ class Runtime:
         """Load the weights (blocking; the app calls it in a worker thread)."""
         import torch
 
-        from training.modelfile import load_model
+        from training.files.modelfile import load_model
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -204,7 +204,7 @@ class Runtime:
 
     def initial_noise(self, seeds: list[int]) -> np.ndarray:
         """Flattened initial noise of each seed: the z the bank's noise-CDF index reads (paper 4.3)."""
-        from training.generate import initial_noise
+        from training.flow.generate import initial_noise
 
         return np.stack([initial_noise(self.model, s).reshape(-1).cpu().numpy() for s in seeds])
 
@@ -220,8 +220,8 @@ class Runtime:
         """PNG bytes of each (snippet, seed), computed in fixed-size micro-batches (see module docstring)."""
         import torch
 
-        from training.generate import generate, to_png
-        from training.samplers import network_calls
+        from training.flow.generate import generate, to_png
+        from training.flow.samplers import network_calls
 
         m = self.micro_batch or len(seeds)
         out: list[bytes] = []

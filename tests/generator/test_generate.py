@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 
 from shared.bankmath import cdf_index
-from training.generate import initial_noise
-from training.model import GMemConfig
-from training.modelfile import config_from_json, read_model_meta
+from training.flow.generate import initial_noise
+from training.network.model import GMemConfig
+from training.files.modelfile import config_from_json, read_model_meta
 
 from .conftest import DEFAULT_MODEL
 
