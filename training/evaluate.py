@@ -18,8 +18,15 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import typer
+from tqdm import tqdm
 
+from shared.bankmath import cdf_index
 from shared.errors import GMemError, InvalidInput
+from shared.factors import load_factors
+from training.data import load_dataset, to_model_input
+from training.encoders.registry import load_encoder
+from training.files.modelfile import check_compatible, load_model
+from training.flow.generate import initial_noise, sample_tensor
 
 EVALNET_ID = "gmem/mnist-evalnet"
 EVALNET_WEIGHTS = "artifacts/mnist-5k/evalnet.safetensors"
@@ -54,8 +61,6 @@ class EvalNet:
     """The evaluation network: penultimate features and predicted classes of [-1, 1] images."""
 
     def __init__(self, weights: str = EVALNET_WEIGHTS, device: str = "cpu") -> None:
-        from training.encoders.registry import load_encoder
-
         self.encoder = load_encoder(EVALNET_ID, weights, device=device)
 
     def features(self, x: torch.Tensor) -> np.ndarray:
@@ -70,9 +75,6 @@ class EvalNet:
 
 def sample_conditions(cfg, bank, labels_pool: np.ndarray | None, seeds: list[int]):
     """The condition of each seed: the bank snippet its noise picks (snippet), its label (class) or None."""
-    from shared.bankmath import cdf_index
-    from training.flow.generate import initial_noise
-
     if cfg.conditioning == "none":
         return None, None
     if cfg.conditioning == "snippet":
@@ -91,10 +93,6 @@ def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n
                      steps: int | None = None, sampler: str | None = None, cfg_scale: float = 1.0,
                      batch: int = 100, labels_pool: np.ndarray | None = None) -> EvalResult:
     """Sample n images (seeds seed..seed+n-1) in batches and score them against ``real_feats``."""
-    from tqdm import tqdm
-
-    from training.flow.generate import sample_tensor
-
     seeds = list(range(seed, seed + n))
     cond, labels = sample_conditions(cfg, bank, labels_pool, seeds)
     feats = []
@@ -111,8 +109,6 @@ def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n
 
 
 def real_features(evalnet: EvalNet, dataset: str) -> np.ndarray:
-    from training.data import load_dataset, to_model_input
-
     ds = load_dataset(dataset)
     return evalnet.features(to_model_input(ds.images))
 
@@ -120,9 +116,6 @@ def real_features(evalnet: EvalNet, dataset: str) -> np.ndarray:
 def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed: int, steps: int | None,
              sampler: str | None, cfg_scale: float, evalnet_weights: str) -> dict[str, Any]:
     """Load everything, check it fits, sample and score; returns the result as a dict."""
-    from shared.factors import load_factors
-    from training.files.modelfile import check_compatible, load_model
-
     if n < 2:
         raise InvalidInput(f"--n must be at least 2 for a Frechet distance; got {n}")
     model = load_model(model_path)
@@ -135,8 +128,6 @@ def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed:
     evalnet = EvalNet(evalnet_weights)
     pool = None
     if model.config.conditioning == "class":
-        from training.data import load_dataset
-
         pool = load_dataset(dataset).labels
     result = evaluate_network(model.net, model.config, bank, evalnet, real_features(evalnet, dataset), n, seed,
                               steps, sampler, cfg_scale, labels_pool=pool)

@@ -21,11 +21,19 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import typer
+from tqdm import tqdm
 
 from shared.errors import GMemError, IncompatibleArtifacts, InvalidInput
+from shared.factors import load_factors
+from training.data import load_dataset, to_model_input
+from training.files.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
+from training.files.modelfile import save_model
+from training.flow.generate import sample_tensor, to_uint8
 from training.flow.transport import PATH, flow_matching_loss, sample_time
 from training.network.model import GMemConfig, GMemDiT, count_parameters, preset
+from training.sample import make_grid, save_png
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,6 @@ class TrainData:
 
 def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[TrainData, Any]:
     """Open the dataset (and bank), check they pair row by row; returns the data and the bank meta."""
-    from shared.factors import load_factors
-    from training.data import load_dataset, to_model_input
-
     ds = load_dataset(dataset)
     if len(ds) == 0:
         raise InvalidInput(f"dataset {dataset!r} holds no images")
@@ -116,9 +121,6 @@ def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world:
 
 def preview_grid(ema: GMemDiT, cfg: GMemConfig, data: TrainData, path: Path) -> None:
     """Sample the fixed preview snippets with the EMA network (heun, 10 steps) and save a grid."""
-    from training.flow.generate import sample_tensor, to_uint8
-    from training.sample import make_grid, save_png
-
     cond = data.cond[data.preview_ids] if data.cond is not None else None
     was_training = ema.training
     ema.eval()
@@ -128,6 +130,7 @@ def preview_grid(ema: GMemDiT, cfg: GMemConfig, data: TrainData, path: Path) -> 
 
 
 def plot_losses(history: list[tuple[int, float]], path: Path) -> None:
+    # matplotlib takes about a second to import and only the loss plot needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,8 +154,6 @@ def _dist_setup() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    import torch.distributed as dist
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
@@ -164,11 +165,6 @@ def _dist_setup() -> tuple[int, int, torch.device]:
 def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_dir: Path,
           resume: Path | None = None, extra: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or continue) training to ``opts.steps``; writes checkpoints, previews and the EMA model file."""
-    from tqdm import tqdm
-
-    from training.files.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
-    from training.files.modelfile import save_model
-
     ckpt = load_checkpoint(resume) if resume else None  # read and checked before anything is written
     if ckpt is not None:
         check_same_architecture(ckpt.config, cfg, str(resume))

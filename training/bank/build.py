@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 from tqdm import tqdm
 
@@ -34,6 +35,8 @@ from shared.errors import (
     ZeroVector,
 )
 from shared.factors import BankMeta, save_factors
+from training.data import load_dataset, to_model_input
+from training.encoders.registry import load_encoder
 
 # Chunks of about 32 MB of float64 keep pass 1's temporaries small at any N.
 _CHUNK_BYTES = 32 << 20
@@ -209,11 +212,6 @@ def load_labels(path: str | os.PathLike, n: int) -> np.ndarray:
 def dataset_features(dataset: str, encoder_id: str, weights: str | None, batch_size: int = 256,
                      device: str = "cpu") -> tuple[np.ndarray, np.ndarray, str]:
     """Raw encoder features ``f(x)`` of every image of ``dataset``, with labels and the source id."""
-    import torch
-
-    from training.data import load_dataset, to_model_input
-    from training.encoders.registry import load_encoder
-
     ds = load_dataset(dataset)
     encoder = load_encoder(encoder_id, weights, device=device)
     feats = np.empty((len(ds), encoder.feature_dim), dtype=np.float32)

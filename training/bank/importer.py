@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 
 from shared.errors import BankFileError, DimensionMismatch, GMemError, InvalidRank
@@ -31,8 +32,6 @@ _ORTHO_TOLERANCE = 1e-3
 
 def read_official(path: str | Path):
     """The object inside an official ``.pth``: a state dict or a tensor (weights-only unpickling)."""
-    import torch
-
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
@@ -45,8 +44,6 @@ def read_official(path: str | Path):
 
 
 def _array(obj, name: str, path: str | Path) -> np.ndarray:
-    import torch
-
     if not isinstance(obj, torch.Tensor):
         raise BankFileError(f"{path}: entry {name!r} is {type(obj).__name__}, expected a tensor")
     if not obj.is_floating_point():
@@ -92,8 +89,6 @@ def import_svd_dict(obj: dict, path: str | Path, rank: int | None = None) -> tup
 def run_import(src: str | Path, out: str | Path, rank: int | None = None, encoder: str = "timm/vit_base_patch14_dinov2",
                source: str = "gmem-official", c_dtype: CDtype = CDtype.float32) -> BankMeta:
     """Convert one official bank file at ``src`` into a factors file at ``out``."""
-    import torch
-
     obj = read_official(src)
     if isinstance(obj, dict):
         mu, B, S, C = import_svd_dict(obj, src, rank)

@@ -19,6 +19,7 @@ dataset resolution) and does its own preprocessing; ``encode`` returns the raw
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -26,11 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import typer
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
-from shared.errors import BankFileError, EncoderUnavailable, GMemError, IncompatibleArtifacts, InvalidInput
+from shared.errors import BankFileError, EncoderUnavailable, IncompatibleArtifacts, InvalidInput
 from shared.fileio import atomic_path
+from training.data import to_model_input
 
 ENCODER_FORMAT = "gmem-encoder"
 ENCODER_FORMAT_VERSION = "1"
@@ -138,8 +142,6 @@ class Encoder:
 
     def encode_pil(self, images: Sequence) -> np.ndarray:
         """Raw features [N, d] of PIL images, converted to the encoder's mode and resolution."""
-        from training.data import to_model_input
-
         mode = "L" if self.channels == 1 else "RGB"
         arrays = []
         for im in images:
@@ -156,8 +158,6 @@ def center_crop(im, size: int):
     Halve with a box filter while the short side is at least twice the target, then
     resize bicubically so the short side equals ``size`` and cut the centre square.
     """
-    from PIL import Image
-
     if im.size == (size, size):
         return im
     while min(im.size) >= 2 * size:
@@ -189,8 +189,6 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def save_embedded(path: str | Path, encoder_id: str, net: nn.Module, feature_dim: int, extra: dict | None = None) -> None:
     """Weights of an embedded encoder as safetensors with self-describing metadata."""
-    from safetensors.torch import save_file
-
     meta = {
         "format": ENCODER_FORMAT,
         "format_version": ENCODER_FORMAT_VERSION,
@@ -205,8 +203,6 @@ def save_embedded(path: str | Path, encoder_id: str, net: nn.Module, feature_dim
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -269,9 +265,7 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def _load_timm(encoder_id: str, weights: str | None, device: str | torch.device) -> Encoder:
-    import sys
-
-    import timm
+    import timm  # heavy (about a second) and needed only for timm/<arch> encoders, e.g. in the bank service
 
     arch = encoder_id.split("/", 1)[1]
     if not weights:
@@ -333,24 +327,3 @@ def load_encoder(encoder_id: str, weights: str | None = None, device: str | torc
     raise InvalidInput(
         f"unknown encoder {encoder_id!r}; use {', '.join(EMBEDDED)} or timm/<arch> with --encoder-weights FILE"
     )
-
-
-def train_encoder_command(
-    out: str = typer.Option(..., "--out", envvar="GMEM_ENCODER_OUT", help="weights file to write (.safetensors)"),
-    dataset: str = typer.Option("mnist-5k:train", "--dataset", envvar="GMEM_DATASET", help="training images"),
-    kind: EncoderKind = typer.Option(EncoderKind.mnist_cnn, "--kind", envvar="GMEM_ENCODER_KIND",
-                                     help="which embedded network to train"),
-    epochs: int = typer.Option(0, "--epochs", min=0, envvar="GMEM_ENCODER_EPOCHS",
-                               help="passes over the data (0 = the kind's default)"),
-    seed: int = typer.Option(-1, "--seed", envvar="GMEM_SEED", help="random seed (-1 = the kind's default)"),
-    threads: int = typer.Option(2, "--threads", min=1, envvar="GMEM_THREADS", help="torch CPU threads"),
-) -> None:
-    """Train an embedded encoder (gmem/mnist-cnn) or the Frechet evaluation network (evalnet)."""
-    from training.encoders.train import run_training
-
-    try:
-        run_training(out=out, dataset=dataset, kind=kind, epochs=epochs or None,
-                     seed=None if seed < 0 else seed, threads=threads)
-    except GMemError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from exc

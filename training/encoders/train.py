@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import typer
 from torch import nn
 from tqdm import tqdm
 
-from shared.errors import InvalidInput
+from shared.errors import GMemError, InvalidInput
 from training.data import load_dataset, to_model_input
 from training.encoders.registry import EncoderKind, MnistCNN, MnistEvalNet, save_embedded
 
@@ -157,3 +158,22 @@ def run_training(out: str, dataset: str, kind: EncoderKind, epochs: int | None =
     print(f"wrote {out}: {cfg.encoder_id}, feature_dim {cfg.feature_dim}, " +
           ", ".join(f"{k} {v:.4f}" for k, v in stats.items()))
     return stats
+
+
+def train_encoder_command(
+    out: str = typer.Option(..., "--out", envvar="GMEM_ENCODER_OUT", help="weights file to write (.safetensors)"),
+    dataset: str = typer.Option("mnist-5k:train", "--dataset", envvar="GMEM_DATASET", help="training images"),
+    kind: EncoderKind = typer.Option(EncoderKind.mnist_cnn, "--kind", envvar="GMEM_ENCODER_KIND",
+                                     help="which embedded network to train"),
+    epochs: int = typer.Option(0, "--epochs", min=0, envvar="GMEM_ENCODER_EPOCHS",
+                               help="passes over the data (0 = the kind's default)"),
+    seed: int = typer.Option(-1, "--seed", envvar="GMEM_SEED", help="random seed (-1 = the kind's default)"),
+    threads: int = typer.Option(2, "--threads", min=1, envvar="GMEM_THREADS", help="torch CPU threads"),
+) -> None:
+    """Train an embedded encoder (gmem/mnist-cnn) or the Frechet evaluation network (evalnet)."""
+    try:
+        run_training(out=out, dataset=dataset, kind=kind, epochs=epochs or None,
+                     seed=None if seed < 0 else seed, threads=threads)
+    except GMemError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc

@@ -24,6 +24,7 @@ from shared.errors import BankFileError, IncompatibleArtifacts, UnknownFormat
 from shared.factors import BankMeta
 from shared.fileio import atomic_path
 from training.network.model import GMemConfig, GMemDiT, count_parameters
+from training.official import vae
 
 FORMAT = "gmem-model"
 FORMAT_VERSION = "1"
@@ -120,8 +121,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     net.to(device).eval()
     decoder = None
     if config.space == "latent":
-        from training.official import vae  # only latent-space models need the decoder
-
         decoder = vae.load_decoder(config.decoder, device=device, base_dir=Path(path).parent)
     return LoadedModel(net=net, config=config, meta=meta, decoder=decoder, path=str(path))
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from shared.errors import DimensionMismatch, InvalidInput, NonFiniteValue
 from training.files.modelfile import LoadedModel
@@ -115,8 +116,6 @@ def generate(
 
 def to_png(image: np.ndarray) -> bytes:
     """One uint8 [H, W, C] image as PNG bytes (grey for C = 1, RGB for C = 3)."""
-    from PIL import Image
-
     arr = np.asarray(image, dtype=np.uint8)
     pil = Image.fromarray(arr[:, :, 0], mode="L") if arr.shape[-1] == 1 else Image.fromarray(arr, mode="RGB")
     buf = io.BytesIO()

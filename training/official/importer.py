@@ -22,6 +22,7 @@ our own recomputation of the 2-D axial RoPE tables before it is loaded.
 from __future__ import annotations
 
 import math
+import pickle
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,11 +31,17 @@ from typing import Annotated, Any
 
 import torch
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from shared.errors import BankFileError, GMemError, IncompatibleArtifacts
 from shared.factors import load_factors
-from training.bank.importer import DEFAULT_FULL_RANK
+from training.bank.importer import DEFAULT_FULL_RANK, run_import
+from training.files.modelfile import save_model
 from training.files.statedict import state_dict_problems
+from training.network.layers import AxialRoPE
+from training.network.model import PRESETS, GMemDiT, preset
+from training.official.vae import decoder_state_from_checkpoint, save_decoder
 
 # Release networks -> our presets (facts 2a). Both are LightningDiT */1 with RMSNorm, SwiGLU, RoPE.
 RELEASE_PRESETS = ("gmem-XL/1", "gmem-B/1-lightning")
@@ -73,8 +80,6 @@ class PartReport:
 
 def read_release_file(path: str | Path, what: str) -> Any:
     """``torch.load`` with ``weights_only=True`` on CPU (memory-mapped for zip-format files)."""
-    import pickle
-
     p = Path(path)
     if not p.is_file():
         raise BankFileError(f"{what}: no such file {p}")
@@ -125,8 +130,6 @@ def select_network_state(obj: Any, ema: bool = True, where: str = "network") -> 
 
 def detect_preset(state: Mapping[str, torch.Tensor], where: str = "network") -> str:
     """The release preset whose width and depth match the state dict's shapes."""
-    from training.network.model import PRESETS
-
     if "pos_embed" not in state:
         raise IncompatibleArtifacts(f"{where}: missing 'pos_embed'; this is not a LightningDiT GMem network")
     hidden = int(state["pos_embed"].shape[-1])
@@ -182,8 +185,6 @@ def match_network_keys(
 
 def check_rope_tables(state: Mapping[str, torch.Tensor], head_dim: int, grid: int, where: str = "network") -> float:
     """Max deviation of the stored ``feat_rope`` tables from our recomputation; refuses a different layout."""
-    from training.network.layers import AxialRoPE
-
     ours = AxialRoPE(head_dim, grid)
     worst = 0.0
     for name in ("freqs_cos", "freqs_sin"):
@@ -202,8 +203,6 @@ def check_rope_tables(state: Mapping[str, torch.Tensor], head_dim: int, grid: in
 def release_config(preset_name: str, mean: torch.Tensor, std: torch.Tensor, decoder_path: str | Path = DECODER_FILE,
                    **overrides: Any):
     """Our GMemConfig for a release network: latent 16x16x32, decoding through the VA-VAE at ``decoder_path``."""
-    from training.network.model import preset
-
     return preset(
         preset_name,
         latent_mean=tuple(float(v) for v in mean.reshape(-1)),
@@ -218,8 +217,6 @@ def release_config(preset_name: str, mean: torch.Tensor, std: torch.Tensor, deco
 
 def convert_network(state: Mapping[str, torch.Tensor], config, where: str = "network"):
     """Load release weights into our GMemDiT for ``config`` (strict); returns (net, ignored keys, rope deviation)."""
-    from training.network.model import GMemDiT
-
     with torch.device("meta"):
         net = GMemDiT(config)
     expected = {k: v.shape for k, v in net.state_dict().items()}
@@ -258,8 +255,6 @@ def import_network(path: Path, out_dir: Path, stats: Path, ema: bool = True, pre
 
     ``overrides`` replace preset fields (tests use a B/1-width network of fewer blocks).
     """
-    from training.files.modelfile import save_model
-
     state, detail = select_network_state(read_release_file(path, "network"), ema, str(path))
     name = preset_name or detect_preset(state, str(path))
     mean, std = read_latent_stats(stats)
@@ -280,8 +275,6 @@ def import_network(path: Path, out_dir: Path, stats: Path, ema: bool = True, pre
 
 def import_vae(path: Path, out_dir: Path) -> PartReport:
     """VA-VAE Lightning checkpoint -> DIR/vae_decoder.safetensors (post_quant_conv + decoder only)."""
-    from training.official.vae import decoder_state_from_checkpoint, save_decoder
-
     state, ignored = decoder_state_from_checkpoint(read_release_file(path, "VA-VAE"), str(path))
     save_decoder(state, out_dir / DECODER_FILE)
     groups = sorted({k.split(".")[0] for k in ignored})
@@ -292,8 +285,6 @@ def import_vae(path: Path, out_dir: Path) -> PartReport:
 
 def import_bank(path: Path, out_dir: Path, rank: int | None) -> PartReport:
     """Full bank or SVD dict -> DIR/bank.safetensors through training.bank.importer (engineer A's converter)."""
-    from training.bank.importer import run_import
-
     target = out_dir / BANK_FILE
     meta = run_import(path, target, rank=rank, encoder=DINOV2_ID, source=BANK_SOURCE)
     layout = meta.extra.get("official_layout", "?")
@@ -312,9 +303,6 @@ def import_bank(path: Path, out_dir: Path, rank: int | None) -> PartReport:
 
 def print_summary(reports: list[PartReport]) -> None:
     """A rich table: what came from where, and what was left out."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="import-official")
     for col in ("part", "source", "container", "tensors/rows", "values", "written", "notes"):
         table.add_column(col)

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.errors import BankFileError, IncompatibleArtifacts
@@ -223,9 +225,6 @@ def load_decoder(spec: str | os.PathLike | Mapping[str, Any], device: str | torc
     ``spec``: a path or the model config's decoder dict (see ``resolve_decoder_path``).
     """
     path = resolve_decoder_path(spec, base_dir)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         state = load_file(str(path), device="cpu")
     except (FileNotFoundError, SafetensorError, OSError) as exc:
@@ -273,7 +272,5 @@ def decoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint")
 
 def save_decoder(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write decoder weights to safetensors atomically (temp file in the same folder, then rename)."""
-    from safetensors.torch import save_file
-
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "gmem-vae-decoder", "format_version": "1", "kind": KIND})
