@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from shared.errors import BankFileError, DimensionMismatch, IncompatibleArtifacts, UnknownFormat
+from shared.errors import BankFileError, DimensionMismatch, IncompatibleArtifacts, ModelFileError
 from shared.factors import BankMeta, load_factors
 from tests.model_fixtures import make_bank, make_folder, make_model, one_torch_thread  # noqa: F401
 from training.cli import build_app
@@ -54,14 +54,15 @@ def test_model_file_round_trip_keeps_weights_config_and_outputs(files, tmp_path)
 def test_unknown_format_or_version_is_refused_naming_both(tmp_path):
     path = tmp_path / "x.safetensors"
     save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "gmem-model", "format_version": "7"})
-    with pytest.raises(UnknownFormat, match=r"format='gmem-model' format_version='7'.*format_version='1'"):
+    with pytest.raises(ModelFileError, match=r"format='gmem-model' format_version='7'.*format_version='1'"):
         load_model(path)
     save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "gmem-bank", "format_version": "1"})
-    with pytest.raises(UnknownFormat, match="gmem-bank"):
+    with pytest.raises(ModelFileError, match="gmem-bank"):
         load_model(path)
     path.write_bytes(b"garbage")
-    with pytest.raises(BankFileError):
+    with pytest.raises(ModelFileError) as info:
         load_model(path)
+    assert not isinstance(info.value, BankFileError)  # a model file is not a bank file
 
 
 def test_mismatched_bank_is_refused_naming_both_dims_and_encoders(files):

@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from shared.errors import BankFileError, EncoderUnavailable, IncompatibleArtifacts, InvalidInput
+from shared.errors import EncoderFileError, EncoderUnavailable, IncompatibleArtifacts, InvalidInput
 from shared.fileio import atomic_path
 from training.data import to_model_input
 
@@ -208,9 +208,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except FileNotFoundError as exc:
-        raise BankFileError(f"{path}: no such encoder weights file") from exc
+        raise EncoderFileError(f"{path}: no such encoder weights file") from exc
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise BankFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+        raise EncoderFileError(f"{path}: not a readable safetensors file ({exc})") from exc
     return tensors, meta
 
 
@@ -223,7 +223,7 @@ def _load_embedded(encoder_id: str, weights: str | None, device: str | torch.dev
         )
     tensors, meta = _read_safetensors(path)
     if meta.get("format") != ENCODER_FORMAT or meta.get("format_version") != ENCODER_FORMAT_VERSION:
-        raise BankFileError(
+        raise EncoderFileError(
             f"{path}: format={meta.get('format')!r} format_version={meta.get('format_version')!r}; expected "
             f"format={ENCODER_FORMAT!r} format_version={ENCODER_FORMAT_VERSION!r}"
         )
@@ -253,14 +253,14 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise BankFileError(f"{path}: no such encoder weights file") from exc
+        raise EncoderFileError(f"{path}: no such encoder weights file") from exc
     except Exception as exc:  # unpickling errors come in many types
-        raise BankFileError(f"{path}: not a loadable weights-only torch checkpoint ({exc})") from exc
+        raise EncoderFileError(f"{path}: not a loadable weights-only torch checkpoint ({exc})") from exc
     for key in ("model", "state_dict", "teacher"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise BankFileError(f"{path}: expected a state_dict of tensors")
+        raise EncoderFileError(f"{path}: expected a state_dict of tensors")
     return obj, {}
 
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from shared.errors import BankFileError, IncompatibleArtifacts
+from shared.errors import CheckpointFileError, IncompatibleArtifacts
 from shared.fileio import atomic_path
 from training.network.model import GMemConfig
 
@@ -64,15 +64,15 @@ def save_checkpoint(path: str | os.PathLike, step: int, net: torch.nn.Module, em
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint and its JSON; unreadable or half-written ones raise BankFileError."""
+    """Read a checkpoint and its JSON; unreadable or half-written ones raise CheckpointFileError."""
     p = Path(path)
     if not p.is_file() or not json_path(p).is_file():
-        raise BankFileError(f"{p}: checkpoint not found (need {p.name} and {json_path(p).name} side by side)")
+        raise CheckpointFileError(f"{p}: checkpoint not found (need {p.name} and {json_path(p).name} side by side)")
     try:
         meta = json.loads(json_path(p).read_text())
         tensors = load_file(str(p))
     except (json.JSONDecodeError, SafetensorError, OSError) as exc:
-        raise BankFileError(f"{p}: unreadable checkpoint ({exc})") from exc
+        raise CheckpointFileError(f"{p}: unreadable checkpoint ({exc})") from exc
     return Checkpoint(step=int(meta["step"]), config=meta["config"],
                       state={**meta.get("state", {}), "param_groups": meta.get("param_groups", [])},
                       tensors=tensors)

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from shared.errors import BankFileError, IncompatibleArtifacts, UnknownFormat
+from shared.errors import IncompatibleArtifacts, ModelFileError
 from shared.factors import BankMeta
 from shared.fileio import atomic_path
 from training.network.model import GMemConfig, GMemDiT, count_parameters
@@ -74,7 +74,7 @@ def config_from_json(data: dict[str, Any]) -> GMemConfig:
     try:
         return GMemConfig(**kwargs).validate()
     except (TypeError, ValueError) as exc:
-        raise BankFileError(f"model config is not a valid GMem network: {exc}") from exc
+        raise ModelFileError(f"model config is not a valid GMem network: {exc}") from exc
 
 
 def save_model(path: str | os.PathLike, net: torch.nn.Module, config: GMemConfig,
@@ -91,20 +91,20 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The config JSON of a model file, after checking format and version (no weights read)."""
     p = Path(path)
     if not p.is_file():
-        raise BankFileError(f"{p}: no such model file")
+        raise ModelFileError(f"{p}: no such model file")
     try:
         with safe_open(str(p), framework="pt") as fh:
             md = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise BankFileError(f"{p}: not a readable safetensors model file ({exc})") from exc
+        raise ModelFileError(f"{p}: not a readable safetensors model file ({exc})") from exc
     fmt, ver = md.get("format"), md.get("format_version")
     if fmt != FORMAT or ver != FORMAT_VERSION:
-        raise UnknownFormat(f"{p}: format={fmt!r} format_version={ver!r}; this reader knows "
+        raise ModelFileError(f"{p}: format={fmt!r} format_version={ver!r}; this reader knows "
                             f"format={FORMAT!r} format_version={FORMAT_VERSION!r}")
     try:
         return json.loads(md["config"])
     except (KeyError, json.JSONDecodeError) as exc:
-        raise BankFileError(f"{p}: missing or unreadable 'config' metadata ({exc})") from exc
+        raise ModelFileError(f"{p}: missing or unreadable 'config' metadata ({exc})") from exc
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
@@ -117,7 +117,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
             state = {k: fh.get_tensor(k) for k in fh.keys()}
         net.load_state_dict(state, strict=True)
     except (RuntimeError, SafetensorError) as exc:
-        raise BankFileError(f"{path}: weights do not match the network its config describes: {exc}") from exc
+        raise ModelFileError(f"{path}: weights do not match the network its config describes: {exc}") from exc
     net.to(device).eval()
     decoder = None
     if config.space == "latent":

@@ -34,7 +34,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.errors import BankFileError, GMemError, IncompatibleArtifacts
+from shared.errors import ArtifactFileError, GMemError, IncompatibleArtifacts
 from shared.factors import load_factors
 from training.bank.importer import DEFAULT_FULL_RANK, run_import
 from training.files.modelfile import save_model
@@ -82,16 +82,16 @@ def read_release_file(path: str | Path, what: str) -> Any:
     """``torch.load`` with ``weights_only=True`` on CPU (memory-mapped for zip-format files)."""
     p = Path(path)
     if not p.is_file():
-        raise BankFileError(f"{what}: no such file {p}")
+        raise ArtifactFileError(f"{what}: no such file {p}")
     try:
         return torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
     except pickle.UnpicklingError as exc:
-        raise BankFileError(
+        raise ArtifactFileError(
             f"{what}: {p} holds objects other than tensors and plain containers, and is not unpickled "
             f"(weights_only=True keeps foreign code from running). Re-save it as a state dict. ({exc})"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise BankFileError(f"{what}: {p} is not a readable torch.save file ({exc})") from exc
+        raise ArtifactFileError(f"{what}: {p} is not a readable torch.save file ({exc})") from exc
 
 
 def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:

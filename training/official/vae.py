@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from shared.errors import BankFileError, IncompatibleArtifacts
+from shared.errors import IncompatibleArtifacts, VAEFileError
 from shared.fileio import atomic_path
 from training.files.statedict import state_dict_problems
 
@@ -228,8 +228,8 @@ def load_decoder(spec: str | os.PathLike | Mapping[str, Any], device: str | torc
     try:
         state = load_file(str(path), device="cpu")
     except (FileNotFoundError, SafetensorError, OSError) as exc:
-        raise BankFileError(f"{path}: cannot read the VA-VAE decoder file ({exc}); "
-                            "create it with `python -m training import-official --vae ... --out DIR`") from exc
+        raise VAEFileError(f"{path}: cannot read the VA-VAE decoder file ({exc}); "
+                           "create it with `python -m training import-official --vae ... --out DIR`") from exc
     with torch.device("meta"):
         module = VAEDecoder()
     problems = state_dict_problems(state, {k: v.shape for k, v in module.state_dict().items()})

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from shared.errors import BankFileError, IncompatibleArtifacts
+from shared.errors import ArtifactFileError, IncompatibleArtifacts
 from tests.training.official import fixtures as fx
 from tests.training.official import reference as ref
 from tests.training.official.conftest import SMALL_DEPTH, link_decoder
@@ -185,7 +185,7 @@ class _Sneaky:
 def test_pickles_with_code_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"pos_embed": torch.zeros(1), "payload": _Sneaky()}, path)
-    with pytest.raises(BankFileError, match=r"weights_only=True"):
+    with pytest.raises(ArtifactFileError, match=r"weights_only=True"):
         read_release_file(path, "network")
 
 
