@@ -180,7 +180,8 @@ def gpu_bench(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.network.model import GMemDiT, preset
+    from training.network.config import preset
+    from training.network.model import GMemDiT
 
     cfg = preset(args.preset)
     net = GMemDiT(cfg).to("cuda").eval()

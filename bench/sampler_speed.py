@@ -30,8 +30,8 @@ def main() -> None:
 
     model = load_model(args.model)
     cfg = model.config
-    nfe = network_calls(cfg.default_sampler, cfg.default_steps, cfg.sde_solver)
-    print(f"{model.id}: sampler {cfg.default_sampler}, {cfg.default_steps} steps = {nfe} NFE, "
+    nfe = network_calls(cfg.sampling.sampler, cfg.sampling.steps, cfg.sampling.sde_solver)
+    print(f"{model.id}: sampler {cfg.sampling.sampler}, {cfg.sampling.steps} steps = {nfe} NFE, "
           f"{args.threads} threads")
     rng = np.random.default_rng(0)
     for n in (int(b) for b in args.batches.split(",")):

@@ -25,7 +25,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from training.flow.transport import PATH, flow_matching_loss, sample_time
-    from training.network.model import GMemDiT, preset
+    from training.network.config import preset
+    from training.network.model import GMemDiT
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setups = {}

@@ -105,7 +105,7 @@ def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n
     if labels is not None and np.all(np.asarray(labels) >= 0):
         consistency = float((evalnet.classify(fake) == np.asarray(labels)).mean())
     return EvalResult(fd=frechet_distance(real_feats, fake), consistency=consistency, n=n,
-                      steps=int(steps or cfg.default_steps), sampler=sampler or cfg.default_sampler)
+                      steps=int(steps or cfg.sampling.steps), sampler=sampler or cfg.sampling.sampler)
 
 
 def real_features(evalnet: EvalNet, dataset: str) -> np.ndarray:

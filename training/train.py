@@ -32,7 +32,8 @@ from training.files.checkpoint import check_same_architecture, load_checkpoint, 
 from training.files.modelfile import save_model
 from training.flow.generate import sample_tensor, to_uint8
 from training.flow.transport import PATH, flow_matching_loss, sample_time
-from training.network.model import GMemConfig, GMemDiT, count_parameters, preset
+from training.network.config import Conditioning, GMemConfig, MaskStrategy, choices, preset
+from training.network.model import GMemDiT, count_parameters
 from training.sample import make_grid, save_png
 
 
@@ -240,26 +241,33 @@ def build_config(preset_name: str, bank_meta: Any, data: TrainData, **overrides:
     return preset(preset_name, **set_)
 
 
+_OPT = TrainOptions()  # the command line's defaults are the dataclass's
+
+
 def train_command(
     dataset: Annotated[str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")],
     out: Annotated[Path, typer.Option(help="model file to write (EMA weights)", envvar="GMEM_OUT")],
     bank: Annotated[Path | None, typer.Option(help="bank factors file built from the dataset", envvar="GMEM_BANK")] = None,
     preset_name: Annotated[str, typer.Option("--preset", help="network preset", envvar="GMEM_PRESET")] = "gmem-tiny",
-    steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_TRAIN_STEPS")] = 3000,
-    batch_size: Annotated[int, typer.Option(help="global batch size", envvar="GMEM_BATCH_SIZE")] = 64,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate", envvar="GMEM_LR")] = 3e-4,
-    mask_ratio: Annotated[float | None, typer.Option(help="S-Adapter mask ratio (default 0.4)",
+    steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_TRAIN_STEPS")] = _OPT.steps,
+    batch_size: Annotated[int, typer.Option(help="global batch size", envvar="GMEM_BATCH_SIZE")] = _OPT.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate", envvar="GMEM_LR")] = _OPT.lr,
+    mask_ratio: Annotated[float | None, typer.Option(help=f"S-Adapter mask ratio (default {GMemConfig.mask_ratio})",
                                                      envvar="GMEM_MASK_RATIO")] = None,
-    mask_strategy: Annotated[str | None, typer.Option(help="zero, noise or random", envvar="GMEM_MASK_STRATEGY")] = None,
-    conditioning: Annotated[str, typer.Option(help="snippet, class or none", envvar="GMEM_CONDITIONING")] = "snippet",
+    mask_strategy: Annotated[str | None, typer.Option(help=choices(MaskStrategy), envvar="GMEM_MASK_STRATEGY")] = None,
+    conditioning: Annotated[str, typer.Option(help=choices(Conditioning),
+                                              envvar="GMEM_CONDITIONING")] = GMemConfig.conditioning.value,
     resume: Annotated[Path | None, typer.Option(help="checkpoint .safetensors to continue", envvar="GMEM_RESUME")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="checkpoints, previews, loss curve", envvar="GMEM_RUN_DIR")] = None,
-    seed: Annotated[int, typer.Option(help="training seed", envvar="GMEM_SEED")] = 0,
-    ema_decay: Annotated[float, typer.Option(help="EMA decay", envvar="GMEM_EMA_DECAY")] = 0.999,
-    time_sampling: Annotated[str, typer.Option(help="uniform or logit-normal", envvar="GMEM_TIME_SAMPLING")] = "logit-normal",
-    cosine_loss: Annotated[bool, typer.Option(help="add the release's cosine loss", envvar="GMEM_COSINE_LOSS")] = False,
-    sample_every: Annotated[int, typer.Option(help="preview grid every N steps", envvar="GMEM_SAMPLE_EVERY")] = 500,
-    ckpt_every: Annotated[int, typer.Option(help="checkpoint every N steps", envvar="GMEM_CKPT_EVERY")] = 500,
+    seed: Annotated[int, typer.Option(help="training seed", envvar="GMEM_SEED")] = _OPT.seed,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay", envvar="GMEM_EMA_DECAY")] = _OPT.ema_decay,
+    time_sampling: Annotated[str, typer.Option(help="uniform or logit-normal",
+                                               envvar="GMEM_TIME_SAMPLING")] = _OPT.time_sampling,
+    cosine_loss: Annotated[bool, typer.Option(help="add the release's cosine loss",
+                                              envvar="GMEM_COSINE_LOSS")] = _OPT.cosine_loss,
+    sample_every: Annotated[int, typer.Option(help="preview grid every N steps",
+                                              envvar="GMEM_SAMPLE_EVERY")] = _OPT.sample_every,
+    ckpt_every: Annotated[int, typer.Option(help="checkpoint every N steps", envvar="GMEM_CKPT_EVERY")] = _OPT.ckpt_every,
     default_sampler: Annotated[str | None, typer.Option(help="sampler recorded in the model file",
                                                         envvar="GMEM_DEFAULT_SAMPLER")] = None,
     default_steps: Annotated[int | None, typer.Option(help="steps recorded in the model file",
@@ -269,10 +277,10 @@ def train_command(
     """Train a GMem network; image i is conditioned on bank row i."""
     torch.set_num_threads(max(1, threads))
     try:
-        if conditioning not in ("snippet", "class", "none"):
-            raise InvalidInput(f"--conditioning must be snippet, class or none; got {conditioning!r}")
-        if mask_strategy is not None and mask_strategy not in ("zero", "noise", "random"):
-            raise InvalidInput(f"--mask-strategy must be zero, noise or random; got {mask_strategy!r}")
+        if conditioning not in set(Conditioning):
+            raise InvalidInput(f"--conditioning must be {choices(Conditioning)}; got {conditioning!r}")
+        if mask_strategy is not None and mask_strategy not in set(MaskStrategy):
+            raise InvalidInput(f"--mask-strategy must be {choices(MaskStrategy)}; got {mask_strategy!r}")
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(out.parent, os.W_OK):
             raise InvalidInput(f"cannot write the model file into {out.parent}; choose a writable --out")

@@ -21,7 +21,8 @@ from training.flow.samplers import (
     time_grid,
 )
 from training.flow.transport import PATH
-from training.network.model import GMemDiT, preset
+from training.network.config import preset
+from training.network.model import GMemDiT
 
 TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, input_size=16, snippet_dim=8, init="xavier")
 

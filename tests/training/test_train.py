@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from shared.errors import IncompatibleArtifacts
 from tests.model_fixtures import TINY, make_bank, make_folder, one_torch_thread  # noqa: F401
 from training.cli import build_app
-from training.network.model import preset
+from training.network.config import preset
 from training.train import TrainOptions, build_config, load_train_data, train
 
 

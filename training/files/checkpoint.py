@@ -9,7 +9,6 @@ complete or absent.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from shared.errors import CheckpointFileError, IncompatibleArtifacts
 from shared.fileio import atomic_path
-from training.network.model import GMemConfig
+from training.files.modelfile import config_to_json
+from training.network.config import GMemConfig
 
 # Fields that change the network's shape or meaning; sampling defaults may differ on resume.
 ARCH_FIELDS = ("space", "input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads",
@@ -56,7 +56,7 @@ def save_checkpoint(path: str | os.PathLike, step: int, net: torch.nn.Module, em
     for p, st in opt.state.items():
         for name, value in st.items():
             tensors[f"opt.{index[id(p)]}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    meta = {"step": step, "config": dataclasses.asdict(config), "state": state,
+    meta = {"step": step, "config": config_to_json(config), "state": state,
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]}
     target = Path(path)
     _atomic(target, lambda tmp: save_file(tensors, tmp))
@@ -80,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def check_same_architecture(saved: dict[str, Any], current: GMemConfig, where: str) -> None:
     """IncompatibleArtifacts naming every architecture field that differs between checkpoint and run."""
-    now = dataclasses.asdict(current)
+    now = config_to_json(current)
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {now[k]!r}" for k in ARCH_FIELDS
              if _norm(saved.get(k)) != _norm(now[k])]
     if diffs:

@@ -1,7 +1,7 @@
 """The model file (CONTRACT.md section 5): network weights in safetensors plus a JSON config.
 
 ``__metadata__``: ``format = gmem-model``, ``format_version = 1`` and ``config``,
-the JSON of :class:`training.network.model.GMemConfig` plus ``id``, ``normalization``
+the JSON of :class:`training.network.config.GMemConfig` plus ``id``, ``normalization``
 (how the network's pixel or latent space maps to pixels) and whatever the
 writer adds (training summary, bank it was trained with). Readers refuse any
 other format or version, naming both.
@@ -9,10 +9,12 @@ other format or version, naming both.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ from safetensors.torch import save_file
 from shared.errors import IncompatibleArtifacts, ModelFileError
 from shared.factors import BankMeta
 from shared.fileio import atomic_path
-from training.network.model import GMemConfig, GMemDiT, count_parameters
+from training.network.config import SAMPLING_KEYS, GMemConfig, SamplingDefaults
+from training.network.model import GMemDiT, count_parameters
 from training.official import vae
 
 FORMAT = "gmem-model"
@@ -50,7 +53,10 @@ class LoadedModel:
 
 
 def config_to_json(config: GMemConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config as the model file's flat JSON object (option sets as their strings)."""
+    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "sampling"}
+    data.update({key: getattr(config.sampling, name) for name, key in SAMPLING_KEYS.items()})
+    return {k: (v.value if isinstance(v, StrEnum) else copy.deepcopy(v)) for k, v in data.items()}
 
 
 def normalization(config: GMemConfig) -> dict[str, Any]:
@@ -66,13 +72,14 @@ def normalization(config: GMemConfig) -> dict[str, Any]:
 
 def config_from_json(data: dict[str, Any]) -> GMemConfig:
     """GMemConfig from the file's config JSON; keys that are not config fields (id, train, ...) are ignored."""
-    fields = {f.name for f in dataclasses.fields(GMemConfig)}
-    kwargs = {k: v for k, v in data.items() if k in fields}
+    fields = {f.name for f in dataclasses.fields(GMemConfig)} - {"sampling"}
+    kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in fields}
     for key in ("latent_mean", "latent_std"):
         if kwargs.get(key) is not None:
             kwargs[key] = tuple(float(v) for v in kwargs[key])
+    sampling = {name: data[key] for name, key in SAMPLING_KEYS.items() if key in data}
     try:
-        return GMemConfig(**kwargs).validate()
+        return GMemConfig(**kwargs, sampling=SamplingDefaults(**sampling)).validate()
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"model config is not a valid GMem network: {exc}") from exc
 

@@ -18,7 +18,8 @@ from PIL import Image
 from shared.errors import DimensionMismatch, InvalidInput, NonFiniteValue
 from training.files.modelfile import LoadedModel
 from training.flow.samplers import SAMPLER_NAMES, guided, run_sampler
-from training.network.model import GMemConfig, GMemDiT
+from training.network.config import GMemConfig
+from training.network.model import GMemDiT
 
 
 def image_shape(config: GMemConfig) -> tuple[int, int, int]:
@@ -47,8 +48,8 @@ def sample_tensor(
     cfg_scale: float = 1.0,
 ) -> torch.Tensor:
     """Network-space samples [n, C, H, W] (t = 1 end of the path) for conditions ``cond`` and ``seeds``."""
-    sampler = sampler or config.default_sampler
-    steps = int(steps or config.default_steps)
+    sampler = sampler or config.sampling.sampler
+    steps = int(steps or config.sampling.steps)
     if sampler not in SAMPLER_NAMES:
         raise InvalidInput(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
     if steps < 1:
@@ -63,11 +64,11 @@ def sample_tensor(
     if cond is not None:
         cond = cond.to(device)
     scale = float(cfg_scale) if config.conditioning == "snippet" else 1.0
-    velocity = guided(net, cond, scale, config.cfg_interval_start)
+    velocity = guided(net, cond, scale, config.sampling.cfg_interval_start)
     with torch.inference_mode():
-        return run_sampler(sampler, velocity, x, steps, generators, time_shift=config.time_shift,
-                           diffusion_norm=config.diffusion_norm, sde_solver=config.sde_solver,
-                           last_step_size=config.last_step_size)
+        return run_sampler(sampler, velocity, x, steps, generators, time_shift=config.sampling.time_shift,
+                           diffusion_norm=config.sampling.diffusion_norm, sde_solver=config.sampling.sde_solver,
+                           last_step_size=config.sampling.last_step_size)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -3,7 +3,7 @@
 ``cond = t_emb + adapter(mask(snippet))`` replaces the class embedding of DiT
 and drives every block through adaLN. With the LightningDiT options (RMSNorm,
 SwiGLU, RoPE, linear adapter, REPA projector) the module names and shapes match
-the paper authors' release key for key (official-gmem-facts.md section 2d), so
+the paper authors' release key for key (LINs-lab/GMem, ``models/lightningdit.py``), so
 their checkpoints load straight into :class:`GMemDiT`. The generic pieces
 (norms, RoPE, attention, MLPs, embedders) live in :mod:`training.network.layers`.
 
@@ -14,14 +14,13 @@ Ideas from facebookresearch/DiT (adaLN-zero, class baseline), hustvl/LightningDi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Literal
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.errors import InvalidInput
+from training.network.config import AdapterKind, Conditioning, GMemConfig, MaskStrategy, Mlp
 from training.network.layers import (
     Attention,
     AxialRoPE,
@@ -35,85 +34,40 @@ from training.network.layers import (
     sincos_2d,
 )
 
-Space = Literal["pixel", "latent"]
-Conditioning = Literal["snippet", "class", "none"]
-MaskStrategy = Literal["zero", "noise", "random"]
-
-
-@dataclass(frozen=True)
-class GMemConfig:
-    """Architecture, data space and sampling defaults of one GMem network (stored in the model file)."""
-
-    name: str = "gmem-tiny"
-    # data space
-    space: Space = "pixel"
-    input_size: int = 32
-    in_channels: int = 1
-    # pixel: images in [-1, 1]; latent: (z - mean) / std * multiplier, per channel
-    latent_mean: tuple[float, ...] | None = None
-    latent_std: tuple[float, ...] | None = None
-    latent_multiplier: float = 1.0
-    decoder: dict[str, str] | None = None  # e.g. {"kind": "vavae-f16d32", "weights": "..."} (training/official/vae.py)
-    # transformer
-    patch_size: int = 2
-    hidden_size: int = 192
-    depth: int = 6
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    qk_norm: bool = False
-    rope: bool = True
-    learn_sigma: bool = False  # SiT/DiT predict 2C channels; only the first C are the velocity
-    init: Literal["adaln-zero", "xavier"] = "adaln-zero"
-    # conditioning (S-Adapter)
-    conditioning: Conditioning = "snippet"
-    snippet_dim: int = 128
-    encoder: str = "gmem/mnist-cnn"
-    adapter: Literal["linear", "mlp"] = "linear"
-    mask_ratio: float = 0.4
-    mask_strategy: MaskStrategy = "zero"
-    num_classes: int = 10  # only for conditioning="class" (the comparison baseline)
-    # REPA projector (train-time alignment; kept so official checkpoints load strictly)
-    repa_dim: int = 0  # 0 = no projector
-    encoder_depth: int = 4
-    # sampling defaults
-    default_sampler: str = "heun"
-    default_steps: int = 20
-    sde_solver: Literal["euler", "heun"] = "euler"  # Euler-Maruyama (ours) or the release's Heun SDE
-    diffusion_norm: float = 1.0  # SDE diffusion w(t) = norm * (1 - t)
-    last_step_size: float = 0.004  # Heun-SDE noise-free "mean" last step
-    time_shift: float = 1.0  # ODE grid t' = s t / (1 + (s - 1) t); 1 = none
-    cfg_interval_start: float = 0.0
-
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels * (2 if self.learn_sigma else 1)
-
-    @property
-    def grid_size(self) -> int:
-        return self.input_size // self.patch_size
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    def validate(self) -> GMemConfig:
-        """Raise ValueError on sizes that cannot build a network."""
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-        if self.rope and self.head_dim % 4:
-            raise ValueError(f"RoPE needs head_dim divisible by 4; got {self.head_dim}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1); got {self.mask_ratio}")
-        return self
-
-
 #################################################################################
 #                    Conditioning: S-Adapter and class baseline                 #
 #################################################################################
+
+
+def _mask_zero(c: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Inverted dropout, exactly the release's ``nn.Dropout(p)``."""
+    return F.dropout(c, p=ratio, training=True)
+
+
+def _mask_noise(c: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Masked dims replaced by N(0, 1/d), the spread of a random unit vector's entries."""
+    masked = torch.rand_like(c) < ratio
+    return torch.where(masked, torch.randn_like(c) / math.sqrt(c.shape[-1]), c)
+
+
+def _mask_random(c: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Masked dims taken from another snippet of the batch (a random permutation)."""
+    masked = torch.rand_like(c) < ratio
+    return torch.where(masked, c[torch.randperm(c.shape[0], device=c.device)], c)
+
+
+_MASKS: dict[MaskStrategy, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    MaskStrategy.zero: _mask_zero, MaskStrategy.noise: _mask_noise, MaskStrategy.random: _mask_random,
+}
+_ADAPTERS: dict[AdapterKind, Callable[[int, int], nn.Module]] = {
+    AdapterKind.linear: lambda d, h: RowLinear(d, h),
+    AdapterKind.mlp: lambda d, h: nn.Sequential(RowLinear(d, h), nn.SiLU(), RowLinear(h, h), nn.SiLU(),
+                                                RowLinear(h, h)),
+}
+_MLPS: dict[Mlp, Callable[[int, float], nn.Module]] = {
+    Mlp.swiglu: lambda h, ratio: SwiGLU(h, int(2 / 3 * ratio * h)),
+    Mlp.gelu: lambda h, ratio: GeluMLP(h, int(ratio * h)),
+}
 
 
 class SnippetAdapter(nn.Module):
@@ -129,26 +83,17 @@ class SnippetAdapter(nn.Module):
     def __init__(self, cfg: GMemConfig) -> None:
         super().__init__()
         self.ratio, self.strategy, d, h = cfg.mask_ratio, cfg.mask_strategy, cfg.snippet_dim, cfg.hidden_size
-        if cfg.adapter == "linear":
-            self.linear = RowLinear(d, h)
-        else:
-            self.mlp = nn.Sequential(RowLinear(d, h), nn.SiLU(), RowLinear(h, h), nn.SiLU(), RowLinear(h, h))
+        # The attribute name is part of the state-dict keys (the release's ``condition_projection.linear``).
+        self.kind = cfg.adapter
+        self.add_module(cfg.adapter.value, _ADAPTERS[cfg.adapter](d, h))
 
     def mask(self, c: torch.Tensor) -> torch.Tensor:
         if not self.training or self.ratio <= 0:
             return c
-        if self.strategy == "zero":
-            return F.dropout(c, p=self.ratio, training=True)
-        masked = torch.rand_like(c) < self.ratio
-        if self.strategy == "noise":
-            fill = torch.randn_like(c) / math.sqrt(c.shape[-1])
-        else:
-            fill = c[torch.randperm(c.shape[0], device=c.device)]
-        return torch.where(masked, fill, c)
+        return _MASKS[self.strategy](c, self.ratio)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        c = self.mask(c)
-        return self.linear(c) if hasattr(self, "linear") else self.mlp(c)
+        return self.get_submodule(self.kind.value)(self.mask(c))
 
 
 class LabelEmbedder(nn.Module):
@@ -181,10 +126,7 @@ class GMemBlock(nn.Module):
         self.norm1 = make_norm(cfg.norm, h)
         self.attn = Attention(h, cfg.num_heads, qk_norm=cfg.qk_norm, norm=cfg.norm)
         self.norm2 = make_norm(cfg.norm, h)
-        if cfg.mlp == "swiglu":
-            self.mlp: nn.Module = SwiGLU(h, int(2 / 3 * cfg.mlp_ratio * h))
-        else:
-            self.mlp = GeluMLP(h, int(cfg.mlp_ratio * h))
+        self.mlp = _MLPS[cfg.mlp](h, cfg.mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), RowLinear(h, 6 * h))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: AxialRoPE | None) -> torch.Tensor:
@@ -218,9 +160,9 @@ class GMemDiT(nn.Module):
         h, grid = cfg.hidden_size, cfg.grid_size
         self.x_embedder = PatchEmbed(cfg.in_channels, h, cfg.patch_size)
         self.t_embedder = TimestepEmbedder(h)
-        if cfg.conditioning == "snippet":
+        if cfg.conditioning == Conditioning.snippet:
             self.condition_projection = SnippetAdapter(cfg)
-        elif cfg.conditioning == "class":
+        elif cfg.conditioning == Conditioning.class_:
             self.y_embedder = LabelEmbedder(cfg.num_classes, h, drop=0.1)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, h), requires_grad=False)
         self.feat_rope = AxialRoPE(cfg.head_dim, grid) if cfg.rope else None
@@ -298,37 +240,4 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-#################################################################################
-#                                  Presets                                      #
-#################################################################################
-
-_LIGHTNING = dict(mlp="swiglu", norm="rmsnorm", rope=True, adapter="linear", init="xavier")
-_LATENT_VAVAE = dict(space="latent", input_size=16, in_channels=32, snippet_dim=768,
-                     encoder="timm/vit_base_patch14_dinov2", decoder={"kind": "vavae-f16d32"},
-                     default_sampler="sde", sde_solver="heun", default_steps=49, cfg_interval_start=0.89)
-
-PRESETS: dict[str, GMemConfig] = {
-    "gmem-tiny": GMemConfig(name="gmem-tiny", patch_size=4, hidden_size=128, depth=6, num_heads=2),
-    "gmem-S/2": GMemConfig(name="gmem-S/2", patch_size=2, hidden_size=384, depth=12, num_heads=6),
-    "gmem-B/1": GMemConfig(name="gmem-B/1", **_LATENT_VAVAE, **_LIGHTNING, patch_size=1, hidden_size=768,
-                           depth=12, num_heads=12, repa_dim=768),
-    "gmem-XL/1": GMemConfig(name="gmem-XL/1", **_LATENT_VAVAE, **_LIGHTNING, patch_size=1, hidden_size=1152,
-                            depth=28, num_heads=16, repa_dim=768),
-    "gmem-B/1-lightning": GMemConfig(name="gmem-B/1-lightning", **_LATENT_VAVAE, **_LIGHTNING, patch_size=1,
-                                     hidden_size=768, depth=12, num_heads=12, repa_dim=0),
-    "sit-XL/2": GMemConfig(name="sit-XL/2", space="latent", input_size=32, in_channels=4, snippet_dim=768,
-                           encoder="timm/vit_base_patch14_dinov2", decoder={"kind": "sd-vae-ft-ema"},
-                           patch_size=2, hidden_size=1152, depth=28, num_heads=16, mlp="gelu",
-                           norm="layernorm", rope=False, learn_sigma=True, default_sampler="sde",
-                           default_steps=250),
-}
-
-
-def preset(name: str, **overrides: object) -> GMemConfig:
-    """A named preset with field overrides; unknown names list the choices."""
-    if name not in PRESETS:
-        raise InvalidInput(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides).validate()
-
-
-__all__ = ["GMemConfig", "GMemDiT", "PRESETS", "preset", "count_parameters"]
+__all__ = ["GMemDiT", "SnippetAdapter", "count_parameters"]

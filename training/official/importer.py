@@ -39,8 +39,9 @@ from shared.factors import load_factors
 from training.bank.importer import DEFAULT_FULL_RANK, run_import
 from training.files.modelfile import save_model
 from training.files.statedict import state_dict_problems
+from training.network.config import PRESETS, SamplingDefaults, SdeSolver, preset
 from training.network.layers import AxialRoPE
-from training.network.model import PRESETS, GMemDiT, preset
+from training.network.model import GMemDiT
 from training.official.vae import decoder_state_from_checkpoint, save_decoder
 
 # Release networks -> our presets (facts 2a). Both are LightningDiT */1 with RMSNorm, SwiGLU, RoPE.
@@ -52,13 +53,14 @@ BANK_FILE = "bank.safetensors"
 DINOV2_ID = "timm/vit_base_patch14_dinov2"
 # The release bank holds one CLS token per ImageNet-1k training image, centre-cropped to 256 px.
 BANK_SOURCE = "imagenet-1k/train@256"
-# Sampling settings of the release (facts 3b, 2c): SDE Heun on the 50-point grid linspace(0, 1 - 0.004, 50),
+# Sampling settings of the release (LINs-lab/GMem ``transport/integrators.py``, ``transport/transport.py``
+# and ``models/lightningdit.py``'s forward with CFG): SDE Heun on the 50-point grid linspace(0, 1 - 0.004, 50),
 # i.e. 49 Heun steps (our `steps` counts intervals) plus a final noise-free mean step of 0.004: 99 drift
 # evaluations; w(t) = 1 * (1 - t). The ODE configs use Euler on linspace(0, 1, 50) with time shift 0.3
 # (the shift never reaches the SDE path, there or here). CFG is off (scale 1) unless asked; its interval
 # keeps guidance to t >= 0.89.
-RELEASE_SAMPLING = dict(default_sampler="sde", sde_solver="heun", default_steps=49, diffusion_norm=1.0,
-                        last_step_size=0.004, time_shift=0.3, cfg_interval_start=0.89)
+RELEASE_SAMPLING = SamplingDefaults(sampler="sde", sde_solver=SdeSolver.heun, steps=49, diffusion_norm=1.0,
+                                    last_step_size=0.004, time_shift=0.3, cfg_interval_start=0.89)
 ROPE_TOLERANCE = 1e-5
 
 
@@ -211,7 +213,8 @@ def release_config(preset_name: str, mean: torch.Tensor, std: torch.Tensor, deco
         # Absolute, so any working directory finds it; training.official.vae falls back to the same name beside
         # the model file when the folder has been moved.
         decoder={"kind": "vavae-f16d32", "weights": str(decoder_path)},
-        **{**RELEASE_SAMPLING, **overrides},
+        sampling=RELEASE_SAMPLING,
+        **overrides,
     )
 
 

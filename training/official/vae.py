@@ -51,6 +51,18 @@ class DecoderConfig:
         return self.resolution // 2 ** (len(self.ch_mult) - 1)
 
 
+# The latent decoders a model file can name (its config's ``decoder.kind``), by kind.
+DECODERS: dict[str, DecoderConfig] = {KIND: DecoderConfig()}
+
+
+def decoder_config(kind: str) -> DecoderConfig:
+    """The sizes of decoder ``kind``; a kind this reader has no decoder for is refused."""
+    if kind not in DECODERS:
+        raise IncompatibleArtifacts(f"decoder kind {kind!r} is not supported; the decoders here are "
+                                    f"{', '.join(map(repr, DECODERS))}")
+    return DECODERS[kind]
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
 

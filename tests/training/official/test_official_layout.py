@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tests.training.official import fixtures as fx
-from training.network.model import GMemDiT, preset
+from training.network.config import preset
+from training.network.model import GMemDiT
 
 
 def _meta_shapes(name: str, **overrides) -> dict[str, tuple[int, ...]]:
