@@ -1,6 +1,6 @@
 """``import-bank``: the paper authors' memory-bank files -> our factors file (CONTRACT.md section 1).
 
-Two layouts come out of the official release (official-gmem-facts.md section 1):
+Two layouts come out of the official release (LINs-lab/GMem ``utils/svd_utils.py``):
 
 - the SVD ("dmd") dict ``{C [N, r], M [d, r], S [r], mean [d], latent_dim, feature_dim}``
   built from *raw* DINOv2 CLS tokens: ``M = V S^(1/2)`` is our ``B`` and ``mean``

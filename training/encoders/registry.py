@@ -9,7 +9,7 @@ Registry by id (``load_encoder``):
   different architecture and seed; its feature is the penultimate layer).
 - ``timm/<arch>``: any timm architecture built with ``pretrained=False,
   num_classes=0`` and loaded from a local weights file. ``timm/vit_base_patch14_dinov2``
-  reproduces the paper's DINOv2-B/14 snippet (official-gmem-facts.md section 5).
+  reproduces the paper's DINOv2-B/14 snippet (LINs-lab/GMem ``models/dinov2.py``).
 
 Every encoder takes the canonical input (float NCHW in [-1, 1] at the
 dataset resolution) and does its own preprocessing; ``encode`` returns the raw

@@ -3,7 +3,7 @@
     x_t = alpha_t * x_data + sigma_t * eps,   alpha_t = t,   sigma_t = 1 - t
     v*  = d x_t / dt = alpha'_t * x_data + sigma'_t * eps = x_data - eps
 
-The issue's ``x_t = (1 - t) x_0 + t eps`` is the same path read with t -> 1 - t.
+The paper's ``x_t = (1 - t) x_0 + t eps`` (SiT convention) is the same path read with t -> 1 - t.
 The loss is MSE on the velocity, optionally plus the release's cosine loss
 over the channel axis; t is uniform or logit-normal (``sigmoid(N(0, 1))``).
 """

@@ -1,7 +1,7 @@
 """Import the paper authors' GMem release (LINs-lab/GMem) into this project's formats.
 
 ``python -m training import-official`` converts whichever parts it is given
-(official-gmem-facts.md section 0):
+(the network, bank and VA-VAE files its README and Hugging Face cards list):
 
 - ``--network NET.pth``: LightningDiT-XL/1 or B/1 + S-Adapter, bare or
   ``{"model", "ema", "config"}`` -> ``DIR/model.safetensors`` (CONTRACT.md section 5:
@@ -44,7 +44,7 @@ from training.network.layers import AxialRoPE
 from training.network.model import GMemDiT
 from training.official.vae import decoder_state_from_checkpoint, save_decoder
 
-# Release networks -> our presets (facts 2a). Both are LightningDiT */1 with RMSNorm, SwiGLU, RoPE.
+# Release networks -> our presets (LINs-lab/GMem ``models/lightningdit.py``, the model constructors). Both are LightningDiT */1 with RMSNorm, SwiGLU, RoPE.
 RELEASE_PRESETS = ("gmem-XL/1", "gmem-B/1-lightning")
 LATENT_CHANNELS = 32
 DECODER_FILE = "vae_decoder.safetensors"
@@ -97,7 +97,7 @@ def read_release_file(path: str | Path, what: str) -> Any:
 
 
 def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
-    # DDP and accelerate each wrap the model, so "module." can appear more than once (facts 2d).
+    # DDP and accelerate each wrap the model, so "module." can appear more than once (LINs-lab/GMem ``utils/loading.py``).
     out = {}
     for k, v in state.items():
         while k.startswith("module."):
@@ -287,7 +287,7 @@ def import_vae(path: Path, out_dir: Path) -> PartReport:
 
 
 def import_bank(path: Path, out_dir: Path, rank: int | None) -> PartReport:
-    """Full bank or SVD dict -> DIR/bank.safetensors through training.bank.importer (engineer A's converter)."""
+    """Full bank or SVD dict -> DIR/bank.safetensors through training.bank.importer."""
     target = out_dir / BANK_FILE
     meta = run_import(path, target, rank=rank, encoder=DINOV2_ID, source=BANK_SOURCE)
     layout = meta.extra.get("official_layout", "?")

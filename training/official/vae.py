@@ -1,7 +1,7 @@
 """The VA-VAE f16d32 decoder: latents [N, 32, 16, 16] -> images [N, 3, 256, 256] in [-1, 1].
 
 This is the decoding half of the KL autoencoder the paper authors' GMem release uses
-as its tokenizer (official-gmem-facts.md section 4): the LDM/VQGAN layout with
+as its tokenizer (LINs-lab/GMem ``tokenizer/vavae.py``, ``tokenizer/autoencoder.py``): the LDM/VQGAN layout with
 ch=128, ch_mult=(1, 1, 2, 2, 4), two residual blocks per level (three on the way
 up), attention at resolution 16 (the middle block plus three blocks in ``up.4``),
 GroupNorm(32, eps 1e-6) and swish. Parameter names match the release's

@@ -16,7 +16,7 @@ SMALL_DEPTH = 2
 
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads():
-    # Six engineers share two cores; the B/1 forward passes are the heaviest thing here.
+    # The B/1 forward passes are the heaviest thing here; two threads keep a small machine usable.
     torch.set_num_threads(2)
 
 

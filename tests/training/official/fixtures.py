@@ -1,8 +1,9 @@
 """Files with the exact layout of the paper authors' GMem release, filled with random numbers.
 
-Written from official-gmem-facts.md (sections 1, 2d, 3c, 4), independently of
+Written from the release's code (LINs-lab/GMem ``utils/svd_utils.py``, ``models/lightningdit.py``,
+``datasets/img_latent_dataset.py``, ``tokenizer/autoencoder.py``), independently of
 training/official/importer.py and training/official/vae.py, so the tests compare two readings of
-the facts rather than the importer with itself:
+the release rather than the importer with itself:
 
 - network state dicts of LightningDiT + GMem (``lightningdit_shapes``; B/1 real,
   XL shape-only), saved bare or as ``{"model", "ema", "config"}`` with a ``module.``
@@ -24,7 +25,7 @@ import torch
 
 
 def lightningdit_shapes(depth: int, hidden: int, heads: int, projector: bool = True) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a LightningDiT-*/1 GMem state dict (facts 2d): 32 latent channels, 16x16 tokens."""
+    """Key -> shape of a LightningDiT-*/1 GMem state dict (``models/lightningdit.py``): 32 latent channels, 16x16 tokens."""
     hd = hidden // heads
     mlp = int(2 / 3 * 4 * hidden)  # SwiGLU hidden width: 2048 (B) or 3072 (XL)
     shapes: dict[str, tuple[int, ...]] = {
@@ -70,7 +71,7 @@ B_SHAPES = lightningdit_shapes(12, 768, 12)
 
 
 def rope_tables(head_dim: int, grid: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """feat_rope.freqs_cos / freqs_sin [grid^2, head_dim], spelled out channel by channel (facts 2b)."""
+    """feat_rope.freqs_cos / freqs_sin [grid^2, head_dim], spelled out channel by channel (``models/lightningdit.py``, the RoPE layer)."""
     half = head_dim // 2
     angles = np.zeros((grid * grid, head_dim), dtype=np.float64)
     for n in range(grid * grid):
@@ -141,7 +142,7 @@ def _attn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
 
 
 def vavae_shapes() -> dict[str, tuple[int, ...]]:
-    """Encoder, quant convs and decoder of the f16d32 KL autoencoder (facts 4), LDM naming."""
+    """Encoder, quant convs and decoder of the f16d32 KL autoencoder (``tokenizer/autoencoder.py``), LDM naming."""
     ch, mult, z = 128, (1, 1, 2, 2, 4), 32
     s: dict[str, tuple[int, ...]] = {"encoder.conv_in.weight": (ch, 3, 3, 3), "encoder.conv_in.bias": (ch,)}
     res, c_in = 256, ch
@@ -238,13 +239,13 @@ def raw_cls_features(n: int, seed: int = 0, dim: int = 768) -> torch.Tensor:
 
 
 def save_full_bank(feats: torch.Tensor, path: Path) -> Path:
-    """The 'full' bank file: one [N, 768] tensor saved with torch.save (facts 1a)."""
+    """The 'full' bank file: one [N, 768] tensor saved with torch.save (``utils/svd_utils.py``, FullMemoryBank)."""
     torch.save(feats.clone(), path)
     return path
 
 
 def save_svd_bank(feats: torch.Tensor, path: Path, latent_dim: int = 64) -> dict:
-    """The 'dmd' bank dict (facts 1b): SVD of the raw, centred features split as U*sqrt(S), V*sqrt(S)."""
+    """The 'dmd' bank dict (``utils/svd_utils.py``, DMDMemoryBank): SVD of the raw, centred features split as U*sqrt(S), V*sqrt(S)."""
     mean = feats.mean(0)
     U, S, Vh = torch.linalg.svd(feats - mean, full_matrices=False)
     d = latent_dim

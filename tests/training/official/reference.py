@@ -1,7 +1,7 @@
 """Plain-torch re-computation of the release network's forward pass, straight from a state dict.
 
-Written from official-gmem-facts.md section 2 without using training.network.model, so a
-test can hold our network against a second, independent reading of the facts:
+Written from LINs-lab/GMem ``models/lightningdit.py`` without using training.network.model, so a
+test can hold our network against a second, independent reading of the release:
 functional ops only, RoPE as complex multiplication, attention as an explicit
 softmax, adaLN chunks named in the release's order.
 """
