@@ -120,9 +120,9 @@ def list_image_folder(root: Path) -> tuple[list[Path], np.ndarray, tuple[str, ..
 def read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     """One image file as uint8 ``[H, W, C]`` in ``mode`` at ``size`` (W, H); a bad file names itself."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = im.convert(mode)
+        with Image.open(path) as opened:
+            opened.load()
+            im = opened.convert(mode)
             if im.size != size:
                 im = im.resize(size, Image.Resampling.BICUBIC)
             arr = np.asarray(im, dtype=np.uint8)

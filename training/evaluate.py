@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class EvalNet:
         return self.encoder.encode(x).numpy()
 
     def classify(self, feats: np.ndarray) -> np.ndarray:
-        head = self.encoder.net.head
+        head = cast(torch.nn.Module, self.encoder.net.head)
         with torch.no_grad():
             logits = head(torch.from_numpy(feats).to(self.encoder.device))
         return logits.argmax(1).cpu().numpy()

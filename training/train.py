@@ -104,8 +104,8 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
     """``ema <- decay * ema + (1 - decay) * net``; buffers copied."""
     for e, p in zip(ema.parameters(), net.parameters(), strict=True):
         e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-    for e, b in zip(ema.buffers(), net.buffers(), strict=True):
-        e.copy_(b)
+    for eb, b in zip(ema.buffers(), net.buffers(), strict=True):
+        eb.copy_(b)
 
 
 def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world: int, device: torch.device):
@@ -135,7 +135,7 @@ def plot_losses(history: list[tuple[int, float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so no display is needed
 
     if not history:
         return
@@ -178,7 +178,7 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
     if ckpt is not None:
         restore(ckpt, net, ema, opt)
         start, history = ckpt.step, [tuple(h) for h in ckpt.state.get("history", [])]
-    model = net
+    model: torch.nn.Module = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.index is not None else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -290,7 +290,7 @@ def train_command(
         opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                             time_sampling=time_sampling, cosine_loss=cosine_loss, sample_every=sample_every,
                             ckpt_every=ckpt_every)
-        extra = {"id": f"{cfg.name}/{data.source}"}
+        extra: dict[str, Any] = {"id": f"{cfg.name}/{data.source}"}
         if bank_meta is not None:
             extra["bank"] = {"source": bank_meta.source, "encoder": bank_meta.encoder,
                              "feature_dim": bank_meta.feature_dim, "rank": bank_meta.rank}

@@ -268,6 +268,7 @@ def run_build(out: Path, rank: int, features: Path | None, dataset: str | None, 
         return write_bank(out, fac, encoder or "unknown", source or Path(features).name, labels=label_arr)
     if labels is not None:
         raise InvalidInput("--labels goes with --features; a dataset brings its own labels")
+    assert dataset is not None  # exactly one source, checked above
     encoder = encoder or "gmem/mnist-cnn"
     X, label_arr, src = dataset_features(dataset, encoder, encoder_weights, batch_size, device)
     check_rank(rank, *X.shape)

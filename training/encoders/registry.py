@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -161,9 +162,9 @@ def center_crop(im, size: int):
     if im.size == (size, size):
         return im
     while min(im.size) >= 2 * size:
-        im = im.resize(tuple(x // 2 for x in im.size), resample=Image.BOX)
+        im = im.resize(tuple(x // 2 for x in im.size), resample=Image.Resampling.BOX)
     scale = size / min(im.size)
-    im = im.resize(tuple(round(x * scale) for x in im.size), resample=Image.BICUBIC)
+    im = im.resize(tuple(round(x * scale) for x in im.size), resample=Image.Resampling.BICUBIC)
     left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
     return im.crop((left, top, left + size, top + size))
 
@@ -291,7 +292,7 @@ def _load_timm(encoder_id: str, weights: str | None, device: str | torch.device)
         net.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise IncompatibleArtifacts(f"{weights}: weights do not fit timm model {arch!r}: {exc}") from exc
-    cfg = net.pretrained_cfg
+    cfg = cast(dict[str, Any], net.pretrained_cfg)
     resolution = int(cfg.get("input_size", (3, 224, 224))[-1])
     if "img_size" in kwargs:
         img = kwargs["img_size"]
@@ -314,7 +315,7 @@ def _load_timm(encoder_id: str, weights: str | None, device: str | torch.device)
         return net(x)
 
     image_size = 256 if encoder_id == DINOV2_ID else resolution
-    return Encoder(encoder_id, net, int(net.num_features), channels, resolution, preprocess, features, device,
+    return Encoder(encoder_id, net, cast(int, net.num_features), channels, resolution, preprocess, features, device,
                    image_size=image_size)
 
 

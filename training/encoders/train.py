@@ -148,6 +148,7 @@ def run_training(out: str, dataset: str, kind: EncoderKind, epochs: int | None =
         raise InvalidInput(f"{dataset}: embedded networks take 32x32 images; got {ds.resolution}x{ds.resolution}")
     x = to_model_input(ds.images)
     y = torch.from_numpy(np.asarray(ds.labels))
+    net: nn.Module
     if kind == EncoderKind.mnist_cnn:
         net, stats = train_snippet_encoder(x, y, cfg)
     else:

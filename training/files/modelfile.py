@@ -128,7 +128,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     net.to(device).eval()
     decoder = None
     if config.space == "latent":
-        decoder = vae.load_decoder(config.decoder, device=device, base_dir=Path(path).parent)
+        decoder = vae.load_decoder(config.decoder or {}, device=device, base_dir=Path(path).parent)
     return LoadedModel(net=net, config=config, meta=meta, decoder=decoder, path=str(path))
 
 

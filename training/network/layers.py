@@ -12,14 +12,16 @@ hustvl/LightningDiT (RMSNorm, SwiGLU, 2-D axial RoPE); written here.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-NormKind = Literal["rmsnorm", "layernorm"]
+from training.network.config import Norm
+
+NormKind = Norm | Literal["rmsnorm", "layernorm"]
 
 
 #################################################################################
@@ -103,7 +105,7 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.frequency_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+        return self.mlp(self.frequency_embedding(t, self.freq_dim).to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class PatchEmbed(nn.Module):
@@ -124,6 +126,9 @@ class PatchEmbed(nn.Module):
 
 class AxialRoPE(nn.Module):
     """2-D axial rotary embedding: first hd/2 channels rotate by row h, last hd/2 by column w."""
+
+    freqs_cos: torch.Tensor
+    freqs_sin: torch.Tensor
 
     def __init__(self, head_dim: int, grid: int) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -180,23 +181,24 @@ class GMemDiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        w = self.x_embedder.proj.weight
+        proj = cast(nn.Conv2d, self.x_embedder.proj)
+        w = proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.zeros_(cast(torch.Tensor, proj.bias))
         table = torch.from_numpy(sincos_2d(self.cfg.hidden_size, self.cfg.grid_size)).float()[None]
         with torch.no_grad():
             self.pos_embed.copy_(table.to(self.pos_embed.device))
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        t_mlp = cast(nn.Sequential, self.t_embedder.mlp)
+        nn.init.normal_(cast(nn.Linear, t_mlp[0]).weight, std=0.02)
+        nn.init.normal_(cast(nn.Linear, t_mlp[2]).weight, std=0.02)
         if hasattr(self, "y_embedder"):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         if self.cfg.init == "adaln-zero":
-            for block in self.blocks:
-                nn.init.zeros_(block.adaLN_modulation[-1].weight)
-                nn.init.zeros_(block.adaLN_modulation[-1].bias)
-            for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+            zeroed = [cast(nn.Sequential, cast(GMemBlock, b).adaLN_modulation)[-1] for b in self.blocks]
+            zeroed += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+            for layer in zeroed:
+                nn.init.zeros_(cast(nn.Linear, layer).weight)
+                nn.init.zeros_(cast(nn.Linear, layer).bias)
 
     def condition(self, t: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """``cond = t_emb + adapter(mask(c))`` (or + label embedding for the class baseline)."""

@@ -344,13 +344,16 @@ def import_official_command(
             raise typer.BadParameter(f"--preset {preset!r}: choose gmem-XL/1, gmem-B/1-lightning or gmem-B/1")
         out.mkdir(parents=True, exist_ok=True)
         reports: list[PartReport] = []
-        steps = [(vae, lambda: import_vae(vae, out)),
-                 (network, lambda: import_network(network, out, latent_stats, ema, preset)),
-                 (bank, lambda: import_bank(bank, out, rank))]
-        for given, run in steps:
-            if given is not None:
-                typer.echo(f"importing {given} ...", err=True)
-                reports.append(run())
+        if vae is not None:
+            typer.echo(f"importing {vae} ...", err=True)
+            reports.append(import_vae(vae, out))
+        if network is not None:
+            assert latent_stats is not None  # refused above without it
+            typer.echo(f"importing {network} ...", err=True)
+            reports.append(import_network(network, out, latent_stats, ema, preset))
+        if bank is not None:
+            typer.echo(f"importing {bank} ...", err=True)
+            reports.append(import_bank(bank, out, rank))
     except GMemError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc

@@ -221,7 +221,7 @@ def resolve_decoder_path(spec: str | os.PathLike | Mapping[str, Any],
         if not spec.get("weights"):
             raise IncompatibleArtifacts("the model's decoder spec names no weights file; re-run "
                                         "`python -m training import-official --vae ... --out DIR`")
-        spec = spec["weights"]
+        spec = str(spec["weights"])
     path = Path(spec)
     if base_dir is not None and not path.is_absolute():
         return Path(base_dir) / path
