@@ -108,7 +108,7 @@ def test_cfg_is_one_forward_on_a_2n_batch_with_the_interval(release_config_of_fi
     sample_tensor(net, cfg, _snippet(2), seeds=[0, 1], cfg_scale=7.75)
     assert len(net.calls) == 99 and all(b == 4 for b, _ in net.calls)
     c = _snippet()
-    velocity = guided(net, c, 7.75, cfg.cfg_interval_start)
+    velocity = guided(net, c, 7.75, cfg.sampling.cfg_interval_start)
     x = torch.randn(1, 32, 16, 16)
     with torch.no_grad():
         for t in (0.5, 0.95):
