@@ -1,4 +1,4 @@
-"""Publishes acknowledged mutations to the Redis stream ``gmem:bank:events``.
+"""Publishes acknowledged mutations to the bank's Redis stream (format: ``shared.events``).
 
 Runs in its own thread, woken after each mutation, so Redis being slow or down
 never blocks or fails a mutation. The source of truth is the store's event list
@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services.bank.store import BankStore
+from shared.events import BankEvent, event_version
 
 log = logging.getLogger("gmem.bank.events")
 
@@ -82,9 +83,8 @@ class EventPublisher:
         current = self.store.view().version
         if not last:
             return 0
-        try:
-            version = int(last[0][1][b"version"])
-        except (KeyError, ValueError):
+        version = event_version(last[0][1])
+        if version is None:
             return current
         return version if version <= current else current
 
@@ -96,7 +96,7 @@ class EventPublisher:
                 return
             pipe = client.pipeline(transaction=False)
             for version, op, sid in batch:
-                pipe.xadd(self.stream, {"version": version, "op": op, "id": sid},
+                pipe.xadd(self.stream, BankEvent(version, op, sid).fields(),  # type: ignore[arg-type]
                           maxlen=self.maxlen, approximate=True)
             pipe.execute()
             self.published = batch[-1][0]

@@ -17,6 +17,7 @@ import time
 import faiss
 import numpy as np
 
+from services.bank.errors import IndexNotReady
 from shared.bankmath import search_rows
 from shared.factors import BankFactors
 
@@ -27,10 +28,6 @@ def _gpus() -> int:
     """GPUs FAISS can use: 0 with faiss-cpu, which lacks the GPU API altogether."""
     get = getattr(faiss, "get_num_gpus", None)
     return int(get()) if get is not None and hasattr(faiss, "StandardGpuResources") else 0
-
-
-class IndexNotReady(Exception):
-    """The base index is still being built."""
 
 
 class SnippetIndex:
@@ -86,7 +83,7 @@ class SnippetIndex:
 
     def wait_ready(self, timeout: float) -> None:
         if not self._base_ready.wait(timeout) or self._build_error is not None:
-            raise IndexNotReady(self.state)
+            raise IndexNotReady(f"the search index is not ready ({self.state}); retry shortly")
 
     # -- run-time snippets (caller holds self.lock) ----------------------------------------------
     def add_runtime(self, snippet_id: int, coefficients: np.ndarray) -> None:

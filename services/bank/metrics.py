@@ -47,3 +47,9 @@ class BankMetrics:
         self.snapshot_time.set_function(snapshot_time)
         self.redis_up.set_function(redis_up)
         self.redis_pending.set_function(redis_pending)
+
+    def observe_request(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        """One finished HTTP request (``shared.http.middleware.RequestContext``'s ``on_request``)."""
+        label = route or "unmatched"
+        self.requests.labels(method, label, str(status)).inc()
+        self.latency.labels(method, label).observe(seconds)

@@ -23,7 +23,7 @@ from services.bank.settings import BankSettings
 from shared.factors import BankMeta, save_factors
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "test-token"
+TOKEN = "test-token-bank-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 N0, D, R = 300, 24, 8
 ENCODER_ID = "test/grey-4x6"

@@ -99,7 +99,7 @@ def test_embedded_mnist_encoder_inserts_a_digit_near_its_class(tmp_path: Path) -
 
     X, y = mnist_data()
     factors = load_factors(MNIST_BANK)
-    settings = BankSettings(factors=MNIST_BANK, data_dir=tmp_path / "d", token="test-token",
+    settings = BankSettings(factors=MNIST_BANK, data_dir=tmp_path / "d", token="test-token-bank-0123",
                             encoder="gmem/mnist-cnn")
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz").json()
@@ -131,11 +131,11 @@ sys.meta_path.insert(0, Block())
 from fastapi.testclient import TestClient
 from services.bank.app import create_app
 from services.bank.settings import BankSettings
-app = create_app(BankSettings(factors=sys.argv[1], data_dir=sys.argv[2], token='t'))
+app = create_app(BankSettings(factors=sys.argv[1], data_dir=sys.argv[2], token='test-token-bank-0123'))
 with TestClient(app) as c:
-    r = c.post('/bank/snippets', json={'feature': [0.5] * %d}, headers={'Authorization': 'Bearer t'})
+    r = c.post('/bank/snippets', json={'feature': [0.5] * %d}, headers={'Authorization': 'Bearer test-token-bank-0123'})
     assert r.status_code == 201, r.text
-    r = c.post('/bank/snippets', files={'image': ('a.png', b'x')}, headers={'Authorization': 'Bearer t'})
+    r = c.post('/bank/snippets', files={'image': ('a.png', b'x')}, headers={'Authorization': 'Bearer test-token-bank-0123'})
     assert r.status_code == 422 and r.json()['error']['code'] == 'encoder_unavailable', r.text
     assert c.post('/bank/search', json={'id': 0, 'k': 3}).status_code == 200
 print('ok', sorted(m for m in sys.modules if m.startswith(('torch', 'training'))))

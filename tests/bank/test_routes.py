@@ -190,7 +190,7 @@ def test_openapi_documents_models_examples_and_errors(client: TestClient) -> Non
         assert path in paths
     retrieve = paths["/bank/retrieve"]["post"]
     assert "noise-CDF" in retrieve["description"] and "snippet ids" in retrieve["description"]
-    assert retrieve["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
+    assert retrieve["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorEnvelope")
     content = paths["/bank/snippets"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
     schemas = spec["components"]["schemas"]

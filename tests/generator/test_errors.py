@@ -66,7 +66,7 @@ def test_malformed_json_is_422(gen_url: str):
 
 def test_oversized_body_is_413(gen_url: str):
     big = {"snippet": [0.5] * 400_000}
-    assert_error(post(gen_url, big), 413, "body_too_large")
+    assert_error(post(gen_url, big), 413, "payload_too_large")
 
 
 def test_unknown_route_is_a_404_envelope(gen_url: str):
