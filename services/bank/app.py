@@ -83,6 +83,6 @@ def create_app(settings: BankSettings, store: BankStore | None = None,
     app.add_middleware(
         RequestContext, max_body_bytes=settings.max_body_bytes, body_limit_name="GMEM_BANK_MAX_BODY_BYTES",
         body_timeout_s=settings.body_timeout_s, guard=token_guard(edits.router.routes, settings),
-        on_request=lambda method, route, status, s: metrics.observe_request(method, route, status, s),
+        on_request=metrics.observe_request, access_logger="gmem.bank.access",
     )
     return app

@@ -82,5 +82,5 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
 
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
                        body_limit_name="GMEM_GENERATOR_MAX_BODY_BYTES", body_timeout_s=settings.body_timeout_s,
-                       on_request=on_request)
+                       on_request=on_request, access_logger="gmem.generator.access")
     return app

@@ -40,7 +40,6 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 Guard = Callable[[Scope], Awaitable[Response | None]]
 OnRequest = Callable[[str, str | None, int, float], None]
 
-access_log = logging.getLogger("gmem.access")
 log = logging.getLogger("gmem.http")
 
 
@@ -82,16 +81,19 @@ class _Refused(Exception):
 
 
 class RequestContext:
-    """See the module docstring. ``body_limit_name`` is the setting to name in the 413 message."""
+    """See the module docstring. ``body_limit_name`` is the setting to name in the 413 message;
+    ``access_logger`` the logger of the access lines (``gmem.bank.access``, ``gmem.generator.access``)."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_limit_name: str, body_timeout_s: float,
-                 on_request: OnRequest | None = None, guard: Guard | None = None) -> None:
+                 on_request: OnRequest | None = None, guard: Guard | None = None,
+                 access_logger: str = "gmem.access") -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.limit_name = body_limit_name
         self.body_timeout_s = body_timeout_s
         self.on_request = on_request
         self.guard = guard
+        self.access_log = logging.getLogger(access_logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -177,6 +179,6 @@ class RequestContext:
         method = scope["method"]
         if self.on_request is not None:
             self.on_request(method, route, status, seconds)
-        access_log.info("%s %s %d", method, scope["path"], status,
+        self.access_log.info("%s %s %d", method, scope["path"], status,
                         extra={"method": method, "path": scope["path"], "route": route or "unmatched",
                                "status": status, "ms": round(seconds * 1000, 3)})

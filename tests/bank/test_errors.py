@@ -12,7 +12,8 @@ from PIL import Image
 
 from services.bank.app import create_app
 from shared.errors import IncompatibleArtifacts
-from tests.bank.conftest import AUTH, N0, D, SyntheticBank, settings_for
+from tests.support.banks import N0, D, SyntheticBank
+from tests.support.services import AUTH, settings_for
 
 JSON = {"content-type": "application/json"}
 

@@ -16,7 +16,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.bank.app import create_app
-from tests.bank.conftest import AUTH, SyntheticBank, settings_for
+from tests.support.banks import SyntheticBank
+from tests.support.services import AUTH, settings_for
 
 # CI runs a fixed, bounded set; GMEM_FUZZ_EXAMPLES=500 explores fresh random cases locally.
 EXAMPLES = int(os.environ.get("GMEM_FUZZ_EXAMPLES", "30"))

@@ -14,7 +14,8 @@ from services.bank.app import create_app
 from services.bank.settings import BankSettings
 from shared import bankmath
 from shared.factors import load_factors
-from tests.bank.conftest import AUTH, ENCODER_ID, D, SyntheticBank, settings_for
+from tests.support.banks import ENCODER_ID, D, SyntheticBank
+from tests.support.services import AUTH, TOKEN, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST_BANK = ROOT / "artifacts/mnist-5k/bank.safetensors"
@@ -99,7 +100,7 @@ def test_embedded_mnist_encoder_inserts_a_digit_near_its_class(tmp_path: Path) -
 
     X, y = mnist_data()
     factors = load_factors(MNIST_BANK)
-    settings = BankSettings(factors=MNIST_BANK, data_dir=tmp_path / "d", token="test-token-bank-0123",
+    settings = BankSettings(factors=MNIST_BANK, data_dir=tmp_path / "d", token=TOKEN,
                             encoder="gmem/mnist-cnn")
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz").json()

@@ -16,7 +16,8 @@ import numpy as np
 
 from services.bank.log import HEADER, encode_record, iter_records
 from shared import bankmath
-from tests.bank.conftest import AUTH, N0, ROOT, R, SyntheticBank, make_bank, start_service, wait_ready
+from tests.support.banks import N0, R, SyntheticBank, make_bank
+from tests.support.services import AUTH, ROOT, start_service
 
 ROUNDS = 15
 MIN_ROUNDS = 5
@@ -187,7 +188,7 @@ def test_restart_after_clean_stop_keeps_state(bank: SyntheticBank, tmp_path: Pat
     svc.stop()
     svc = start_service(bank.path, tmp_path / "d", tmp_path / "b.log", wait=False)
     try:
-        wait_ready(svc)
+        svc.wait_http("/readyz", timeout=30.0)
         assert httpx.get(f"{svc.url}/bank").json()["version"] == 3
         assert [httpx.get(f"{svc.url}/bank/snippets/{o['id']}").status_code for o in ids] == [200] * 3
     finally:

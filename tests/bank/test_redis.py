@@ -8,12 +8,13 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.bank.conftest import AUTH, N0, D, RedisServer, SyntheticBank
+from tests.support.banks import N0, D, SyntheticBank
+from tests.support.services import AUTH, Process, free_port
 
 STREAM = "gmem:bank:events"
 
 
-def stream_events(server: RedisServer) -> list[tuple[int, str, int]]:
+def stream_events(server: Process) -> list[tuple[int, str, int]]:
     client = redis.Redis.from_url(server.url, socket_timeout=1)
     try:
         return [(int(f[b"version"]), f[b"op"].decode(), int(f[b"id"])) for _, f in client.xrange(STREAM)]
@@ -38,7 +39,7 @@ def metric(url: str, name: str) -> float:
     raise AssertionError(f"metric {name} missing")
 
 
-def test_events_survive_redis_outage_and_restart(bank: SyntheticBank, redis_server: RedisServer,
+def test_events_survive_redis_outage_and_restart(bank: SyntheticBank, redis_server: Process,
                                                  service_factory, tmp_path: Path) -> None:
     svc = service_factory(bank.path, tmp_path / "d", env={"GMEM_REDIS_URL": redis_server.url})
     http = httpx.Client(base_url=svc.url, headers=AUTH, timeout=10)
@@ -74,7 +75,7 @@ def test_events_survive_redis_outage_and_restart(bank: SyntheticBank, redis_serv
     assert metric(svc.url, "gmem_bank_redis_publish_failures_total") >= 1
     assert metric(svc.url, "gmem_bank_redis_pending_events") >= 7
 
-    redis_server.start()  # a fresh, empty Redis on the same port: the whole history is re-sent, in order
+    redis_server.start().wait_port()  # a fresh, empty Redis on the same port: the whole history is re-sent, in order
     wait_for(lambda: stream_events(redis_server) == expected, what="events after redis restart")
     wait_for(lambda: metric(svc.url, "gmem_bank_redis_up") == 1.0, what="redis_up metric")
     assert metric(svc.url, "gmem_bank_redis_pending_events") == 0
@@ -84,8 +85,6 @@ def test_events_survive_redis_outage_and_restart(bank: SyntheticBank, redis_serv
 
 
 def test_unreachable_redis_from_the_start(bank: SyntheticBank, service_factory, tmp_path: Path) -> None:
-    from tests.bank.conftest import free_port
-
     svc = service_factory(bank.path, tmp_path / "d", env={"GMEM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     r = httpx.post(f"{svc.url}/bank/snippets", json={"feature": [1.0] * D}, headers=AUTH, timeout=5)
     assert r.status_code == 201

@@ -8,7 +8,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from shared import bankmath
-from tests.bank.conftest import AUTH, ENCODER_ID, N0, D, R, SyntheticBank, bank_labels
+from tests.support.banks import ENCODER_ID, N0, D, R, SyntheticBank, bank_labels
+from tests.support.services import AUTH
 
 
 def reconstruct64(bank: SyntheticBank, c: np.ndarray) -> np.ndarray:

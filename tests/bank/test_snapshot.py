@@ -18,7 +18,8 @@ from services.bank.log import HEADER, iter_records
 from services.bank.snapshot import SNAPSHOT_FILE, encode_snapshot, read_snapshot
 from services.bank.store import LOG_FILE, BankStore
 from shared.errors import BankFileError, UnknownSnippet
-from tests.bank.conftest import AUTH, N0, D, SyntheticBank, settings_for, start_service
+from tests.support.banks import N0, D, SyntheticBank
+from tests.support.services import AUTH, settings_for, start_service
 
 
 def state(store: BankStore) -> tuple:

@@ -12,7 +12,7 @@ from services.bank.datadir import DataDirLocked, DataDirUnusable
 from services.bank.store import BankStore
 from shared.bankmath import snippets_from_coefficients
 from shared.errors import IncompatibleArtifacts
-from tests.bank.conftest import N0, SyntheticBank, make_bank
+from tests.support.banks import N0, SyntheticBank, make_bank
 
 
 def open_store(bank: SyntheticBank, data_dir: Path) -> BankStore:

@@ -7,8 +7,7 @@ import time
 import httpx
 
 from shared.client import GeneratorClient, RetryPolicy, Unavailable
-
-from .conftest import start_bank, start_generator
+from tests.support.services import free_port, start_bank, start_generator
 
 
 def test_bank_down_gives_503_with_retry_after_then_recovers(tmp_path):
@@ -61,8 +60,6 @@ def _count_503(url: str) -> float:
 
 
 def test_generator_starts_not_ready_without_a_bank_and_becomes_ready_when_it_appears(tmp_path):
-    from .conftest import free_port
-
     port = free_port()
     gen = start_generator(tmp_path, f"http://127.0.0.1:{port}", wait_ready=False,
                           GMEM_GENERATOR_BANK_START_WAIT_S="0")

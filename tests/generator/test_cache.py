@@ -8,8 +8,7 @@ import httpx
 import numpy as np
 
 from shared.client import BankClient
-
-from .conftest import TOKEN, start_redis
+from tests.support.services import TOKEN, start_redis
 
 
 def metric(url: str, name: str, label: str = "") -> float:

@@ -22,8 +22,7 @@ from shared.client import (
     Unauthorized,
     Unavailable,
 )
-
-from .conftest import TOKEN, free_port
+from tests.support.services import TOKEN, free_port
 
 
 def test_bank_reads(stack):

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from services.generator.app import create_app
 from services.generator.runtime import read_model_facts
 from services.generator.settings import GeneratorSettings
-from tests.generator.conftest import DEFAULT_MODEL, ROOT
+from tests.support.services import DEFAULT_MODEL, ROOT
 
 
 @pytest.fixture()

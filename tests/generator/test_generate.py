@@ -11,11 +11,10 @@ import numpy as np
 from PIL import Image
 
 from shared.bankmath import cdf_index
+from tests.support.services import DEFAULT_MODEL
 from training.generate import initial_noise
 from training.model import GMemConfig
 from training.modelfile import config_from_json, read_model_meta
-
-from .conftest import DEFAULT_MODEL
 
 
 def post(url: str, body: dict, timeout: float = 60.0) -> httpx.Response:

@@ -8,8 +8,7 @@ import sys
 import numpy as np
 
 from shared.factors import BankMeta, save_factors
-
-from .conftest import DEFAULT_MODEL, GENERATOR_ENV, ROOT, free_port, start_bank
+from tests.support.services import DEFAULT_MODEL, GENERATOR_ENV, ROOT, free_port, start_bank
 
 
 def _bank_file(path, d: int, encoder: str) -> None:

@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 
 from shared.factors import load_factors
+from tests.support.services import DEFAULT_BANK
 from training.encoders import load_encoder
-
-from .conftest import DEFAULT_BANK
 
 
 def classify(pngs: list[str]) -> np.ndarray:
