@@ -186,24 +186,24 @@ def decode_snippets(raw: Any, k: int) -> np.ndarray:
     return np.asarray(raw, dtype=np.float32).reshape(k, -1) if k else np.zeros((0, 0), np.float32)
 
 
-def parse_retrieval(body: dict) -> Retrieval:
+def parse_retrieval(body: dict[str, Any]) -> Retrieval:
     idx = [int(i) for i in body["indices"]]
     return Retrieval(int(body["version"]), int(body["pool_size"]), idx, decode_snippets(body["snippets"], len(idx)))
 
 
-def parse_snippet(body: dict) -> Snippet:
+def parse_snippet(body: dict[str, Any]) -> Snippet:
     return Snippet(id=int(body["id"]), kind=body["kind"], snippet=np.asarray(body["snippet"], np.float32),
                    coefficients=np.asarray(body.get("coefficients") or [], np.float32), label=body.get("label"),
                    parents=body.get("parents"), alpha=body.get("alpha"), name=body.get("name"),
                    created_at=body.get("created_at"))
 
 
-def parse_model(body: dict) -> ModelInfo:
+def parse_model(body: dict[str, Any]) -> ModelInfo:
     keys = ("id", "parameters", "resolution", "channels", "feature_dim", "default_steps", "samplers")
     return ModelInfo(**{k: body[k] for k in keys}, extra={k: v for k, v in body.items() if k not in keys})
 
 
-def parse_generation(body: dict) -> Generation:
+def parse_generation(body: dict[str, Any]) -> Generation:
     return Generation(images=[base64.b64decode(s) for s in body["images"]], seed=int(body["seed"]),
                       indices=body["indices"], bank_version=body["bank_version"], model=body["model"],
                       steps=int(body["steps"]), sampler=body["sampler"], elapsed_ms=float(body["elapsed_ms"]))

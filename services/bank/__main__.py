@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -35,7 +35,8 @@ def serve(
     given = {"factors": factors, "data_dir": data_dir, "host": host, "port": port, "encoder": encoder,
              "encoder_weights": encoder_weights, "redis_url": redis_url}
     try:
-        settings = BankSettings(**{k: v for k, v in given.items() if v is not None})
+        overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        settings = BankSettings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         missing = any(e["type"] == "missing" for e in exc.errors())

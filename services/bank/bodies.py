@@ -87,7 +87,7 @@ def snippet_info(bank: BankState, snippet_id: int) -> SnippetInfo:
     rows = np.asarray([snippet_id])
     coefficients = store.coefficient_rows(view, rows)[0] if rec is None else rec.coefficients
     return SnippetInfo(
-        id=snippet_id, kind="base" if rec is None else rec.kind,  # type: ignore[arg-type]
+        id=snippet_id, kind="base" if rec is None else rec.kind,
         label=store.label(snippet_id), parents=list(rec.parents) if rec else [],
         alpha=rec.alpha if rec else None, name=rec.name if rec else None,
         created_at=rec.created_at if rec else None, snippet=store.snippets(view, rows)[0].tolist(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -79,7 +80,7 @@ class EventPublisher:
 
     def _resume_point(self, client: redis.Redis) -> int:
         """Last version already in the stream; a stream ahead of us belongs to another data dir."""
-        last = client.xrevrange(self.stream, count=1)
+        last: Any = client.xrevrange(self.stream, count=1)  # redis-py types its replies loosely
         current = self.store.view().version
         if not last:
             return 0

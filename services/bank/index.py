@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import faiss
 import numpy as np
@@ -37,12 +38,12 @@ class SnippetIndex:
         faiss.omp_set_num_threads(threads)
         self._factors = factors
         self._sqrt_s = np.sqrt(np.asarray(factors.S, dtype=np.float32))
-        self._base = faiss.IndexFlatL2(factors.rank)
+        self._base: Any = faiss.IndexFlatL2(factors.rank)  # a GPU index after _build on faiss-gpu
         self._base_ready = threading.Event()
         self._build_error: BaseException | None = None
         self.build_seconds: float | None = None
         self._thread: threading.Thread | None = None
-        self._gpu_resources = None
+        self._gpu_resources: Any = None
         self._runtime = faiss.IndexIDMap2(faiss.IndexFlatL2(factors.rank))
         self.lock = threading.Lock()  # guards the run-time index; the store's writer takes it too
 
@@ -91,7 +92,7 @@ class SnippetIndex:
         self._runtime.add_with_ids(row, np.asarray([snippet_id], dtype=np.int64))
 
     def remove_runtime(self, snippet_id: int) -> None:
-        self._runtime.remove_ids(np.asarray([snippet_id], dtype=np.int64))
+        self._runtime.remove_ids(np.asarray([snippet_id], dtype=np.int64))  # type: ignore[arg-type]
 
     # -- queries ---------------------------------------------------------------------------------
     def row(self, coefficients: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -40,7 +41,7 @@ class BankMetrics:
              snapshot_time: Callable[[], float] = lambda: 0.0) -> None:
         """Gauges read live state at scrape time, so they can never drift from the store."""
         for pool in ("base", "user", "all"):
-            self.size.labels(pool).set_function(lambda p=pool: size(p))
+            self.size.labels(pool).set_function(functools.partial(size, pool))
         self.version.set_function(version)
         self.last_fsync.set_function(last_fsync)
         self.snapshot_version.set_function(snapshot_version)

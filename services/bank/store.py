@@ -92,9 +92,12 @@ class BankView:
         if pool == "base":
             return positions
         if pool == "user":
-            return self.user_ids[positions]
-        return np.where(positions < self.base_size, positions,
-                        self.user_ids[np.maximum(positions - self.base_size, 0)] if self.user_ids.size else positions)
+            picked: np.ndarray = self.user_ids[positions]
+            return picked
+        ids: np.ndarray = np.where(positions < self.base_size, positions,
+                                   self.user_ids[np.maximum(positions - self.base_size, 0)]
+                                   if self.user_ids.size else positions)
+        return ids
 
 
 def _now() -> str:

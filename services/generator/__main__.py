@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -62,7 +63,8 @@ def serve(
     from shared.http.server import serve as serve_http
 
     setup_logging("INFO")
-    overrides = {k: v for k, v in dict(model=model, bank_url=bank_url, host=host, port=port).items() if v is not None}
+    given: dict[str, Any] = {"model": model, "bank_url": bank_url, "host": host, "port": port}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = GeneratorSettings(**overrides)
     except ValidationError as exc:

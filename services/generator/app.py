@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
@@ -39,7 +40,7 @@ def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: Gen
     return Generator(settings, runtime, bank, batcher, metrics, cache)
 
 
-def _lifespan(gen: Generator):  # type: ignore[no-untyped-def]
+def _lifespan(gen: Generator) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     async def load() -> None:
         try:
             await asyncio.to_thread(gen.runtime.load)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -50,7 +51,7 @@ class SnippetCache:
         # Bumped whenever the cache restarts: a bank answer fetched in an older epoch may
         # predate a delete this epoch never saw, so put() refuses it.
         self.epoch = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -90,7 +91,8 @@ class SnippetCache:
     async def _enable(self) -> None:
         # Start from the stream's current end: everything cached from now on is
         # newer than the position, so every later delete will be seen.
-        last = await self._redis.xrevrange(self._stream, count=1)
+        # redis-py types its replies loosely (bytes | str | ...); these are bytes, decode_responses off.
+        last: Any = await self._redis.xrevrange(self._stream, count=1)
         self._entries.clear()
         self._deleted.clear()
         self.version = None
@@ -103,7 +105,8 @@ class SnippetCache:
 
     async def _catch_up(self) -> None:
         while True:
-            resp = await self._redis.xread({self._stream: self._last_id}, count=1000)
+            assert self._last_id is not None
+            resp: Any = await self._redis.xread({self._stream: self._last_id}, count=1000)
             if not resp:
                 return
             entries = resp[0][1]
@@ -145,7 +148,7 @@ class SnippetCache:
         if min_version is not None and (self.version or 0) < min_version:
             self._metrics.cache.labels("stream_behind").inc()
             return {}
-        found = {}
+        found: dict[int, np.ndarray] = {}
         for i in set(ids):
             row = self._entries.get(i)
             if row is not None:

@@ -46,7 +46,7 @@ log = logging.getLogger("gmem.http")
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the request id of the request being served."""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {

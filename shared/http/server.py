@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import h11
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
@@ -116,7 +117,7 @@ def protocol_for(limits: ServerLimits) -> type[GuardedH11Protocol]:
     return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
 
 
-def uvicorn_config(app: object, limits: ServerLimits) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, limits: ServerLimits) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=limits.host, port=limits.port, http=protocol_for(limits), access_log=False, log_config=None,
         timeout_keep_alive=limits.keep_alive_s, h11_max_incomplete_event_size=limits.max_header_bytes,
@@ -124,6 +125,6 @@ def uvicorn_config(app: object, limits: ServerLimits) -> uvicorn.Config:
     )
 
 
-def serve(app: object, limits: ServerLimits) -> None:
+def serve(app: ASGIApp, limits: ServerLimits) -> None:
     """Serve ``app`` until SIGINT/SIGTERM (the caller closes the app's resources afterwards)."""
     uvicorn.Server(uvicorn_config(app, limits)).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, Strict, model_validator
 
 from shared.schemas.enums import Pool
 
@@ -36,7 +36,7 @@ Name = Annotated[str, Field(max_length=MAX_NAME, description="free-form label ke
 
 # Request examples must be valid for the embedded default bank (artifacts/mnist-5k: 128-d features).
 EXAMPLE_DIM = 128
-EXAMPLE_FEATURE = [round(0.05 + 0.01 * (i % 7), 2) for i in range(EXAMPLE_DIM)]
+EXAMPLE_FEATURE: list[JsonValue] = [round(0.05 + 0.01 * (i % 7), 2) for i in range(EXAMPLE_DIM)]
 
 
 class _Model(BaseModel):
