@@ -1,7 +1,7 @@
 # ruff: noqa: E402  (BLAS thread settings must precede the numpy import)
-"""Bank service benchmark (issue 4): retrieval latency/throughput against two floors, appends, start-up.
+"""Bank service benchmark: retrieval latency/throughput against two floors, appends, start-up.
 
-    .venv/bin/python -m bench.bank_service                 # 1.28M x 768, r = 64 (the issue's size)
+    .venv/bin/python -m bench.bank_service                 # 1.28M x 768, r = 64 (an ImageNet-1k-sized bank)
     .venv/bin/python -m bench.bank_service --n 100000      # quick run
 
 Builds a synthetic low-rank factors file, starts the real service (uvicorn

@@ -32,7 +32,7 @@ from shared.client_types import (
     Created,
     Forbidden,
     Generation,
-    ModelInfo,
+    ModelDescription,
     NotFound,
     Projected,
     Retrieval,
@@ -53,7 +53,7 @@ from shared.schemas.generator import GenerateRequest
 __all__ = [
     "AsyncBankClient", "AsyncGeneratorClient", "BadRequest", "BankClient", "BankError", "BankInfo",
     "BankUnavailable", "ClientError", "Conflict", "Created", "Forbidden", "GeneratorClient", "Generation",
-    "ModelInfo", "Neighbor", "NotFound", "Projected", "Retrieval", "RetryPolicy", "Snippet", "Unauthorized",
+    "ModelDescription", "Neighbor", "NotFound", "Projected", "Retrieval", "RetryPolicy", "Snippet", "Unauthorized",
     "Unavailable", "UnexpectedResponse", "error_from_response",
 ]
 
@@ -385,14 +385,14 @@ def _generate_call(**kwargs: Any) -> _Call[Generation]:
     return _Call("POST", "/generate", _json(parse_generation), json=body, idempotent=True)
 
 
-def _model_call() -> _Call[ModelInfo]:
+def _model_call() -> _Call[ModelDescription]:
     return _Call("GET", "/model", _json(parse_model), idempotent=True)
 
 
 class GeneratorClient(_SyncSender):
     """Blocking client of the generator service."""
 
-    def model_info(self) -> ModelInfo:
+    def model_info(self) -> ModelDescription:
         return self._send(_model_call())
 
     def ready(self) -> bool:
@@ -413,7 +413,7 @@ class GeneratorClient(_SyncSender):
 class AsyncGeneratorClient(_AsyncSender):
     """Asyncio client of the generator service."""
 
-    async def model_info(self) -> ModelInfo:
+    async def model_info(self) -> ModelDescription:
         return await self._send(_model_call())
 
     async def ready(self) -> bool:

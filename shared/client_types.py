@@ -70,7 +70,7 @@ class UnexpectedResponse(ClientError):
     """A status or body outside the contract."""
 
 
-# The brief and callers speak of the bank's errors by these names.
+# Older names of the client's errors, kept for callers (ClientError and Unavailable are the canonical ones).
 BankError = ClientError
 BankUnavailable = Unavailable
 
@@ -107,7 +107,7 @@ def error_from_response(resp: httpx.Response) -> ClientError:
 
 # BankInfo (GET /bank) and Neighbor (a hit of POST /bank/search) need nothing beyond the bank's
 # response models, which shared.client returns as they are; the types here add decoded arrays or
-# bytes (or keep unknown fields, ModelInfo.extra).
+# bytes (or keep unknown fields, ModelDescription.extra).
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,11 @@ class Projected:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """GET /model."""
+class ModelDescription:
+    """GET /model as the client reads it: the contract's fields, anything newer in ``extra``.
+
+    (The service's own response model is ``shared.schemas.generator.ModelInfo``.)
+    """
 
     id: str
     parameters: int
@@ -198,9 +201,9 @@ def parse_snippet(body: dict[str, Any]) -> Snippet:
                    created_at=body.get("created_at"))
 
 
-def parse_model(body: dict[str, Any]) -> ModelInfo:
+def parse_model(body: dict[str, Any]) -> ModelDescription:
     keys = ("id", "parameters", "resolution", "channels", "feature_dim", "default_steps", "samplers")
-    return ModelInfo(**{k: body[k] for k in keys}, extra={k: v for k, v in body.items() if k not in keys})
+    return ModelDescription(**{k: body[k] for k in keys}, extra={k: v for k, v in body.items() if k not in keys})
 
 
 def parse_generation(body: dict[str, Any]) -> Generation:

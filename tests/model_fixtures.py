@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.factors import BankMeta, save_factors
+from tests.support.banks import make_bank
 
 TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, snippet_dim=8)
 
@@ -34,7 +34,7 @@ def make_folder(root: Path, per_class: int = 8, size: int = 16) -> Path:
     return root
 
 
-def make_bank(path: Path, dataset: str, dim: int = 8, rank: int = 4, encoder: str = "test/bars") -> Path:
+def make_dataset_bank(path: Path, dataset: str, dim: int = 8, rank: int = 4, encoder: str = "test/bars") -> Path:
     """A bank for ``dataset`` whose snippets are a fixed random projection of the pixels."""
     from training.data import load_dataset
 
@@ -43,12 +43,8 @@ def make_bank(path: Path, dataset: str, dim: int = 8, rank: int = 4, encoder: st
     feats = ds.images.reshape(len(ds), -1).astype(np.float64) @ rng.normal(size=(ds.images[0].size, dim))
     feats += rng.normal(size=(len(ds), dim))
     g = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    mu = g.mean(0)
-    U, S, Vt = np.linalg.svd(g - mu, full_matrices=False)
-    C, B = U[:, :rank] * np.sqrt(S[:rank]), Vt[:rank].T * np.sqrt(S[:rank])
-    meta = BankMeta(encoder=encoder, feature_dim=dim, rank=rank, source=ds.source,
-                    explained_variance=float((S[:rank] ** 2).sum() / (S**2).sum()))
-    save_factors(path, mu, B, S[:rank], C, meta, labels=ds.labels)
+    labels = ds.labels if isinstance(ds.labels, np.ndarray) else False
+    make_bank(path, r=rank, encoder=encoder, labels=labels, rows=g, source=ds.source)
     return path
 
 

@@ -298,7 +298,7 @@ def test_bank_serves_and_edits_with_torch_unimportable(tmp_path):
                  C.astype(np.float32), meta)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")}
-    env["GMEM_BANK_TOKEN"] = "t0ken"
+    env["GMEM_BANK_TOKEN"] = "t0ken-long-enough-16"
     log = open(tmp_path / "bank.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c", _NO_TORCH, "--factors", str(factors), "--data-dir",
                              str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)],
@@ -317,11 +317,11 @@ def test_bank_serves_and_edits_with_torch_unimportable(tmp_path):
             time.sleep(0.2)
         assert httpx.get(f"{url}/bank").json()["size"] == n
         r1 = httpx.post(f"{url}/bank/snippets", json={"feature": rng.normal(size=d).tolist()},
-                        headers={"Authorization": "Bearer t0ken"})
+                        headers={"Authorization": "Bearer t0ken-long-enough-16"})
         assert r1.status_code == 201 and r1.json()["id"] == n
         # An image insert needs an encoder; without one the answer is a clear 4xx, not a crash.
         r2 = httpx.post(f"{url}/bank/snippets", files={"image": ("x.png", b"\x89PNG", "image/png")},
-                        headers={"Authorization": "Bearer t0ken"})
+                        headers={"Authorization": "Bearer t0ken-long-enough-16"})
         assert 400 <= r2.status_code < 500 and "error" in r2.json()
     finally:
         proc.terminate()

@@ -13,23 +13,21 @@ from safetensors import safe_open
 
 from shared.errors import BankFileError, DimensionMismatch, UnknownFormat, UnknownSnippet
 from shared.factors import BankMeta, load_factors, save_factors, write_atomic
+from tests.support.banks import svd_factors, unit_rows
 
 
-def make_bank(n: int = 50, d: int = 12, r: int = 4, seed: int = 0):
+def bank_arrays(n: int = 50, d: int = 12, r: int = 4, seed: int = 0):
+    """The arrays of a bank file (mu, B, S, C), its metadata and labels, not yet written."""
     rng = np.random.default_rng(seed)
-    M = rng.standard_normal((n, d))
-    M /= np.linalg.norm(M, axis=1, keepdims=True)
-    mu = M.mean(0)
-    U, S, Vt = np.linalg.svd(M - mu, full_matrices=False)
-    root = np.sqrt(S[:r])
+    f = svd_factors(unit_rows(rng, n, d), r)
     meta = BankMeta(encoder="gmem/mnist-cnn", feature_dim=d, rank=r, source="synthetic",
-                    explained_variance=float((S[:r] ** 2).sum() / (S**2).sum()))
+                    explained_variance=f.explained_variance)
     labels = rng.integers(-1, 10, size=n)
-    return mu, Vt[:r].T * root, S[:r], U[:, :r] * root, meta, labels
+    return f.mu, f.B, f.S, f.C, meta, labels
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path: Path):
-    mu, B, S, C, meta, labels = make_bank()
+    mu, B, S, C, meta, labels = bank_arrays()
     path = tmp_path / "bank.safetensors"
     save_factors(path, mu, B, S, C, meta, labels=labels)
     bank = load_factors(path)
@@ -50,7 +48,7 @@ def test_round_trip_keeps_tensors_and_metadata(tmp_path: Path):
 
 
 def test_snippets_are_unit_reconstructions_by_id(tmp_path: Path):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     save_factors(tmp_path / "b.safetensors", mu, B, S, C, meta)
     bank = load_factors(tmp_path / "b.safetensors")
     ids = [3, 0, 49, 3]
@@ -64,7 +62,7 @@ def test_snippets_are_unit_reconstructions_by_id(tmp_path: Path):
 
 
 def test_C_is_memory_mapped_not_copied(tmp_path: Path):
-    mu, B, S, C, meta, labels = make_bank(n=2000)
+    mu, B, S, C, meta, labels = bank_arrays(n=2000)
     save_factors(tmp_path / "b.safetensors", mu, B, S, C, meta, labels=labels)
     bank = load_factors(tmp_path / "b.safetensors")
     assert isinstance(bank.C, np.memmap) and isinstance(bank.labels, np.memmap)
@@ -75,7 +73,7 @@ def test_C_is_memory_mapped_not_copied(tmp_path: Path):
 
 
 def test_fp16_coefficients_round_trip(tmp_path: Path):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     save_factors(tmp_path / "h.safetensors", mu, B, S, C.astype(np.float16), meta)
     bank = load_factors(tmp_path / "h.safetensors")
     assert bank.C.dtype == np.float16
@@ -97,7 +95,7 @@ def _rewrite_metadata(path: Path, **changes: str) -> None:
 
 @pytest.mark.parametrize(("fmt", "version"), [("gmem-bank", "2"), ("other-bank", "1")])
 def test_unknown_format_or_version_names_both(tmp_path: Path, fmt: str, version: str):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     path = tmp_path / "b.safetensors"
     save_factors(path, mu, B, S, C, meta)
     _rewrite_metadata(path, format=fmt, format_version=version)
@@ -110,7 +108,7 @@ def test_unknown_format_or_version_names_both(tmp_path: Path, fmt: str, version:
 
 @pytest.mark.parametrize("keep", [0, 5, 60, -4])
 def test_truncated_file_is_refused(tmp_path: Path, keep: int):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     path = tmp_path / "b.safetensors"
     save_factors(path, mu, B, S, C, meta)
     raw = path.read_bytes()
@@ -141,7 +139,7 @@ def _write_raw(path: Path, arrays: dict[str, np.ndarray], meta: BankMeta) -> Non
 
 
 def test_inconsistent_shapes_are_refused(tmp_path: Path):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     path = tmp_path / "bad.safetensors"
     _write_raw(path, {"mu": mu, "B": B, "S": S, "C": C[:, :3]}, meta)
     with pytest.raises(DimensionMismatch, match="inconsistent shapes"):
@@ -155,7 +153,7 @@ def test_inconsistent_shapes_are_refused(tmp_path: Path):
 
 
 def test_failed_save_leaves_no_file(tmp_path: Path):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     path = tmp_path / "b.safetensors"
     with pytest.raises(DimensionMismatch):
         save_factors(path, mu, B, S, C[:, :2], meta)
@@ -201,7 +199,7 @@ def test_saved_bank_is_readable_by_other_users(tmp_path):
     ({"rank": 4}, "must be strings"),
 ])
 def test_metadata_values_must_be_the_contracts_strings(tmp_path: Path, changes: dict, says: str):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     path = tmp_path / "b.safetensors"
     save_factors(path, mu, B, S, C, meta)
     _rewrite_metadata(path, **changes)
@@ -211,7 +209,7 @@ def test_metadata_values_must_be_the_contracts_strings(tmp_path: Path, changes: 
 
 @pytest.mark.parametrize("value", ["false", "False", "TRUE"])
 def test_normalized_true_or_false_in_any_case(tmp_path: Path, value: str):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     path = tmp_path / "b.safetensors"
     save_factors(path, mu, B, S, C, meta)
     _rewrite_metadata(path, normalized=value)
@@ -225,7 +223,7 @@ def test_metadata_that_is_not_an_object_is_refused(tmp_path: Path):
 
 
 def test_extra_metadata_is_written_as_strings(tmp_path: Path):
-    mu, B, S, C, meta, _ = make_bank()
+    mu, B, S, C, meta, _ = bank_arrays()
     meta = BankMeta(encoder=meta.encoder, feature_dim=meta.feature_dim, rank=meta.rank, source=meta.source,
                     explained_variance=meta.explained_variance, extra={"epochs": 3})  # type: ignore[dict-item]
     path = tmp_path / "b.safetensors"

@@ -1,4 +1,4 @@
-"""The generator service's app factory (CONTRACT.md section 6); routes live in ``services/generator/routes/``."""
+"""The generator service's app factory (CONTRACT.md section 6); the routes live in ``routes/``."""
 
 from __future__ import annotations
 

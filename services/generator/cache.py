@@ -26,7 +26,6 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
 
 from services.generator.metrics import GeneratorMetrics
 from shared.events import DEFAULT_STREAM, decode_event, event_version
@@ -38,6 +37,10 @@ class SnippetCache:
 
     def __init__(self, redis_url: str, metrics: GeneratorMetrics, max_entries: int = 100_000,
                  poll_s: float = 0.5, stream: str = DEFAULT_STREAM) -> None:
+        # redis is needed only with GMEM_REDIS_URL set; the generator's image may leave it out
+        # (deploy/requirements-generator.txt), so it is imported when a cache is made.
+        import redis.asyncio as aioredis
+
         self._redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
         self._metrics = metrics
         self._stream = stream

@@ -1,4 +1,4 @@
-"""Fixtures for the bank service: a small synthetic bank, the app over ASGI, the real process, redis-server."""
+"""Fixtures for the bank service: a synthetic bank, the app over ASGI, the real process, redis-server."""
 
 from __future__ import annotations
 

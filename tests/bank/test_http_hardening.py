@@ -1,4 +1,7 @@
-"""The bank's HTTP layer against hostile or odd clients (issue 18 items 4, 5, 7, 13, 14), on real sockets.
+"""The bank's HTTP layer against hostile or odd clients, on real sockets.
+
+Slow clients and connection limits, the token checked before a body is read, the request id on
+every response (the 500 included), error conformance with the generator, weak or missing tokens.
 
 Slow clients are bounded: a handful of connections on loopback, timeouts of one or two seconds.
 """

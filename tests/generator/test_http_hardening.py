@@ -1,4 +1,4 @@
-"""The generator's HTTP layer agrees with the bank's (issue 18 items 7 and 13), on real sockets.
+"""The generator's HTTP layer agrees with the bank's: 500 envelope with request id, error conformance.
 
 The app runs without its lifespan, so the model never loads and the bank is never called: what is
 checked here is decided before either matters.

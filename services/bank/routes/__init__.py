@@ -1,1 +1,1 @@
-"""The bank's routes by resource: ``ops`` (health, readiness, metrics), ``bank`` (reads), ``edits`` (mutations)."""
+"""The bank's routes by resource: ``ops`` (health, readiness, metrics), ``bank`` (reads), ``edits``."""
