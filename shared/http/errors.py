@@ -97,14 +97,12 @@ def routes_served(app: FastAPI) -> str:
 
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:
-    """Every method some route of ``path`` accepts (HEAD comes with GET)."""
+    """Every method some route of ``path`` accepts (FastAPI routes do not answer HEAD unless declared)."""
     methods: set[str] = set()
     for template, ops in _paths(app).items():
         regex, _, _ = compile_path(template)
         if regex.match(path):
             methods |= set(ops)
-    if "GET" in methods:
-        methods.add("HEAD")
     return sorted(methods)
 
 
