@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from shared.errors import InvalidInput
-from tests.model_fixtures import make_dataset_bank, make_folder, make_model, one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import make_dataset_bank, make_folder, make_model, one_torch_thread  # noqa: F401
 from training.cli import build_app
 from training.evaluate import EVALNET_WEIGHTS, frechet_distance
 

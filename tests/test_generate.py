@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from shared.errors import BankFileError, DimensionMismatch, IncompatibleArtifacts, UnknownFormat
 from shared.factors import BankMeta, load_factors
-from tests.model_fixtures import make_dataset_bank, make_folder, make_model, one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import make_dataset_bank, make_folder, make_model, one_torch_thread  # noqa: F401
 from training.cli import build_app
 from training.generate import generate, initial_noise, to_png
 from training.modelfile import check_compatible, load_model, read_model_meta

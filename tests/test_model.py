@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.errors import InvalidInput
-from tests.model_fixtures import one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import one_torch_thread  # noqa: F401
 from training.model import GMemDiT, SnippetAdapter, preset
 
 TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, input_size=16, snippet_dim=8)

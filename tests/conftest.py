@@ -1,4 +1,8 @@
-"""Fixtures for the generator: the session stack (redis + bank + generator) as real processes."""
+"""Fixtures shared across the test tree: the session stack (redis + bank + generator) as real processes.
+
+Session-scoped and started only when a test asks for ``stack`` or ``gen_url`` (the generator's tests
+and the client's, tests/shared/test_client.py).
+"""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from PIL import Image
 from gmem.stack import ARTIFACTS, LocalStack, StackConfig
 from shared.client import BankClient, GeneratorClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 N, STEPS, POINTS = 4, 6, 3
 START_TIMEOUT_S = 300
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from gmem.stack import free_port
-from tests.deploy_helpers import (
+from tests.support.deploy_helpers import (
     K8S,
     ROOT,
     arg_after,

@@ -2,7 +2,7 @@
 
 No Docker engine or cluster here, so these parse the files and check them against
 what the services really accept: the flags in `python -m services.* --help`, the
-GMEM_* variables the settings classes define (k8s: tests/test_k8s.py).
+GMEM_* variables the settings classes define (k8s: tests/deploy/test_k8s.py).
 The bank's torch-free image is checked by running the bank with torch unimportable.
 """
 
@@ -25,7 +25,7 @@ import yaml
 
 from gmem.envvars import all_variables
 from gmem.stack import free_port
-from tests.deploy_helpers import (
+from tests.support.deploy_helpers import (
     DEPLOY,
     GMEM_VAR,
     ROOT,

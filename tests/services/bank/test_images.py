@@ -17,7 +17,7 @@ from shared.factors import load_factors
 from tests.support.banks import ENCODER_ID, D, SyntheticBank
 from tests.support.services import AUTH, TOKEN, settings_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MNIST_BANK = ROOT / "artifacts/mnist-5k/bank.safetensors"
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from gmem.envvars import from_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 GMEM_VAR = re.compile(r"\bGMEM_[A-Z0-9_]+\b")

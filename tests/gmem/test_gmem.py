@@ -23,7 +23,7 @@ from gmem.settings import ClientSettings
 from gmem.stack import free_port, pick_port, port_is_free
 from shared.errors import InvalidImage
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def png_bytes(value: int, size: int = 4) -> bytes:
