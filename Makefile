@@ -16,8 +16,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# ruff (lint rules and formatting) over the tree, mypy over shared/ (strict) and services/ (pyproject.toml).
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) -m bench

@@ -1,7 +1,7 @@
 # ruff: noqa: E402  (BLAS thread settings must precede the numpy import)
-"""Bank service benchmark (issue 4): retrieval latency/throughput against two floors, appends, start-up.
+"""Bank service benchmark: retrieval latency/throughput against two floors, appends, start-up.
 
-    .venv/bin/python -m bench.bank_service                 # 1.28M x 768, r = 64 (the issue's size)
+    .venv/bin/python -m bench.bank_service                 # 1.28M x 768, r = 64 (an ImageNet-1k-sized bank)
     .venv/bin/python -m bench.bank_service --n 100000      # quick run
 
 Builds a synthetic low-rank factors file, starts the real service (uvicorn
@@ -29,10 +29,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,17 +39,12 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from gmem.launch import Process, bank_process, redis_process, started
 from shared.factors import BankMeta, save_factors
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 console = Console(width=160)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def synthetic_factors(path: Path, n: int, d: int, r: int, seed: int = 0) -> None:
@@ -79,29 +70,28 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_bank(factors: Path, data_dir: Path, redis_url: str | None, log: Path) -> tuple[subprocess.Popen, str, dict]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")}
-    env.update(GMEM_BANK_TOKEN=TOKEN, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+def start_bank(factors: Path, data_dir: Path, redis_url: str | None, log: Path) -> tuple[Process, str, dict]:
+    env = {"GMEM_BANK_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     if redis_url:
         env["GMEM_REDIS_URL"] = redis_url
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "services.bank", "--factors", str(factors), "--data-dir",
-                             str(data_dir), "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc = bank_process(factors, data_dir, log, env=env)
+    proc.clean_env = True
+    proc.start()
+    assert proc.popen is not None
+    pid, url = proc.popen.pid, proc.url
     times: dict[str, float] = {}
     while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bank exited: {log.read_text()[-2000:]}")
+        if not proc.running:
+            raise RuntimeError(f"bank exited: {proc.log_tail()}")
         try:
             r = httpx.get(f"{url}/readyz", timeout=2)
             if r.status_code == 200:
                 times.setdefault("ready_s", time.perf_counter() - t0)
-                times.setdefault("rss_ready_mb", rss_mb(proc.pid))
+                times.setdefault("rss_ready_mb", rss_mb(pid))
                 if r.json()["detail"]["index"] == "ready":
                     times["index_s"] = time.perf_counter() - t0
-                    times["rss_index_mb"] = rss_mb(proc.pid)
+                    times["rss_index_mb"] = rss_mb(pid)
                     return proc, url, times
         except httpx.TransportError:
             pass
@@ -239,21 +229,12 @@ def append_latency(url: str, d: int, count: int) -> tuple[float, float]:
     return percentiles(lat)
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen | None, str | None]:
-    exe = shutil.which("redis-server")
-    if exe is None:
+def start_redis(workdir: Path) -> tuple[Process | None, str | None]:
+    if shutil.which("redis-server") is None:
         console.print("[yellow]redis-server not found: the Redis floor is skipped (apt-get install redis-server)")
         return None, None
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("redis-server did not start")
+    proc = started(redis_process(workdir / "redis"), None)
+    return proc, proc.url
 
 
 def main() -> None:
@@ -297,11 +278,9 @@ def main() -> None:
                     rows.append((f"POST /bank/retrieve k={args.k} {enc}", c, *res, None))
             a50, a99 = append_latency(url, args.d, args.appends)
         finally:
-            bank.send_signal(signal.SIGTERM)
-            bank.wait(timeout=30)
+            bank.stop(timeout=30)
             if redis_proc is not None:
                 redis_proc.kill()
-                redis_proc.wait()
 
     redis_p50 = {c: p50 for name, c, p50, *_ in rows if name.startswith("redis")}
     table = Table(title=f"bank service, {args.n} x {args.d}, r={args.r}, k={args.k} (same run, same machine)")

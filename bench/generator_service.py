@@ -18,16 +18,14 @@ by torch's FlopCounterMode) and the fraction of the GPU's dense bf16 peak reache
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from gmem.launch import Process, bank_process, free_port, generator_process, started
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "artifacts" / "mnist-5k" / "model.safetensors"
@@ -38,45 +36,13 @@ PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H200"
                     "L40S": 362.0, "L4": 121.0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(argv: list[str], env: dict[str, str], port: int, ready: str, log: Path) -> subprocess.Popen:
-    fh = log.open("ab")
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                            stdout=fh, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{argv} exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{argv} not ready:\n{log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def start_generator(tmp: Path, bank_url: str, model: Path, threads: int, **env: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_generator(tmp: Path, bank_url: str, model: Path, threads: int, **env: str) -> tuple[Process, str]:
     base = {"GMEM_GENERATOR_TORCH_THREADS": str(threads), "GMEM_GENERATOR_MAX_N": "64",
             "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "5"}
-    proc = start([sys.executable, "-m", "services.generator", "--model", str(model), "--bank-url", bank_url,
-                  "--port", str(port)], {**base, **env}, port, "/readyz", tmp / f"gen-{port}.log")
-    return proc, f"http://127.0.0.1:{port}"
+    port = free_port()
+    proc = started(generator_process(model, bank_url, tmp / f"gen-{port}.log", port, env={**base, **env}),
+                   "/readyz", timeout=120)
+    return proc, proc.url
 
 
 def in_process_rate(model_path: Path, batch: int, steps: int, sampler: str, threads: int, repeats: int) -> float:
@@ -125,10 +91,8 @@ def cpu_bench(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     tmp = Path(tempfile.mkdtemp(prefix="gmem-bench-"))
-    bank_port = free_port()
-    bank = start([sys.executable, "-m", "services.bank", "--factors", str(BANK), "--data-dir", str(tmp / "bank"),
-                  "--port", str(bank_port)], {}, bank_port, "/readyz", tmp / "bank.log")
-    bank_url = f"http://127.0.0.1:{bank_port}"
+    bank = started(bank_process(BANK, tmp / "bank", tmp / "bank.log"), "/readyz", timeout=120)
+    bank_url = bank.url
     rows: list[tuple[str, float]] = []
     try:
         first = in_process_rate(args.model, args.batch, args.steps, args.sampler, args.threads, args.repeats)
@@ -140,7 +104,7 @@ def cpu_bench(args: argparse.Namespace) -> None:
                 rows.append((f"service POST /generate n={args.batch}, micro-batch {label}",
                              service_rate(url, args.batch, args.steps, args.sampler, args.repeats)))
             finally:
-                stop(proc)
+                proc.stop()
         # Measured before and after the service runs; the faster one is the (conservative) baseline,
         # since a shared machine can only make a measurement slower.
         base = max(first, in_process_rate(args.model, args.batch, args.steps, args.sampler, args.threads,
@@ -155,7 +119,7 @@ def cpu_bench(args: argparse.Namespace) -> None:
                    ("dynamic batching (max 16)", {"GMEM_GENERATOR_MAX_BATCH_SIZE": "16",
                                                   "GMEM_GENERATOR_MICRO_BATCH": str(args.micro_batch)})]
         todo = [(name, env, c) for name, env in configs for c in (1, 4, 16)]
-        procs: dict[str, tuple[subprocess.Popen, str]] = {}
+        procs: dict[str, tuple[Process, str]] = {}
         try:
             for name, env, clients in tqdm(todo, desc="concurrency", unit="config"):
                 if name not in procs:
@@ -165,7 +129,7 @@ def cpu_bench(args: argparse.Namespace) -> None:
                                                            args.sampler)
         finally:
             for proc, _ in procs.values():
-                stop(proc)
+                proc.stop()
         ref = results[(configs[0][0], 1)]
         print("\n== throughput under concurrency (n=1 per request; ratio to 1 client without batching)")
         for name, _ in configs:
@@ -173,7 +137,7 @@ def cpu_bench(args: argparse.Namespace) -> None:
                              for c in (1, 4, 16))
             print(f"{name:28s} {line}")
     finally:
-        stop(bank)
+        bank.stop()
 
 
 def gpu_bench(args: argparse.Namespace) -> None:

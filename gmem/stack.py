@@ -8,54 +8,35 @@ in order: generator, bank, redis) and logs to ``<out>/logs/<name>.log``.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import httpx
+from gmem.launch import (
+    REPO_ROOT,
+    LaunchError,
+    Process,
+    bank_process,
+    free_port,
+    generator_process,
+    pick_port,
+    port_is_free,
+    redis_process,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ARTIFACTS", "REPO_ROOT", "LocalStack", "StackConfig", "StackError", "free_port", "pick_port",
+           "port_is_free", "with_overrides"]
 ARTIFACTS = REPO_ROOT / "artifacts" / "mnist-5k"
 DEFAULT_BANK_PORT = 8001
 DEFAULT_GENERATOR_PORT = 8002
 DEFAULT_REDIS_PORT = 6379
 
 
-class StackError(RuntimeError):
+class StackError(LaunchError):
     """A service of the local stack failed to start or to become ready."""
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on ``host:port`` and we may bind it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel considers free right now (there is a small race until it is bound)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def pick_port(preferred: int | None, host: str = "127.0.0.1") -> int:
-    """``preferred`` when it is free, else any free port."""
-    if preferred and port_is_free(preferred, host):
-        return preferred
-    return free_port(host)
 
 
 @dataclass(frozen=True)
@@ -88,23 +69,6 @@ class StackConfig:
         return self.out_dir / "logs"
 
 
-@dataclass
-class Service:
-    """One running process of the stack."""
-
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-    url: str | None = None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
 class LocalStack:
     """Starts, health-checks and stops the three processes; a context manager.
 
@@ -121,7 +85,7 @@ class LocalStack:
             encoder_weights=Path(config.encoder_weights).resolve() if config.encoder_weights else None,
         )
         self._say = on_status or (lambda _msg: None)
-        self.services: dict[str, Service] = {}
+        self.services: dict[str, Process] = {}
         host = config.host
         self.bank_port = pick_port(config.bank_port, host)
         self.generator_port = pick_port(config.generator_port, host)
@@ -179,48 +143,33 @@ class LocalStack:
             )
 
     # ------------------------------------------------------------------ processes
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Service:
-        log_path = self.config.log_dir / f"{name}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - the child owns the descriptor
-        full_env = {**os.environ, **(env or {})}
-        full_env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = subprocess.Popen(
-            argv, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log.close()
-        svc = Service(name=name, proc=proc, log_path=log_path)
-        self.services[name] = svc
-        return svc
+    def _run(self, proc: Process, ready_path: str | None) -> Process:
+        proc.new_session = True
+        self.services[proc.name] = proc
+        proc.start()
+        try:
+            if ready_path is None:
+                proc.wait_port(20.0)
+            else:
+                proc.wait_http(ready_path, self.config.ready_timeout_s)
+        except LaunchError as exc:
+            raise StackError(f"the {proc.name} service did not start: {exc}") from exc
+        self._say(f"{proc.name} ready")
+        return proc
 
     def start_redis(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
+        if shutil.which("redis-server") is None:
             self._say("redis-server not found: running without the bank's event stream "
                       "(install it with `apt-get install redis-server`, or run `make setup`)")
             return
         port = pick_port(self.config.redis_port, self.config.host)
         while port in (self.bank_port, self.generator_port):
             port = free_port(self.config.host)
-        redis_dir = self.config.out_dir / "redis"
-        redis_dir.mkdir(parents=True, exist_ok=True)
-        argv = [exe, "--port", str(port), "--bind", self.config.host, "--save", "", "--appendonly", "no",
-                "--dir", str(redis_dir)]
         self._say(f"starting redis-server on port {port}")
-        svc = self._spawn("redis", argv)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if svc.proc.poll() is not None:
-                raise StackError(f"redis-server exited with {svc.proc.returncode}:\n{svc.log_tail()}")
-            if not port_is_free(port, self.config.host):
-                break
-            time.sleep(0.1)
+        proc = redis_process(self.config.out_dir / "redis", port, self.config.host,
+                             log_path=self.config.log_dir / "redis.log")
+        self._run(proc, None)
         self.redis_url = f"redis://{self.config.host}:{port}/0"
-
-    def bank_argv(self) -> list[str]:
-        c = self.config
-        return [c.python, "-m", "services.bank", "--factors", str(c.factors), "--data-dir", str(c.data_dir),
-                "--host", c.host, "--port", str(self.bank_port)]
 
     def bank_environment(self) -> dict[str, str]:
         c = self.config
@@ -235,68 +184,30 @@ class LocalStack:
         return env
 
     def start_bank(self) -> None:
-        self._say(f"starting the bank service on {self.bank_url}")
-        svc = self._spawn("bank", self.bank_argv(), self.bank_environment())
-        svc.url = self.bank_url
-        self.wait_ready("bank")
-
-    def generator_argv(self) -> list[str]:
         c = self.config
-        return [c.python, "-m", "services.generator", "--model", str(c.model), "--bank-url", self.bank_url,
-                "--host", c.host, "--port", str(self.generator_port)]
+        self._say(f"starting the bank service on {self.bank_url}")
+        self._run(bank_process(c.factors, c.data_dir, c.log_dir / "bank.log", self.bank_port, c.host,
+                               self.bank_environment(), python=c.python), "/readyz")
 
     def start_generator(self) -> None:
+        c = self.config
         self._say(f"starting the generator on {self.generator_url}")
         env = {"GMEM_REDIS_URL": self.redis_url} if self.redis_url else {}
-        env.update(self.config.generator_env)
-        svc = self._spawn("generator", self.generator_argv(), env)
-        svc.url = self.generator_url
-        self.wait_ready("generator")
-
-    def wait_ready(self, name: str) -> None:
-        """Poll GET /readyz until 200; fail fast, with the log tail, if the process dies."""
-        svc = self.services[name]
-        deadline = time.monotonic() + self.config.ready_timeout_s
-        last = "no answer yet"
-        with httpx.Client(timeout=2.0) as http:
-            while time.monotonic() < deadline:
-                code = svc.proc.poll()
-                if code is not None:
-                    raise StackError(f"the {name} service exited with status {code} before it was ready; "
-                                     f"last lines of {svc.log_path}:\n{svc.log_tail()}")
-                try:
-                    r = http.get(f"{svc.url}/readyz")
-                    if r.status_code == 200:
-                        self._say(f"{name} ready")
-                        return
-                    last = f"HTTP {r.status_code}: {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    last = type(exc).__name__
-                time.sleep(0.25)
-        raise StackError(f"the {name} service was not ready after {self.config.ready_timeout_s:.0f}s "
-                         f"({last}); last lines of {svc.log_path}:\n{svc.log_tail()}")
+        env.update(c.generator_env)
+        self._run(generator_process(c.model, self.bank_url, c.log_dir / "generator.log", self.generator_port,
+                                    c.host, env, python=c.python), "/readyz")
 
     def stop_service(self, name: str, timeout_s: float = 15.0) -> None:
         """SIGTERM (graceful shutdown), then SIGKILL after ``timeout_s``."""
-        svc = self.services.pop(name, None)
-        if svc is None or svc.proc.poll() is not None:
+        proc = self.services.pop(name, None)
+        if proc is None or not proc.running:
             return
         self._say(f"stopping {name}")
-        try:
-            os.killpg(svc.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            svc.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(svc.proc.pid, signal.SIGKILL)
-            svc.proc.wait(timeout=5)
+        proc.stop(timeout=timeout_s)
 
     def kill_service(self, name: str) -> None:
         """SIGKILL without warning: what a crash looks like to the data dir."""
-        svc = self.services.pop(name)
-        os.killpg(svc.proc.pid, signal.SIGKILL)
-        svc.proc.wait(timeout=10)
+        self.services.pop(name).kill()
 
     def restart_bank(self, hard: bool = False) -> None:
         """Stop (or kill -9) the bank and start it again on the same data dir and port."""

@@ -220,13 +220,13 @@ def main(
             stack.start()
         summary = run_demo(stack, out, image, n, seed, steps, points)
         report(stack, out, summary, keep_running)
-        summary["pids"] = {name: svc.proc.pid for name, svc in stack.services.items()}
+        summary["pids"] = {name: svc.popen.pid for name, svc in stack.services.items() if svc.popen}
         summary["token"] = cfg.token
         write_summary(out / "summary.json", summary)
         finished = True
         if keep_running:
             console.print("[bold green]stack is up[/bold green]; press Ctrl-C to stop it")
-            while all(svc.proc.poll() is None for svc in stack.services.values()):
+            while all(svc.running for svc in stack.services.values()):
                 time.sleep(0.5)
             console.print("[red]a service exited; stopping the stack[/red]")
     except KeyboardInterrupt:

@@ -32,7 +32,7 @@ def check_finite(x: np.ndarray, what: str) -> None:
         raise NonFiniteValue(f"{what} contains NaN or infinite values; every entry must be a finite number")
 
 
-def as_vectors(x: np.ndarray | list, dim: int, what: str = "feature") -> np.ndarray:
+def as_vectors(x: np.ndarray | list[float] | list[list[float]], dim: int, what: str = "feature") -> np.ndarray:
     """Validate a vector or a batch of vectors of width ``dim``; returns float64 [k, dim]."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim == 1:
@@ -51,7 +51,8 @@ def normalize(x: np.ndarray, what: str = "feature") -> np.ndarray:
     if np.any(peak <= _EPS):
         raise ZeroVector(f"{what} has zero length and cannot be L2-normalised; send a non-zero vector")
     scaled = x / peak
-    return scaled / np.linalg.norm(scaled, axis=-1, keepdims=True)
+    out: np.ndarray = scaled / np.linalg.norm(scaled, axis=-1, keepdims=True)
+    return out
 
 
 def reconstruct(C_rows: np.ndarray, B: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -156,7 +157,8 @@ def interpolate(
     if mu is None or B is None or S is None:
         raise InvalidInput("slerp needs the bank's mu, B and S to turn coefficients into snippets and back")
     s_i, s_j = (normalize(reconstruct(c, B, mu), what="snippet")[0] for c in (a, b))
-    return project(slerp(s_i, s_j, alpha), mu, B, S, normalized).coefficients[0]
+    coefficients: np.ndarray = project(slerp(s_i, s_j, alpha), mu, B, S, normalized).coefficients[0]
+    return coefficients
 
 
 def slerp(s_i: np.ndarray, s_j: np.ndarray, alpha: float) -> np.ndarray:

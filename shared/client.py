@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 import numpy as np
@@ -32,7 +32,7 @@ from shared.client_types import (
     Created,
     Forbidden,
     Generation,
-    ModelInfo,
+    ModelDescription,
     NotFound,
     Projected,
     Retrieval,
@@ -53,7 +53,7 @@ from shared.schemas.generator import GenerateRequest
 __all__ = [
     "AsyncBankClient", "AsyncGeneratorClient", "BadRequest", "BankClient", "BankError", "BankInfo",
     "BankUnavailable", "ClientError", "Conflict", "Created", "Forbidden", "GeneratorClient", "Generation",
-    "ModelInfo", "Neighbor", "NotFound", "Projected", "Retrieval", "RetryPolicy", "Snippet", "Unauthorized",
+    "ModelDescription", "Neighbor", "NotFound", "Projected", "Retrieval", "RetryPolicy", "Snippet", "Unauthorized",
     "Unavailable", "UnexpectedResponse", "error_from_response",
 ]
 
@@ -70,13 +70,13 @@ class _Call(Generic[T]):
     path: str
     parse: Callable[[httpx.Response], T]
     json: Any = None
-    files: dict | None = None
-    data: dict | None = None
+    files: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
     idempotent: bool = False
     auth: bool = False
 
 
-def _json(fn: Callable[[dict], T]) -> Callable[[httpx.Response], T]:
+def _json(fn: Callable[[dict[str, Any]], T]) -> Callable[[httpx.Response], T]:
     def parse(resp: httpx.Response) -> T:
         try:
             return fn(resp.json())
@@ -102,7 +102,7 @@ class RetryPolicy:
         wait = self.base_delay * (2**attempt)
         if err.retry_after is not None:
             wait = max(wait, err.retry_after)
-        return min(wait, self.max_delay)
+        return float(min(wait, self.max_delay))
 
 
 class _Base:
@@ -113,7 +113,7 @@ class _Base:
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(timeout, 3.0))
         self.retry = retry or RetryPolicy()
 
-    def _kwargs(self, call: _Call) -> dict:
+    def _kwargs(self, call: _Call[Any]) -> dict[str, Any]:
         headers = {}
         if call.auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -124,11 +124,11 @@ class _Base:
             raise error_from_response(resp)
         return call.parse(resp)
 
-    def _tries(self, call: _Call) -> int:
+    def _tries(self, call: _Call[Any]) -> int:
         return self.retry.attempts if call.idempotent else 1
 
 
-def _transport_error(call: _Call, base_url: str, exc: httpx.TransportError) -> Unavailable:
+def _transport_error(call: _Call[Any], base_url: str, exc: httpx.TransportError) -> Unavailable:
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
     return Unavailable(f"{call.method} {base_url}{call.path}: service {kind} ({type(exc).__name__}: {exc})",
                        code="unavailable")
@@ -163,7 +163,7 @@ class _SyncSender(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -196,7 +196,7 @@ class _AsyncSender(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -206,7 +206,7 @@ class _AsyncSender(_Base):
 # ---------------------------------------------------------------- bank calls
 
 
-def _image_part(image: bytes | str | Path) -> dict:
+def _image_part(image: bytes | str | Path) -> dict[str, Any]:
     data = image if isinstance(image, bytes) else Path(image).read_bytes()
     return {"image": ("image", data, "application/octet-stream")}
 
@@ -223,7 +223,7 @@ class _BankCalls:
         return _Call("GET", "/readyz", lambda r: True, idempotent=False)
 
     @staticmethod
-    def retrieve(z: np.ndarray | Sequence | None, indices: Sequence[int] | None, pool: str,
+    def retrieve(z: np.ndarray | Sequence[Any] | None, indices: Sequence[int] | None, pool: str,
                  encoding: str) -> _Call[Retrieval]:
         if (z is None) == (indices is None):
             raise ValueError("retrieve needs exactly one of z or indices")
@@ -302,7 +302,7 @@ class BankClient(_SyncSender):
         except ClientError:
             return False
 
-    def retrieve(self, z: np.ndarray | Sequence | None = None, indices: Sequence[int] | None = None,
+    def retrieve(self, z: np.ndarray | Sequence[Any] | None = None, indices: Sequence[int] | None = None,
                  pool: str = "base", encoding: str = "b64f32") -> Retrieval:
         return self._send(_BankCalls.retrieve(z, indices, pool, encoding))
 
@@ -342,7 +342,7 @@ class AsyncBankClient(_AsyncSender):
         except ClientError:
             return False
 
-    async def retrieve(self, z: np.ndarray | Sequence | None = None, indices: Sequence[int] | None = None,
+    async def retrieve(self, z: np.ndarray | Sequence[Any] | None = None, indices: Sequence[int] | None = None,
                        pool: str = "base", encoding: str = "b64f32") -> Retrieval:
         return await self._send(_BankCalls.retrieve(z, indices, pool, encoding))
 
@@ -385,14 +385,14 @@ def _generate_call(**kwargs: Any) -> _Call[Generation]:
     return _Call("POST", "/generate", _json(parse_generation), json=body, idempotent=True)
 
 
-def _model_call() -> _Call[ModelInfo]:
+def _model_call() -> _Call[ModelDescription]:
     return _Call("GET", "/model", _json(parse_model), idempotent=True)
 
 
 class GeneratorClient(_SyncSender):
     """Blocking client of the generator service."""
 
-    def model_info(self) -> ModelInfo:
+    def model_info(self) -> ModelDescription:
         return self._send(_model_call())
 
     def ready(self) -> bool:
@@ -413,7 +413,7 @@ class GeneratorClient(_SyncSender):
 class AsyncGeneratorClient(_AsyncSender):
     """Asyncio client of the generator service."""
 
-    async def model_info(self) -> ModelInfo:
+    async def model_info(self) -> ModelDescription:
         return await self._send(_model_call())
 
     async def ready(self) -> bool:

@@ -70,7 +70,7 @@ class UnexpectedResponse(ClientError):
     """A status or body outside the contract."""
 
 
-# The brief and callers speak of the bank's errors by these names.
+# Older names of the client's errors, kept for callers (ClientError and Unavailable are the canonical ones).
 BankError = ClientError
 BankUnavailable = Unavailable
 
@@ -107,7 +107,7 @@ def error_from_response(resp: httpx.Response) -> ClientError:
 
 # BankInfo (GET /bank) and Neighbor (a hit of POST /bank/search) need nothing beyond the bank's
 # response models, which shared.client returns as they are; the types here add decoded arrays or
-# bytes (or keep unknown fields, ModelInfo.extra).
+# bytes (or keep unknown fields, ModelDescription.extra).
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,11 @@ class Projected:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """GET /model."""
+class ModelDescription:
+    """GET /model as the client reads it: the contract's fields, anything newer in ``extra``.
+
+    (The service's own response model is ``shared.schemas.generator.ModelInfo``.)
+    """
 
     id: str
     parameters: int
@@ -186,24 +189,24 @@ def decode_snippets(raw: Any, k: int) -> np.ndarray:
     return np.asarray(raw, dtype=np.float32).reshape(k, -1) if k else np.zeros((0, 0), np.float32)
 
 
-def parse_retrieval(body: dict) -> Retrieval:
+def parse_retrieval(body: dict[str, Any]) -> Retrieval:
     idx = [int(i) for i in body["indices"]]
     return Retrieval(int(body["version"]), int(body["pool_size"]), idx, decode_snippets(body["snippets"], len(idx)))
 
 
-def parse_snippet(body: dict) -> Snippet:
+def parse_snippet(body: dict[str, Any]) -> Snippet:
     return Snippet(id=int(body["id"]), kind=body["kind"], snippet=np.asarray(body["snippet"], np.float32),
                    coefficients=np.asarray(body.get("coefficients") or [], np.float32), label=body.get("label"),
                    parents=body.get("parents"), alpha=body.get("alpha"), name=body.get("name"),
                    created_at=body.get("created_at"))
 
 
-def parse_model(body: dict) -> ModelInfo:
+def parse_model(body: dict[str, Any]) -> ModelDescription:
     keys = ("id", "parameters", "resolution", "channels", "feature_dim", "default_steps", "samplers")
-    return ModelInfo(**{k: body[k] for k in keys}, extra={k: v for k, v in body.items() if k not in keys})
+    return ModelDescription(**{k: body[k] for k in keys}, extra={k: v for k, v in body.items() if k not in keys})
 
 
-def parse_generation(body: dict) -> Generation:
+def parse_generation(body: dict[str, Any]) -> Generation:
     return Generation(images=[base64.b64decode(s) for s in body["images"]], seed=int(body["seed"]),
                       indices=body["indices"], bank_version=body["bank_version"], model=body["model"],
                       steps=int(body["steps"]), sampler=body["sampler"], elapsed_ms=float(body["elapsed_ms"]))

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +125,7 @@ class BankFactors:
         return snippets_from_coefficients(self.coefficients(ids), self.B, self.mu)
 
 
-def _read_header(path: Path) -> tuple[dict, int]:
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
@@ -154,7 +156,7 @@ def _read_header(path: Path) -> tuple[dict, int]:
     return header, data_start
 
 
-def _mapped(path: Path, header: dict, data_start: int, name: str, mmap: bool) -> np.ndarray:
+def _mapped(path: Path, header: dict[str, Any], data_start: int, name: str, mmap: bool) -> np.ndarray:
     info = header[name]
     dtype = _DTYPES.get(info["dtype"])
     if dtype is None:
@@ -173,7 +175,7 @@ def _mapped(path: Path, header: dict, data_start: int, name: str, mmap: bool) ->
         return np.frombuffer(fh.read(end - begin), dtype=dtype).reshape(shape).copy()
 
 
-def load_factors(path: str | os.PathLike, mmap: bool = True) -> BankFactors:
+def load_factors(path: str | os.PathLike[str], mmap: bool = True) -> BankFactors:
     """Open a factors file, checking format, version, shapes and length; C is memory-mapped."""
     p = Path(path)
     header, data_start = _read_header(p)
@@ -193,7 +195,8 @@ def load_factors(path: str | os.PathLike, mmap: bool = True) -> BankFactors:
     return BankFactors(mu=mu, B=B, S=S, C=C, labels=labels, meta=meta, path=str(p))
 
 
-def _check_shapes(mu, B, S, C, labels, meta: BankMeta, where: str) -> None:
+def _check_shapes(mu: np.ndarray, B: np.ndarray, S: np.ndarray, C: np.ndarray, labels: np.ndarray | None,
+                  meta: BankMeta, where: str) -> None:
     if mu.ndim != 1 or B.ndim != 2 or S.ndim != 1 or C.ndim != 2:
         raise DimensionMismatch(f"{where}: expected mu [d], B [d, r], S [r], C [N, r]")
     d, r = B.shape
@@ -209,7 +212,7 @@ def _check_shapes(mu, B, S, C, labels, meta: BankMeta, where: str) -> None:
         )
 
 
-def _encode(name: str, arr: np.ndarray, offset: int) -> tuple[dict, int]:
+def _encode(name: str, arr: np.ndarray, offset: int) -> tuple[dict[str, Any], int]:
     code = _CODES.get(arr.dtype)
     if code is None:
         raise BankFileError(f"tensor {name!r}: unsupported dtype {arr.dtype}")
@@ -217,7 +220,7 @@ def _encode(name: str, arr: np.ndarray, offset: int) -> tuple[dict, int]:
 
 
 def save_factors(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     mu: np.ndarray,
     B: np.ndarray,
     S: np.ndarray,
@@ -238,7 +241,7 @@ def save_factors(
     if labels is not None:
         tensors["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
     _check_shapes(tensors["mu"], tensors["B"], tensors["S"], tensors["C"], tensors.get("labels"), meta, str(path))
-    header: dict = {"__metadata__": meta.to_strings()}
+    header: dict[str, Any] = {"__metadata__": meta.to_strings()}
     offset = 0
     for name, arr in tensors.items():
         header[name], offset = _encode(name, arr, offset)
@@ -247,10 +250,10 @@ def save_factors(
     write_atomic(path, [struct.pack("<Q", len(blob)), blob], tensors.values())
 
 
-def write_atomic(path: str | os.PathLike, prefix: list[bytes], arrays=()) -> None:
+def write_atomic(path: str | os.PathLike[str], prefix: list[bytes], arrays: Iterable[np.ndarray] = ()) -> None:
     """Write bytes then arrays (in row chunks of about 64 MiB) to ``path``, whole or not at all."""
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         yield from prefix
         for arr in arrays:
             rows = max(1, (64 << 20) // max(1, arr[:1].nbytes)) if arr.ndim else 1

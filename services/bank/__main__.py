@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -25,22 +25,27 @@ def serve(
     redis_url: Annotated[str | None, typer.Option(help="event stream (env GMEM_REDIS_URL)")] = None,
 ) -> None:
     """Serve the GMem memory bank: noise-CDF retrieval and durable test-time edits (CONTRACT.md section 4)."""
-    import uvicorn
-
+    # Imported here so `--help` answers without loading numpy, FAISS and FastAPI.
     from services.bank.app import create_app
-    from services.bank.middleware import setup_logging
+    from services.bank.errors import RETRY_AFTER_S
     from services.bank.settings import BankSettings
+    from shared.http.middleware import setup_logging
+    from shared.http.server import serve as serve_http
 
     given = {"factors": factors, "data_dir": data_dir, "host": host, "port": port, "encoder": encoder,
              "encoder_weights": encoder_weights, "redis_url": redis_url}
     try:
-        settings = BankSettings(**{k: v for k, v in given.items() if v is not None})
+        overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        settings = BankSettings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise typer.BadParameter(
-            f"{problems} (give --factors/--data-dir or GMEM_BANK_FACTORS/GMEM_BANK_DATA_DIR)"
-        ) from None
+        missing = any(e["type"] == "missing" for e in exc.errors())
+        hint = " (give --factors/--data-dir or GMEM_BANK_FACTORS/GMEM_BANK_DATA_DIR)" if missing else ""
+        raise typer.BadParameter(problems + hint) from None
     setup_logging(settings.log_level)
+    if not settings.mutations_enabled:
+        log.warning("GMEM_BANK_TOKEN is not set: reads are served, every mutation (insert, interpolate, delete) "
+                    "is refused with 403; set GMEM_BANK_TOKEN to a secret of at least 16 characters to enable them")
     try:
         app = create_app(settings)
     except GMemError as exc:
@@ -50,8 +55,7 @@ def serve(
     log.info("bank ready to serve on %s:%d (factors %s, data dir %s)", settings.host, settings.port,
              settings.factors, settings.data_dir)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=None,
-                    timeout_graceful_shutdown=5)
+        serve_http(app, settings.server_limits(RETRY_AFTER_S))
     finally:
         app.state.close()
 

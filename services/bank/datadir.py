@@ -16,20 +16,13 @@ import os
 import struct
 from pathlib import Path
 
-from shared.errors import BankFileError, IncompatibleArtifacts
+from services.bank.errors import DataDirLocked, DataDirUnusable
+from shared.errors import IncompatibleArtifacts
 from shared.factors import BankFactors, write_atomic
 
 IDENTITY_FILE = "factors.json"
 LOCK_FILE = ".lock"
 _SAMPLE = 1 << 20
-
-
-class DataDirLocked(IncompatibleArtifacts):
-    code = "data_dir_locked"
-
-
-class DataDirUnusable(BankFileError):
-    code = "data_dir_unusable"
 
 
 def factors_identity(factors: BankFactors) -> dict[str, object]:

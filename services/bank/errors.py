@@ -1,156 +1,90 @@
-"""Errors of the bank service and their one mapping to HTTP.
+"""Every error the bank service raises, and its rows of the exception -> status table.
 
-Class tree (service-local, beside ``shared.errors``)::
+Class tree (service-local classes beside the shared domain errors of ``shared.errors``)::
 
-    GMemError
-    ├── Unauthorized          wrong or missing bearer token (401)
-    ├── MutationsDisabled     no GMEM_BANK_TOKEN configured (403)
-    ├── PayloadTooLarge       body or image over its limit (413)
-    ├── UnsupportedMediaType  a body that is neither JSON nor multipart (415)
-    ├── NotReady              base index still building (503, Retry-After)
-    └── StorageUnavailable    edit log not writable (503, Retry-After; in store.py)
+    GMemError (shared.errors)
+    ├── TokenRejected          401: missing or wrong bearer token
+    ├── MutationsDisabled      403: no GMEM_BANK_TOKEN configured
+    ├── PayloadTooLarge        413: an image over GMEM_BANK_MAX_IMAGE_BYTES (bodies: the middleware)
+    ├── UnsupportedMediaType   415: a body that is neither JSON nor multipart
+    ├── IndexNotReady          503 + Retry-After: the base search index is still building
+    ├── StorageUnavailable     503 + Retry-After: the edit log could not be written
+    ├── IncompatibleArtifacts (shared.errors)
+    │   └── DataDirLocked      another process holds the data dir (start-up)
+    └── BankFileError (shared.errors)
+        └── DataDirUnusable    the data dir cannot be read or does not belong to this factors file
 
-``STATUS`` maps every error type (looked up along its MRO) to a status code;
-``install`` registers one handler rendering ``{"error": {"code", "message"}}``
-for those, for request validation (422) and routing errors (404/405), and for
-anything unexpected (500, which is a bug).
+Shared domain errors (InvalidInput 422, UnknownSnippet 404, ...) take their status from
+``shared.http.errors.SHARED_ROWS``; ``STATUS`` adds this service's rows.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
+from shared.errors import BankFileError, GMemError, IncompatibleArtifacts
+from shared.http.errors import SHARED_ROWS, ErrorTable, error_responses
 
-from services.bank.index import IndexNotReady
-from services.bank.store import StorageUnavailable
-from shared import errors as E
-from shared.schemas.bank import ErrorResponse
-
-log = logging.getLogger("gmem.bank")
-
-RETRY_AFTER_S = "1"
+# Seconds a client should wait before retrying a 503 (index building, storage) or 429.
+RETRY_AFTER_S = 1.0
 
 
-class Unauthorized(E.GMemError):
+class TokenRejected(GMemError):
     code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="gmem-bank"'}
 
 
-class MutationsDisabled(E.GMemError):
+class MutationsDisabled(GMemError):
     code = "mutations_disabled"
 
 
-class PayloadTooLarge(E.GMemError):
+class PayloadTooLarge(GMemError):
     code = "payload_too_large"
 
 
-class UnsupportedMediaType(E.GMemError):
+class UnsupportedMediaType(GMemError):
     code = "unsupported_media_type"
 
 
-class NotReady(E.GMemError):
-    code = "not_ready"
+class IndexNotReady(GMemError):
+    """The base index is still being built (or its build failed)."""
+
+    code = "index_building"
 
 
-STATUS: dict[type[BaseException], int] = {
-    E.InvalidInput: 422,
-    E.EncoderUnavailable: 422,
-    E.UnknownSnippet: 404,
-    E.BaseSnippetImmutable: 409,
-    E.EmptyPool: 409,
-    E.IncompatibleArtifacts: 409,
-    Unauthorized: 401,
-    MutationsDisabled: 403,
-    PayloadTooLarge: 413,
-    UnsupportedMediaType: 415,
-    NotReady: 503,
-    StorageUnavailable: 503,
-    E.GMemError: 500,
-}
+class StorageUnavailable(GMemError):
+    """The edit log could not be written; the mutation was not applied."""
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "payload_too_large"}
+    code = "storage_unavailable"
 
 
-def status_of(exc: BaseException) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+class DataDirLocked(IncompatibleArtifacts):
+    code = "data_dir_locked"
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    headers = dict(headers or {})
-    if status in (429, 503):
-        headers.setdefault("Retry-After", RETRY_AFTER_S)
-    if status == 401:
-        headers.setdefault("WWW-Authenticate", 'Bearer realm="gmem-bank"')
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+class DataDirUnusable(BankFileError):
+    code = "data_dir_unusable"
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    more = len(exc.errors()) - 5
-    tail = f" (and {more} more)" if more > 0 else ""
-    return "invalid request: " + "; ".join(parts) + tail + ". See /docs for the request schema."
+STATUS = ErrorTable([
+    *SHARED_ROWS,
+    (IncompatibleArtifacts, 409),
+    (TokenRejected, 401),
+    (MutationsDisabled, 403),
+    (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (IndexNotReady, 503),
+    (StorageUnavailable, 503),
+    (GMemError, 500),
+])
 
-
-def install(app: FastAPI) -> None:
-    """Register the one error handler (per exception family) on ``app``."""
-
-    async def on_gmem(request: Request, exc: Exception) -> JSONResponse:
-        status = status_of(exc)
-        if status >= 500 and not isinstance(exc, NotReady | StorageUnavailable):
-            log.error("unexpected domain error", exc_info=exc)
-        return error_response(status, getattr(exc, "code", "gmem_error"), str(exc))
-
-    async def on_not_ready(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(503, "index_building", f"the search index is not ready ({exc}); retry shortly")
-
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype and ctype != "application/json" and not ctype.endswith("+json") and any(
-            tuple(err.get("loc", ()))[:1] == ("body",) for err in exc.errors()
-        ):
-            # FastAPI does not parse a JSON body sent under another type (curl -d sends form-urlencoded),
-            # which otherwise surfaces as a puzzling "Input should be a valid dictionary".
-            return error_response(415, "unsupported_media_type", f"content type {ctype!r} is not accepted; send "
-                                  "the JSON body with 'Content-Type: application/json'")
-        return error_response(422, "invalid_request", _validation_message(exc))
-
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 400:
-            # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8): bad input like any other.
-            return error_response(422, "invalid_request", f"unreadable request body ({exc.detail}); send UTF-8 "
-                                  "JSON matching the schema in /docs")
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}; see /docs for the endpoints"
-        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return error_response(500, "internal_error", "internal error (a bug); the request id is in X-Request-ID")
-
-    app.add_exception_handler(E.GMemError, on_gmem)
-    app.add_exception_handler(IndexNotReady, on_not_ready)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(HTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
+# OpenAPI descriptions of the statuses the bank's routes declare.
+DESCRIPTIONS = {401: "wrong or missing bearer token", 403: "mutations disabled (no GMEM_BANK_TOKEN)",
+                404: "unknown snippet id", 409: "conflict (base row, empty pool)", 413: "body too large",
+                415: "unsupported content type", 422: "invalid input",
+                503: "not ready / storage unavailable (Retry-After)"}
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
-    text = {401: "wrong or missing bearer token", 403: "mutations disabled (no GMEM_BANK_TOKEN)",
-            404: "unknown snippet id", 409: "conflict (base row, empty pool)", 413: "body too large", 415: "unsupported content type",
-            422: "invalid input", 503: "not ready / storage unavailable (Retry-After)"}
-    return {s: {"model": ErrorResponse, "description": text.get(s, "error")} for s in statuses}
+    """OpenAPI ``responses`` entries for the error statuses a bank route can answer."""
+    return error_responses(DESCRIPTIONS, *statuses)

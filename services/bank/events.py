@@ -1,4 +1,4 @@
-"""Publishes acknowledged mutations to the Redis stream ``gmem:bank:events``.
+"""Publishes acknowledged mutations to the bank's Redis stream (format: ``shared.events``).
 
 Runs in its own thread, woken after each mutation, so Redis being slow or down
 never blocks or fails a mutation. The source of truth is the store's event list
@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services.bank.store import BankStore
+from shared.events import BankEvent, event_version
 
 log = logging.getLogger("gmem.bank.events")
 
@@ -78,13 +80,12 @@ class EventPublisher:
 
     def _resume_point(self, client: redis.Redis) -> int:
         """Last version already in the stream; a stream ahead of us belongs to another data dir."""
-        last = client.xrevrange(self.stream, count=1)
+        last: Any = client.xrevrange(self.stream, count=1)  # redis-py types its replies loosely
         current = self.store.view().version
         if not last:
             return 0
-        try:
-            version = int(last[0][1][b"version"])
-        except (KeyError, ValueError):
+        version = event_version(last[0][1])
+        if version is None:
             return current
         return version if version <= current else current
 
@@ -96,7 +97,7 @@ class EventPublisher:
                 return
             pipe = client.pipeline(transaction=False)
             for version, op, sid in batch:
-                pipe.xadd(self.stream, {"version": version, "op": op, "id": sid},
+                pipe.xadd(self.stream, BankEvent(version, op, sid).fields(),  # type: ignore[arg-type]
                           maxlen=self.maxlen, approximate=True)
             pipe.execute()
             self.published = batch[-1][0]

@@ -19,14 +19,14 @@ from shared.errors import EncoderUnavailable, IncompatibleArtifacts, InvalidImag
 from shared.factors import BankFactors
 
 
-class Encoder(Protocol):
+class FeatureEncoder(Protocol):
     id: str
     feature_dim: int
 
     def encode_pil(self, images: list[Image.Image]) -> np.ndarray: ...
 
 
-def load_configured_encoder(encoder_id: str | None, weights: Path | None, factors: BankFactors) -> Encoder | None:
+def load_configured_encoder(encoder_id: str | None, weights: Path | None, factors: BankFactors) -> FeatureEncoder | None:
     """The configured encoder, refused when it is not the one that built the bank."""
     if not encoder_id:
         return None
@@ -72,11 +72,11 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 class ImageEncoder:
     """Serialises calls into the encoder (torch modules are not re-entrant across threads)."""
 
-    def __init__(self, encoder: Encoder | None) -> None:
+    def __init__(self, encoder: FeatureEncoder | None) -> None:
         self.encoder = encoder
         self._lock = threading.Lock()
 
-    def require(self) -> Encoder:
+    def require(self) -> FeatureEncoder:
         if self.encoder is None:
             raise EncoderUnavailable(
                 "image inserts need an encoder: start the bank with GMEM_BANK_ENCODER set to the bank's encoder id "

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import faiss
 import numpy as np
 
+from services.bank.errors import IndexNotReady
 from shared.bankmath import search_rows
 from shared.factors import BankFactors
 
@@ -29,10 +31,6 @@ def _gpus() -> int:
     return int(get()) if get is not None and hasattr(faiss, "StandardGpuResources") else 0
 
 
-class IndexNotReady(Exception):
-    """The base index is still being built."""
-
-
 class SnippetIndex:
     """FAISS search over base rows plus live run-time snippets (ids are bank ids)."""
 
@@ -40,12 +38,12 @@ class SnippetIndex:
         faiss.omp_set_num_threads(threads)
         self._factors = factors
         self._sqrt_s = np.sqrt(np.asarray(factors.S, dtype=np.float32))
-        self._base = faiss.IndexFlatL2(factors.rank)
+        self._base: Any = faiss.IndexFlatL2(factors.rank)  # a GPU index after _build on faiss-gpu
         self._base_ready = threading.Event()
         self._build_error: BaseException | None = None
         self.build_seconds: float | None = None
         self._thread: threading.Thread | None = None
-        self._gpu_resources = None
+        self._gpu_resources: Any = None
         self._runtime = faiss.IndexIDMap2(faiss.IndexFlatL2(factors.rank))
         self.lock = threading.Lock()  # guards the run-time index; the store's writer takes it too
 
@@ -86,7 +84,7 @@ class SnippetIndex:
 
     def wait_ready(self, timeout: float) -> None:
         if not self._base_ready.wait(timeout) or self._build_error is not None:
-            raise IndexNotReady(self.state)
+            raise IndexNotReady(f"the search index is not ready ({self.state}); retry shortly")
 
     # -- run-time snippets (caller holds self.lock) ----------------------------------------------
     def add_runtime(self, snippet_id: int, coefficients: np.ndarray) -> None:
@@ -94,7 +92,7 @@ class SnippetIndex:
         self._runtime.add_with_ids(row, np.asarray([snippet_id], dtype=np.int64))
 
     def remove_runtime(self, snippet_id: int) -> None:
-        self._runtime.remove_ids(np.asarray([snippet_id], dtype=np.int64))
+        self._runtime.remove_ids(np.asarray([snippet_id], dtype=np.int64))  # type: ignore[arg-type]
 
     # -- queries ---------------------------------------------------------------------------------
     def row(self, coefficients: np.ndarray) -> np.ndarray:

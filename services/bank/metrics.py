@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -40,10 +41,16 @@ class BankMetrics:
              snapshot_time: Callable[[], float] = lambda: 0.0) -> None:
         """Gauges read live state at scrape time, so they can never drift from the store."""
         for pool in ("base", "user", "all"):
-            self.size.labels(pool).set_function(lambda p=pool: size(p))
+            self.size.labels(pool).set_function(functools.partial(size, pool))
         self.version.set_function(version)
         self.last_fsync.set_function(last_fsync)
         self.snapshot_version.set_function(snapshot_version)
         self.snapshot_time.set_function(snapshot_time)
         self.redis_up.set_function(redis_up)
         self.redis_pending.set_function(redis_pending)
+
+    def observe_request(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        """One finished HTTP request (``shared.http.middleware.RequestContext``'s ``on_request``)."""
+        label = route or "unmatched"
+        self.requests.labels(method, label, str(status)).inc()
+        self.latency.labels(method, label).observe(seconds)

@@ -9,24 +9,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.events import DEFAULT_STREAM
+from shared.http.settings import HttpSettings
+
+# A shorter bearer token can be guessed: the bank refuses to start with one.
+MIN_TOKEN_CHARS = 16
 
 
-class BankSettings(BaseSettings):
+class BankSettings(HttpSettings):
     """Everything the bank service reads at start."""
 
     model_config = SettingsConfigDict(env_prefix="GMEM_BANK_", frozen=True, extra="ignore", populate_by_name=True)
 
     factors: Path = Field(description="the immutable factors file (CONTRACT.md section 1)")
     data_dir: Path = Field(description="edit log, snapshot and identity file; created if missing")
-    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
     port: int = Field(8001, ge=1, le=65535, description="HTTP port")
-    token: SecretStr | None = Field(None, description="bearer token for mutations; unset = mutations refused")
+    token: SecretStr | None = Field(None, description=f"bearer token for mutations, at least {MIN_TOKEN_CHARS} "
+                                    "characters; unset = mutations refused")
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("GMEM_REDIS_URL", "GMEM_BANK_REDIS_URL"), description="redis://host:port/db"
     )
-    redis_stream: str = Field("gmem:bank:events", description="stream that receives {version, op, id} per mutation")
+    redis_stream: str = Field(DEFAULT_STREAM, description="stream that receives {version, op, id} per mutation; "
+                              "generators read the same setting (GMEM_BANK_REDIS_STREAM)")
     redis_maxlen: int = Field(1_000_000, ge=1, description="approximate cap on the event stream's length")
     redis_timeout_s: float = Field(0.5, gt=0, description="connect/read timeout of each Redis call")
     encoder: str | None = Field(None, description="encoder id for image inserts (must match the bank's)")
@@ -38,3 +45,16 @@ class BankSettings(BaseSettings):
                                 "mutations (0 = never); start-up then replays only the log since the snapshot")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads FAISS may use per search")
     log_level: str = Field("INFO", description="JSON log level: DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("token")
+    @classmethod
+    def _token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        secret = v.get_secret_value() if v is not None else ""
+        if 0 < len(secret) < MIN_TOKEN_CHARS:
+            raise ValueError(f"GMEM_BANK_TOKEN has {len(secret)} characters; use at least {MIN_TOKEN_CHARS} "
+                             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)")
+        return v
+
+    @property
+    def mutations_enabled(self) -> bool:
+        return self.token is not None and bool(self.token.get_secret_value())

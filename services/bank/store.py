@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from services.bank.datadir import check_identity, lock_data_dir, unlock_data_dir
+from services.bank.errors import StorageUnavailable
 from services.bank.index import SnippetIndex, merge_neighbors
 from services.bank.log import EditLog
 from services.bank.snapshot import Snapshot, read_snapshot, write_snapshot
@@ -30,24 +31,17 @@ from shared.errors import (
     BankFileError,
     BaseSnippetImmutable,
     EmptyPool,
-    GMemError,
     InvalidInput,
     NonFiniteValue,
     UnknownSnippet,
 )
+from shared.events import OPS
 from shared.factors import BankFactors, load_factors
 
 LOG_FILE = "edits.log"
 _MAX_NOISE = 1e150
-OPS = ("insert", "interpolate", "delete")
 
 log = logging.getLogger("gmem.bank.store")
-
-
-class StorageUnavailable(GMemError):
-    """The edit log could not be written; the mutation was not applied."""
-
-    code = "storage_unavailable"
 
 
 @dataclass(frozen=True)
@@ -98,9 +92,12 @@ class BankView:
         if pool == "base":
             return positions
         if pool == "user":
-            return self.user_ids[positions]
-        return np.where(positions < self.base_size, positions,
-                        self.user_ids[np.maximum(positions - self.base_size, 0)] if self.user_ids.size else positions)
+            picked: np.ndarray = self.user_ids[positions]
+            return picked
+        ids: np.ndarray = np.where(positions < self.base_size, positions,
+                                   self.user_ids[np.maximum(positions - self.base_size, 0)]
+                                   if self.user_ids.size else positions)
+        return ids
 
 
 def _now() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ def check_bank_at_start(settings: GeneratorSettings) -> None:
     An unreachable bank does not stop the start: the service comes up not ready and
     says so in /readyz until the bank answers.
     """
+    # Imported here so `--help` answers without loading torch.
     from services.generator.runtime import check_bank_compatible, read_model_facts
     from shared.client import BankClient, ClientError, RetryPolicy
     from shared.errors import GMemError
@@ -55,21 +57,21 @@ def serve(
 
     Every other setting is an environment variable GMEM_GENERATOR_* (services/generator/settings.py).
     """
-    import uvicorn
-
+    # Imported here so `--help` answers without loading torch.
     from services.generator.app import create_app
+    from shared.http.middleware import setup_logging
+    from shared.http.server import serve as serve_http
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    overrides = {k: v for k, v in dict(model=model, bank_url=bank_url, host=host, port=port).items() if v is not None}
+    setup_logging("INFO")
+    given: dict[str, Any] = {"model": model, "bank_url": bank_url, "host": host, "port": port}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = GeneratorSettings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"gmem generator: invalid settings: {problems}") from None
     check_bank_at_start(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=5)
+    serve_http(create_app(settings), settings.server_limits(settings.retry_after_s))
 
 
 def main() -> None:

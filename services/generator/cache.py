@@ -1,4 +1,4 @@
-"""Pinned-snippet cache kept coherent by the bank's Redis stream ``gmem:bank:events``.
+"""Pinned-snippet cache kept coherent by the bank's Redis event stream (``shared.events``).
 
 A snippet id's content never changes and ids are never reused, so the only event
 that can make a cached entry wrong is its deletion. The cache therefore serves an
@@ -23,25 +23,27 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
 from services.generator.metrics import GeneratorMetrics
+from shared.events import DEFAULT_STREAM, decode_event, event_version
 
 log = logging.getLogger("gmem.generator.cache")
-
-STREAM = "gmem:bank:events"
-
 
 class SnippetCache:
     """id -> unit snippet, following the bank's event stream; disabled while Redis is unreachable."""
 
     def __init__(self, redis_url: str, metrics: GeneratorMetrics, max_entries: int = 100_000,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, stream: str = DEFAULT_STREAM) -> None:
+        # redis is needed only with GMEM_REDIS_URL set; the generator's image may leave it out
+        # (deploy/requirements-generator.txt), so it is imported when a cache is made.
         import redis.asyncio as aioredis
 
         self._redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
         self._metrics = metrics
+        self._stream = stream
         self._max = max_entries
         self._poll_s = poll_s
         self._entries: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -52,7 +54,7 @@ class SnippetCache:
         # Bumped whenever the cache restarts: a bank answer fetched in an older epoch may
         # predate a delete this epoch never saw, so put() refuses it.
         self.epoch = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -92,12 +94,13 @@ class SnippetCache:
     async def _enable(self) -> None:
         # Start from the stream's current end: everything cached from now on is
         # newer than the position, so every later delete will be seen.
-        last = await self._redis.xrevrange(STREAM, count=1)
+        # redis-py types its replies loosely (bytes | str | ...); these are bytes, decode_responses off.
+        last: Any = await self._redis.xrevrange(self._stream, count=1)
         self._entries.clear()
         self._deleted.clear()
         self.version = None
         if last:
-            self._apply({k.decode(): v.decode() for k, v in last[0][1].items()})
+            self._apply(last[0][1])
         self._last_id = last[0][0].decode() if last else "0-0"
         self.epoch += 1
         self._metrics.cache_enabled.set(1)
@@ -105,28 +108,29 @@ class SnippetCache:
 
     async def _catch_up(self) -> None:
         while True:
-            resp = await self._redis.xread({STREAM: self._last_id}, count=1000)
+            assert self._last_id is not None
+            resp: Any = await self._redis.xread({self._stream: self._last_id}, count=1000)
             if not resp:
                 return
             entries = resp[0][1]
             for entry_id, fields in entries:
-                self._apply({k.decode(): v.decode() for k, v in fields.items()})
+                self._apply(fields)
                 self._last_id = entry_id.decode()
             if len(entries) < 1000:
                 return
 
-    def _apply(self, event: dict[str, str]) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.version = max(self.version or 0, int(event["version"]))
-        try:
-            snippet_id = int(event["id"])
-        except (KeyError, ValueError):
+    def _apply(self, fields: dict[bytes, bytes]) -> None:
+        version = event_version(fields)
+        if version is not None:
+            self.version = max(self.version or 0, version)
+        event = decode_event(fields)
+        if event is None:
             return
         # Only deletes change an existing id; evicting on any event is equally safe and simpler.
-        if self._entries.pop(snippet_id, None) is not None:
+        if self._entries.pop(event.id, None) is not None:
             self._metrics.cache.labels("evicted").inc()
-        if "delete" in event.get("op", "").lower():
-            self._deleted.add(snippet_id)
+        if event.is_delete:
+            self._deleted.add(event.id)
 
     def _disable(self) -> None:
         if self._last_id is not None:
@@ -147,7 +151,7 @@ class SnippetCache:
         if min_version is not None and (self.version or 0) < min_version:
             self._metrics.cache.labels("stream_behind").inc()
             return {}
-        found = {}
+        found: dict[int, np.ndarray] = {}
         for i in set(ids):
             row = self._entries.get(i)
             if row is not None:

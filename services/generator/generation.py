@@ -22,7 +22,13 @@ import numpy as np
 
 from services.generator.batcher import Batcher, Job
 from services.generator.cache import SnippetCache
-from services.generator.errors import BankRejected, BankUnavailable, LimitExceeded, NotReady, RequestTimeout
+from services.generator.errors import (
+    BankRejected,
+    BankUnreachable,
+    LimitExceeded,
+    ModelNotReady,
+    RequestTimeout,
+)
 from services.generator.metrics import GeneratorMetrics
 from services.generator.runtime import Runtime, check_bank_compatible, prepare_snippet
 from services.generator.settings import GeneratorSettings
@@ -103,7 +109,7 @@ class Generator:
                                 "(GMEM_GENERATOR_MAX_STEPS); ask for fewer steps")
         ok, detail = self.model_status()
         if not ok:
-            raise NotReady(f"{detail}; retry shortly")
+            raise ModelNotReady(f"{detail}; retry shortly")
         return steps, req.sampler or self.runtime.facts.default_sampler
 
     async def _generate(self, req: GenerateRequest, gone: Callable[[], Awaitable[bool]] | None) -> GenerateResponse:
@@ -175,7 +181,7 @@ class Generator:
             got = await call
         except bc.Unavailable as exc:
             self.metrics.bank_calls.labels("unavailable").inc()
-            raise BankUnavailable(f"the memory bank at {self.settings.bank_url} is unavailable "
+            raise BankUnreachable(f"the memory bank at {self.settings.bank_url} is unavailable "
                                   f"({exc.message}); retry later") from exc
         except bc.NotFound as exc:
             self.metrics.bank_calls.labels("not_found").inc()

@@ -116,7 +116,7 @@ def pick_device(setting: str) -> str:
 
 
 def probe_batch_invariance(model: Any, max_rows: int,
-                           autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                           autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
                            ) -> bool:
     """True when every row of the network's output at batch sizes 1..max_rows equals that row run alone."""
     import torch
@@ -160,7 +160,7 @@ class Runtime:
         self.parameters = sum(p.numel() for p in model.net.parameters())
         if self.device == "cuda" and self.settings.compile:
             # One compiled graph serves every call: shapes are fixed by the micro-batch.
-            model = dataclasses.replace(model, net=torch.compile(model.net))
+            model = dataclasses.replace(model, net=torch.compile(model.net))  # type: ignore[arg-type]
         self._choose_micro_batch(model)
         self.model = model
         log.info("model %s loaded on %s (%d parameters)", self.facts.id, self.device, self.parameters)
@@ -211,7 +211,7 @@ class Runtime:
 
         return np.stack([initial_noise(self.model, s).reshape(-1).cpu().numpy() for s in seeds])
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         import torch
 
         if self.device == "cuda" and self.settings.dtype != "float32":

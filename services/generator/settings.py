@@ -3,8 +3,8 @@
 Service-specific variables carry the ``GMEM_GENERATOR_`` prefix (``GMEM_GENERATOR_MODEL``,
 ``GMEM_GENERATOR_PORT``, ``GMEM_GENERATOR_DEVICE``, ``GMEM_GENERATOR_MAX_N``, ...), like the
 bank's ``GMEM_BANK_*``, so they never collide with the training commands' variables
-(``GMEM_DEVICE``, ``GMEM_MODEL``). Two are shared by the stack and keep their names:
-``GMEM_BANK_URL`` (also read by the CLI) and ``GMEM_REDIS_URL`` (also read by the bank).
+(``GMEM_DEVICE``, ``GMEM_MODEL``). Three are shared by the stack and keep their names:
+``GMEM_BANK_URL`` (also read by the CLI), ``GMEM_REDIS_URL`` and ``GMEM_BANK_REDIS_STREAM`` (the bank's).
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from shared.events import DEFAULT_STREAM, STREAM_ENV
+from shared.http.settings import HttpSettings
 
 Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
-class GeneratorSettings(BaseSettings):
+class GeneratorSettings(HttpSettings):
     """GMEM_GENERATOR_MODEL, GMEM_BANK_URL, ...; CLI flags of `python -m services.generator` override them."""
 
     # populate_by_name: the aliased fields can still be given by name (GeneratorSettings(bank_url=...)).
@@ -27,8 +30,7 @@ class GeneratorSettings(BaseSettings):
     model: str = Field("artifacts/mnist-5k/model.safetensors", description="model file (CONTRACT.md section 5)")
     bank_url: str = Field("http://127.0.0.1:8001", validation_alias=AliasChoices("GMEM_BANK_URL"),
                           description="bank service URL (shared with the CLI)")
-    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
-    port: int = Field(8002, description="HTTP port")
+    port: int = Field(8002, ge=1, le=65535, description="HTTP port")
     device: Device = Field("auto", description="auto (CUDA if visible), cpu or cuda")
     # Reduced precision and compilation only apply on CUDA; the CPU path is always float32, eager.
     dtype: Dtype = Field("bfloat16", description="autocast dtype on CUDA: bfloat16, float16 or float32")
@@ -56,6 +58,8 @@ class GeneratorSettings(BaseSettings):
 
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("GMEM_REDIS_URL"),
-        description="enables the pinned-snippet cache fed by gmem:bank:events (shared with the bank)",
+        description="enables the pinned-snippet cache fed by the bank's event stream (shared with the bank)",
     )
+    redis_stream: str = Field(DEFAULT_STREAM, validation_alias=AliasChoices(STREAM_ENV),
+                              description="the bank's event stream; the bank's own setting, read here too")
     cache_max_entries: int = Field(100_000, ge=1, description="capacity of the pinned-snippet cache")

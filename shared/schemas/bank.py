@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, Strict, model_validator
 
-Pool = Literal["base", "user", "all"]
+from shared.schemas.enums import Pool
+
 Encoding = Literal["json", "b64f32"]
 Method = Literal["linear", "slerp"]
 Kind = Literal["base", "inserted", "interpolated"]
@@ -25,29 +26,21 @@ MAX_NOISE = 1 << 20  # numel of one noise tensor: 3 x 512 x 512 pixels fit (the 
 MAX_K = 1000
 MAX_NAME = 200
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-SnippetId = Annotated[int, Field(ge=0, le=MAX_ID)]
+# Strict: JSON false, true or "1" is not a number here (lax pydantic would read them as 0, 1, 1).
+FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+SnippetId = Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
+StrictInt = Annotated[int, Strict()]
 Vector = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_FEATURE)]
 Noise = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_NOISE)]
 Name = Annotated[str, Field(max_length=MAX_NAME, description="free-form label kept with the snippet")]
 
+# Request examples must be valid for the embedded default bank (artifacts/mnist-5k: 128-d features).
+EXAMPLE_DIM = 128
+EXAMPLE_FEATURE: list[JsonValue] = [round(0.05 + 0.01 * (i % 7), 2) for i in range(EXAMPLE_DIM)]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="stable machine-readable code, e.g. dimension_mismatch")
-    message: str = Field(description="what was wrong, what is allowed, what to do")
-
-
-class ErrorResponse(BaseModel):
-    """The error envelope of every 4xx/5xx."""
-
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"error": {"code": "unknown_snippet", "message": "snippet id 7 ..."}}]}
-    )
-    error: ErrorDetail
 
 
 class Health(BaseModel):
@@ -102,7 +95,7 @@ class RetrieveRequest(_Model):
     indices: Annotated[list[SnippetId], Field(min_length=1, max_length=MAX_BATCH)] | None = Field(
         None, description="snippet ids (base rows 0..base_size-1, run-time ids above)"
     )
-    pool: Pool = Field("base", description="base rows, live run-time snippets, or both (base then user)")
+    pool: Pool = Field(Pool.BASE, description="base rows, live run-time snippets, or both (base then user)")
     encoding: Encoding = Field(
         "json", description="json: lists of floats; b64f32: base64 of row-major float32 little-endian [k, d]"
     )
@@ -151,7 +144,7 @@ class FeatureInput(_Model):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"feature": [0.12, -0.4, 0.33], "name": "my style"}]},
+        json_schema_extra={"examples": [{"feature": EXAMPLE_FEATURE, "name": "my style"}]},
     )
     feature: Vector = Field(description="length feature_dim, finite, not all zero")
     name: Name | None = None
@@ -183,7 +176,7 @@ class InterpolateRequest(_Model):
     )
     i: SnippetId
     j: SnippetId
-    alpha: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="1 gives snippet i, 0 snippet j")
+    alpha: FiniteFloat = Field(ge=0.0, le=1.0, description="1 gives snippet i, 0 snippet j")
     method: Method = Field("linear", description="linear: eq. 11 on the coefficients; slerp: on the unit "
                            "snippets, then projected back (eq. 10)")
     name: Name | None = None
@@ -204,13 +197,13 @@ class SearchRequest(_Model):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"id": 42, "k": 5}, {"feature": [0.1, 0.2, 0.3], "k": 3}]},
+        json_schema_extra={"examples": [{"id": 42, "k": 5}, {"feature": EXAMPLE_FEATURE, "k": 3}]},
     )
     id: SnippetId | None = None
     snippet: Vector | None = None
     feature: Vector | None = None
-    k: int = Field(10, ge=1, le=MAX_K, description=f"neighbours to return, 1..{MAX_K}")
-    pool: Pool = Field("all", description="which snippets to search")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description=f"neighbours to return, 1..{MAX_K}")
+    pool: Pool = Field(Pool.ALL, description="which snippets to search")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:

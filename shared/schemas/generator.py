@@ -8,14 +8,17 @@ known samplers and pools); the configured maxima (``GMEM_GENERATOR_MAX_N``,
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
-Sampler = Literal["sde", "euler", "heun"]
-Pool = Literal["base", "user", "all"]
+from shared.schemas.enums import SAMPLERS, Pool, Sampler
 
-SAMPLERS: tuple[str, ...] = ("sde", "euler", "heun")
+__all__ = ["SAMPLERS", "GenerateRequest", "GenerateResponse", "ModelInfo", "Pool", "Sampler"]
+
+# Strict: JSON false, true or "1" is not a number here (lax pydantic would read them as 0, 1, 1).
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]
 # Seeds stay below 2**63 so that seed + k fits torch.Generator.manual_seed for every image.
 MAX_SEED = 2**63 - 1
 
@@ -34,21 +37,21 @@ class GenerateRequest(BaseModel):
         },
     )
 
-    n: int = Field(1, ge=1, description="number of images; at most the service's GMEM_GENERATOR_MAX_N")
-    seed: int | None = Field(
+    n: StrictInt = Field(1, ge=1, description="number of images; at most the service's GMEM_GENERATOR_MAX_N")
+    seed: StrictInt | None = Field(
         None, ge=0, le=MAX_SEED, description="image k uses the noise of seed + k; drawn and returned when absent"
     )
-    steps: int | None = Field(None, ge=1, description="sampler steps (NFE budget); the model's default when absent")
+    steps: StrictInt | None = Field(None, ge=1, description="sampler steps (NFE budget); the model's default when absent")
     sampler: Sampler | None = Field(None, description="the model's default when absent")
-    snippet_ids: list[int] | None = Field(
+    snippet_ids: list[StrictInt] | None = Field(
         None, min_length=1, description="bank ids pinning the snippets: one for all images, or one per image"
     )
-    snippet: list[float] | None = Field(
+    snippet: list[StrictFloat] | None = Field(
         None, min_length=1, description="a raw feature of the model's snippet dimension; L2-normalised here"
     )
-    pool: Pool = Field("base", description="pool the noise-CDF index draws from when no snippet is given")
+    pool: Pool = Field(Pool.BASE, description="pool the noise-CDF index draws from when no snippet is given")
     # allow_inf_nan=False: a NaN would otherwise be reported as "should be <= 50", which misleads.
-    cfg_scale: float = Field(1.0, ge=0.0, le=50.0, allow_inf_nan=False,
+    cfg_scale: StrictFloat = Field(1.0, ge=0.0, le=50.0, allow_inf_nan=False,
                              description="classifier-free guidance scale; 1 = none")
 
     @field_validator("snippet")
@@ -123,14 +126,3 @@ class ModelInfo(BaseModel):
     max_n: int | None = None
     max_steps: int | None = None
     batch_invariance: str | None = Field(None, description="how batched images are kept bit-identical to single ones")
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorEnvelope(BaseModel):
-    """Every error: ``{"error": {"code", "message"}}``."""
-
-    error: ErrorBody

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from shared.errors import InvalidInput
-from tests.model_fixtures import make_bank, make_folder, make_model, one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import make_dataset_bank, make_folder, make_model, one_torch_thread  # noqa: F401
 from training.cli import build_app
 from training.evaluate import EVALNET_WEIGHTS, frechet_distance
 
@@ -52,7 +52,7 @@ def test_fd_needs_two_samples():
 def files(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ev")
     make_folder(root / "ds")
-    make_bank(root / "bank.safetensors", str(root / "ds"))
+    make_dataset_bank(root / "bank.safetensors", str(root / "ds"))
     make_model(root / "model.safetensors")
     return root
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from shared.errors import BankFileError, DimensionMismatch, IncompatibleArtifacts, ModelFileError
 from shared.factors import BankMeta, load_factors
-from tests.model_fixtures import make_bank, make_folder, make_model, one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import make_dataset_bank, make_folder, make_model, one_torch_thread  # noqa: F401
 from training.cli import build_app
 from training.files.modelfile import check_compatible, load_model, read_model_meta
 from training.flow.generate import generate, initial_noise, to_png
@@ -26,7 +26,7 @@ from training.sample import make_grid
 def files(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("gen")
     make_folder(root / "ds")
-    make_bank(root / "bank.safetensors", str(root / "ds"))
+    make_dataset_bank(root / "bank.safetensors", str(root / "ds"))
     make_model(root / "model.safetensors")
     return root
 
@@ -138,7 +138,7 @@ def test_sample_command_writes_the_grid_and_picks_snippets_by_noise(files, tmp_p
 
 
 def test_sample_command_refuses_a_bank_of_another_encoder(files, tmp_path):
-    other = make_bank(tmp_path / "other.safetensors", str(files / "ds"), dim=6, encoder="test/other")
+    other = make_dataset_bank(tmp_path / "other.safetensors", str(files / "ds"), dim=6, encoder="test/other")
     res = CliRunner().invoke(build_app(), ["sample", "--model", str(files / "model.safetensors"), "--bank",
                                            str(other), "--out", str(tmp_path / "g.png")])
     assert res.exit_code == 2

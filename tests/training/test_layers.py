@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.model_fixtures import one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import one_torch_thread  # noqa: F401
 from training.network.layers import AxialRoPE, RowLinear, TimestepEmbedder, modulate
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.errors import InvalidInput
-from tests.model_fixtures import one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import one_torch_thread  # noqa: F401
 from training.network.config import preset
 from training.network.model import GMemDiT, SnippetAdapter
 

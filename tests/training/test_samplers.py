@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.model_fixtures import one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import one_torch_thread  # noqa: F401
 from training.flow.generate import sample_tensor
 from training.flow.samplers import (
     euler,

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from shared.errors import IncompatibleArtifacts
-from tests.model_fixtures import TINY, make_bank, make_folder, one_torch_thread  # noqa: F401
+from tests.support.model_fixtures import TINY, make_dataset_bank, make_folder, one_torch_thread  # noqa: F401
 from training.cli import build_app
 from training.network.config import preset
 from training.train import TrainOptions, build_config, load_train_data, train
@@ -21,7 +21,7 @@ from training.train import TrainOptions, build_config, load_train_data, train
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bars")
     make_folder(root / "ds")
-    make_bank(root / "bank.safetensors", str(root / "ds"))
+    make_dataset_bank(root / "bank.safetensors", str(root / "ds"))
     return root
 
 

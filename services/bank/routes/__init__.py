@@ -1,0 +1,1 @@
+"""The bank's routes by resource: ``ops`` (health, readiness, metrics), ``bank`` (reads), ``edits``."""

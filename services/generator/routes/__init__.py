@@ -1,0 +1,1 @@
+"""The generator's routes by resource: ``ops`` (health, readiness, metrics), ``model``, ``generate``."""

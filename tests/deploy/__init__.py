@@ -1,0 +1,1 @@
+"""Tests of deploy/, mirroring the source tree."""

@@ -1,0 +1,1 @@
+"""Tests of gmem/, mirroring the source tree."""

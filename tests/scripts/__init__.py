@@ -1,0 +1,1 @@
+"""Tests of scripts/, mirroring the source tree."""

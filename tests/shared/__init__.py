@@ -1,0 +1,1 @@
+"""Tests of shared/, mirroring the source tree."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share (banks, processes); conftests only turn them into fixtures."""
