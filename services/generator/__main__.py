@@ -9,6 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from services.generator.settings import GeneratorSettings
+from shared.errors import GMemError
 
 log = logging.getLogger("gmem.generator")
 
@@ -68,7 +69,11 @@ def serve(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"gmem generator: invalid settings: {problems}") from None
     check_bank_at_start(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+    try:
+        app = create_app(settings)
+    except GMemError as exc:  # e.g. a T2S adapter that does not fit the model
+        raise SystemExit(f"gmem generator: refusing to start: {exc.message}") from exc
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
                 timeout_graceful_shutdown=5)
 
 

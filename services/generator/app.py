@@ -19,6 +19,8 @@ from services.generator.cache import SnippetCache
 from services.generator.errors import ERROR_RESPONSES, NotReady, envelope, install_handlers
 from services.generator.generation import Generator
 from services.generator.metrics import GeneratorMetrics, make_metrics
+from services.generator.openai_images import openai_router
+from services.generator.prompts import open_prompts
 from services.generator.runtime import ModelFacts, Runtime, read_model_facts
 from services.generator.settings import GeneratorSettings
 from shared.client import AsyncBankClient, RetryPolicy
@@ -26,7 +28,7 @@ from shared.schemas.generator import GenerateRequest, GenerateResponse, ModelInf
 
 log = logging.getLogger("gmem.generator")
 
-_ROUTES = {"/generate", "/model", "/healthz", "/readyz", "/metrics"}
+_ROUTES = {"/generate", "/model", "/healthz", "/readyz", "/metrics", "/v1/images/generations"}
 
 
 class BodyLimitAndMetrics:
@@ -92,7 +94,7 @@ def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: Gen
         max_queue_images=max(64, 8 * settings.max_batch_size), metrics=metrics,
     )
     cache = SnippetCache(settings.redis_url, metrics, settings.cache_max_entries) if settings.redis_url else None
-    return Generator(settings, runtime, bank, batcher, metrics, cache)
+    return Generator(settings, runtime, bank, batcher, metrics, cache, open_prompts(settings, facts))
 
 
 def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> FastAPI:
@@ -103,6 +105,8 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
     async def load() -> None:
         try:
             await asyncio.to_thread(gen.runtime.load)
+            if gen.prompts is not None:
+                await asyncio.to_thread(gen.prompts.load)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and every /generate
             gen.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", gen.load_error)
@@ -157,5 +161,6 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         return await gen.generate(body, gone=request.is_disconnected)
 
+    app.include_router(openai_router(gen))
     app.add_middleware(BodyLimitAndMetrics, max_body=settings.max_body_bytes, metrics=metrics)
     return app

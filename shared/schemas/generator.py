@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Sampler = Literal["sde", "euler", "heun"]
 Pool = Literal["base", "user", "all"]
+PromptMode = Literal["adapter", "nearest"]
+# Characters, not tokens: the text encoder truncates to its own token limit and says so.
+MAX_PROMPT_CHARS = 4000
 
 SAMPLERS: tuple[str, ...] = ("sde", "euler", "heun")
 # Seeds stay below 2**63 so that seed + k fits torch.Generator.manual_seed for every image.
@@ -50,6 +53,10 @@ class GenerateRequest(BaseModel):
     # allow_inf_nan=False: a NaN would otherwise be reported as "should be <= 50", which misleads.
     cfg_scale: float = Field(1.0, ge=0.0, le=50.0, allow_inf_nan=False,
                              description="classifier-free guidance scale; 1 = none")
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS,
+                               description="text mapped to a snippet by the T2S adapter (GMEM_GENERATOR_T2S)")
+    prompt_mode: PromptMode = Field("adapter", description="adapter: draw from the adapter's snippet; nearest: "
+                                                           "from the bank snippets nearest to it (RDM style)")
 
     @field_validator("snippet")
     @classmethod
@@ -69,6 +76,8 @@ class GenerateRequest(BaseModel):
     def _one_source(self) -> GenerateRequest:
         if self.snippet_ids is not None and self.snippet is not None:
             raise ValueError("give either snippet_ids or snippet, not both")
+        if self.prompt is not None and (self.snippet_ids is not None or self.snippet is not None):
+            raise ValueError("prompt excludes snippet_ids and snippet; give one source of snippets")
         if self.snippet_ids is not None and len(self.snippet_ids) not in (1, self.n):
             raise ValueError(
                 f"snippet_ids has {len(self.snippet_ids)} ids for n={self.n}; give one id for all images or one per image"
@@ -76,6 +85,17 @@ class GenerateRequest(BaseModel):
         if self.seed is not None and self.seed + self.n - 1 > MAX_SEED:
             raise ValueError(f"seed + n - 1 must stay <= {MAX_SEED} (image k uses seed + k)")
         return self
+
+
+class PromptInfo(BaseModel):
+    """How a prompt was read: the text encoder, its token count and limit, truncation, the text as read."""
+
+    text_encoder: str
+    tokens: int = Field(description="tokens of the prompt before truncation")
+    max_tokens: int = Field(description="the text encoder's limit; longer prompts are truncated to it")
+    truncated: bool
+    read: str = Field(description="the prompt as the text encoder read it (after truncation)")
+    mode: PromptMode
 
 
 class GenerateResponse(BaseModel):
@@ -106,6 +126,7 @@ class GenerateResponse(BaseModel):
     steps: int
     sampler: Sampler
     elapsed_ms: float
+    prompt: PromptInfo | None = Field(None, description="present for a prompt request")
 
 
 class ModelInfo(BaseModel):

@@ -28,7 +28,7 @@ from shared.factors import load_factors
 from training.data import load_dataset
 from training.t2s.adapter import Adapter, save_t2s
 from training.t2s.captions import DIGIT_WORDS, canonical_captions, digit_prompt, properties, training_captions
-from training.t2s.metrics import retrieval_accuracy, wilson
+from training.t2s.metrics import nearest_rows, retrieval_accuracy, wilson
 from training.t2s.text_encoders import TextEncoder, TinyTextEncoder, load_text_encoder
 from training.t2s.tiny_text import TINY_TEXT_ID, train_tiny_text
 
@@ -113,11 +113,16 @@ def _evaluate(adapter: Adapter, text: TextEncoder, snippets: np.ndarray, labels:
     caps = canonical_captions(labels[rows], _subset(props, rows))
     q = adapter(torch.from_numpy(encode_unique(text, caps))).numpy()
     hits, n = retrieval_accuracy(q, labels[rows], snippets, labels)
+    # Attributes: does the nearest bank image have the bucket the caption names? (chance about 1/3)
+    top = nearest_rows(q, snippets, 1)[:, 0]
+    attrs = {name: float((props.buckets[top, k] == props.buckets[rows, k]).mean())
+             for k, name in enumerate(("thickness", "slant", "size"))}
     prompts = [digit_prompt(k) for k in range(len(DIGIT_WORDS))]
     qd = adapter(torch.from_numpy(text.encode(prompts).pooled)).numpy()
     dh, dn = retrieval_accuracy(qd, np.arange(len(prompts)), snippets, labels)
     return {"retrieval_accuracy": hits / n, "retrieval_hits": hits, "retrieval_n": n,
-            "retrieval_ci95": wilson(hits, n), "digit_prompt_hits": dh, "digit_prompt_n": dn}
+            "retrieval_ci95": wilson(hits, n), "attribute_agreement": attrs,
+            "digit_prompt_hits": dh, "digit_prompt_n": dn}
 
 
 def train_t2s_command(
