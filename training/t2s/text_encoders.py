@@ -78,6 +78,7 @@ class HFTextEncoder(TextEncoder):
         # transformers is imported here: it is heavy and only needed for foreign encoders.
         import transformers
 
+        transformers.utils.logging.disable_progress_bar()
         model_type = _model_type(folder)
         cls = transformers.CLIPTextModel if model_type in CLIP_TYPES else transformers.T5EncoderModel
         try:
