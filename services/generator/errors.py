@@ -89,7 +89,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
-ROUTES_SERVED = "GET /healthz, GET /readyz, GET /metrics, GET /model, POST /generate, GET /openapi.json"
+ROUTES_SERVED = "GET /healthz, GET /readyz, GET /metrics, GET /model, POST /generate, POST /v1/images/generations, GET /openapi.json"
 
 
 def status_of(exc: GMemError) -> int:
