@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +18,9 @@ import pytest
 from PIL import Image
 
 from shared.factors import load_factors
+from training.t2s.adapter import Adapter, load_t2s, save_t2s
 
-from .conftest import DEFAULT_BANK, ROOT, Proc, start_bank, start_generator
+from .conftest import DEFAULT_BANK, GENERATOR_ENV, ROOT, Proc, start_bank, start_generator
 from .test_steering import classify
 
 T2S_FILE = ROOT / "artifacts" / "mnist-5k" / "t2s.safetensors"
@@ -147,3 +149,14 @@ def test_cli_generate_with_a_prompt(t2s_url: str, tmp_path: Path):
     data = json.loads(done.stdout)
     assert data["prompt"]["read"] == "a handwritten two" and len(data["images"]) == 2
     assert all(Path(p).is_file() for p in data["images"])
+
+
+def test_an_adapter_for_another_snippet_space_is_refused_at_start(stack, tmp_path: Path):
+    wrong = tmp_path / "t2s-64.safetensors"
+    t2s = load_t2s(T2S_FILE)
+    save_t2s(wrong, Adapter(t2s.meta.text_dim, 64), t2s.text, "gmem/mnist-cnn", {})
+    argv = [sys.executable, "-m", "services.generator", "--bank-url", stack.bank.url, "--port", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **GENERATOR_ENV, "GMEM_GENERATOR_T2S": str(wrong)}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "dimension 64" in done.stderr and "dimension 128" in done.stderr and "train-t2s" in done.stderr
