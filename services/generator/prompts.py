@@ -112,7 +112,7 @@ async def prompt_snippets(gen: Generator, req: GenerateRequest,
     prompts = gen.prompts
     assert prompts is not None and req.prompt is not None  # check_prompt ran first
     s, info = await asyncio.to_thread(prompts.encode, req.prompt)
-    if req.prompt_mode == "adapter":
+    if req.prompt_mode in (None, "adapter"):
         return np.repeat(s[None], req.n, axis=0), [None] * req.n, None, info
     neighbours = await _search(gen, s, gen.settings.t2s_nearest_k)
     if not neighbours:

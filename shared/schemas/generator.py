@@ -55,8 +55,8 @@ class GenerateRequest(BaseModel):
                              description="classifier-free guidance scale; 1 = none")
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS,
                                description="text mapped to a snippet by the T2S adapter (GMEM_GENERATOR_T2S)")
-    prompt_mode: PromptMode = Field("adapter", description="adapter: draw from the adapter's snippet; nearest: "
-                                                           "from the bank snippets nearest to it (RDM style)")
+    prompt_mode: PromptMode | None = Field(None, description="adapter (default): draw from the adapter's snippet; "
+                                                             "nearest: from the bank snippets nearest to it (RDM style)")
 
     @field_validator("snippet")
     @classmethod
