@@ -25,7 +25,7 @@ from services.generator.batcher import Batcher, Job
 from services.generator.cache import SnippetCache
 from services.generator.errors import BankRejected, BankUnavailable, LimitExceeded, NotReady, RequestTimeout
 from services.generator.metrics import GeneratorMetrics
-from services.generator.prompts import PromptSnippets, check_prompt, prompt_snippets
+from services.generator.prompts import PromptSnippets, check_prompt, prompt_info, prompt_snippets
 from services.generator.runtime import Runtime, check_bank_compatible, prepare_snippet
 from services.generator.settings import GeneratorSettings
 from shared import client as bc
@@ -117,12 +117,8 @@ class Generator:
         seed = req.seed if req.seed is not None else secrets.randbelow(_DRAWN_SEED_LIMIT)
         seeds = [seed + k for k in range(req.n)]
         self.batcher.expect()
-        prompt = None
         try:
-            if req.prompt is not None:
-                snippets, indices, version, prompt = await prompt_snippets(self, req, seeds)
-            else:
-                snippets, indices, version = await self._snippets(req, seeds)
+            snippets, indices, version = await self._snippets(req, seeds)
         except BaseException:
             self.batcher.unexpect()
             raise
@@ -132,11 +128,13 @@ class Generator:
         return GenerateResponse(
             images=[base64.b64encode(p).decode("ascii") for p in pngs], seed=seed, indices=indices,
             bank_version=version, model=self.runtime.facts.id, steps=steps, sampler=sampler,
-            elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3), prompt=prompt,
+            elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3), prompt=prompt_info(self.prompts, req),
         )
 
     async def _snippets(self, req: GenerateRequest,
                         seeds: list[int]) -> tuple[np.ndarray, list[int | None], int | None]:
+        if req.prompt is not None:
+            return await prompt_snippets(self, req, seeds)
         if req.snippet is not None:
             row = prepare_snippet(req.snippet, self.runtime.facts.feature_dim)
             return np.repeat(row, req.n, axis=0), [None] * req.n, None

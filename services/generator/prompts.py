@@ -106,20 +106,30 @@ def check_prompt(prompts: PromptSnippets | None, req: GenerateRequest) -> None:
                                 "snippet_ids or snippet instead")
 
 
+def prompt_info(prompts: PromptSnippets | None, req: GenerateRequest) -> PromptInfo | None:
+    """The response's ``prompt`` object (the encoding is cached by prompt_snippets, so this is a lookup)."""
+    if req.prompt is None or prompts is None:
+        return None
+    _, info = prompts.encode(req.prompt)
+    return info.model_copy(update={"mode": req.prompt_mode or "adapter"})
+
+
 async def prompt_snippets(gen: Generator, req: GenerateRequest,
-                          seeds: list[int]) -> tuple[np.ndarray, list[int | None], int | None, PromptInfo]:
+                          seeds: list[int]) -> tuple[np.ndarray, list[int | None], int | None]:
     """Snippets of a prompt request: the adapter's snippet, or its bank neighbours picked by each noise."""
     prompts = gen.prompts
-    assert prompts is not None and req.prompt is not None  # check_prompt ran first
-    s, info = await asyncio.to_thread(prompts.encode, req.prompt)
+    if prompts is None or req.prompt is None:
+        check_prompt(prompts, req)
+        raise AssertionError("prompt_snippets called without a prompt")
+    s, _ = await asyncio.to_thread(prompts.encode, req.prompt)
     if req.prompt_mode in (None, "adapter"):
-        return np.repeat(s[None], req.n, axis=0), [None] * req.n, None, info
+        return np.repeat(s[None], req.n, axis=0), [None] * req.n, None
     neighbours = await _search(gen, s, gen.settings.t2s_nearest_k)
     if not neighbours:
         raise PromptUnavailable("the bank returned no snippets near this prompt (empty bank?)")
     ids = pick_neighbours([n.id for n in neighbours], list(gen.runtime.initial_noise(seeds)))
     rows, version = await gen._pinned(ids)
-    return rows, list(ids), version, info.model_copy(update={"mode": "nearest"})
+    return rows, list(ids), version
 
 
 async def _search(gen: Generator, s: np.ndarray, k: int) -> list:
