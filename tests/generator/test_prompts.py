@@ -85,6 +85,12 @@ def test_prompt_over_the_token_limit_is_truncated_and_reported(t2s_url: str):
     assert info["read"].split() == words[:16]
 
 
+def test_a_prompt_without_known_words_still_draws(t2s_url: str):
+    r = post(t2s_url, {"n": 1, "seed": 0, "steps": 2, "prompt": "七 🙂 \u0000"})
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt"]["tokens"] == 0 and r.json()["prompt"]["truncated"] is False
+
+
 @pytest.mark.parametrize("body", [
     {"prompt": ""},
     {"prompt": "a seven", "snippet_ids": [1]},
