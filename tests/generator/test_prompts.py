@@ -166,3 +166,6 @@ def test_an_adapter_for_another_snippet_space_is_refused_at_start(stack, tmp_pat
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "dimension 64" in done.stderr and "dimension 128" in done.stderr and "train-t2s" in done.stderr
+    env["GMEM_GENERATOR_T2S"] = str(tmp_path / "missing.safetensors")
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "missing.safetensors: no such file" in done.stderr
