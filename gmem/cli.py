@@ -109,6 +109,9 @@ def generate(
         "--snippet-id", help="pin a bank snippet (repeat once per image, or give one for all)")] = None,
     pool: Annotated[str | None, typer.Option(help="base, user or all: where the noise picks snippets")] = None,
     cfg_scale: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 = none")] = None,
+    prompt: Annotated[str | None, typer.Option(help="text steering the images (needs a T2S adapter)")] = None,
+    prompt_mode: Annotated[str | None, typer.Option(
+        help="adapter (the adapter's snippet) or nearest (bank snippets nearest to it)")] = None,
     out: Annotated[Path, typer.Option(help="folder for the PNGs")] = Path("gmem-output"),
     prefix: Annotated[str, typer.Option(help="file name prefix")] = "sample",
     scale: Annotated[int, typer.Option(min=1, max=32, help="nearest-neighbour upscaling of saved PNGs")] = 1,
@@ -119,16 +122,20 @@ def generate(
     def call():
         with obj.generator() as gen:
             return gen.generate(n=n, seed=seed, steps=steps, sampler=sampler, snippet_ids=snippet_id,
-                                pool=pool, cfg_scale=cfg_scale)
+                                pool=pool, cfg_scale=cfg_scale, prompt=prompt, prompt_mode=prompt_mode)
 
     res = _run(call)
     paths, grid_path = _run(lambda: save_images(res.images, out, prefix, scale=scale))
     data = {"images": [str(p) for p in paths], "grid": str(grid_path), "seed": res.seed, "indices": res.indices,
             "bank_version": res.bank_version, "model": res.model, "steps": res.steps, "sampler": res.sampler,
             "elapsed_ms": res.elapsed_ms}
+    if res.prompt is not None:
+        data["prompt"] = res.prompt
     if not obj.as_json:
         console.print(f"{len(paths)} image(s) from seed {res.seed} ({res.sampler}, {res.steps} steps, "
                       f"{res.elapsed_ms:.0f} ms), snippets {res.indices}")
+        if res.prompt and res.prompt.get("truncated"):
+            console.print(f"prompt truncated to {res.prompt['max_tokens']} tokens: {res.prompt['read']!r}")
         console.print(f"grid: [bold]{grid_path}[/bold]")
     _emit(obj, data)
 

@@ -403,11 +403,12 @@ class GeneratorClient(_SyncSender):
 
     def generate(self, n: int = 1, seed: int | None = None, steps: int | None = None, sampler: str | None = None,
                  snippet_ids: Sequence[int] | None = None, snippet: Sequence[float] | np.ndarray | None = None,
-                 pool: str | None = None, cfg_scale: float | None = None) -> Generation:
+                 pool: str | None = None, cfg_scale: float | None = None, prompt: str | None = None,
+                 prompt_mode: str | None = None) -> Generation:
         return self._send(_generate_call(n=n, seed=seed, steps=steps, sampler=sampler,
                                          snippet_ids=None if snippet_ids is None else list(snippet_ids),
                                          snippet=None if snippet is None else as_float_list(snippet),
-                                         pool=pool, cfg_scale=cfg_scale))
+                                         pool=pool, cfg_scale=cfg_scale, prompt=prompt, prompt_mode=prompt_mode))
 
 
 class AsyncGeneratorClient(_AsyncSender):
@@ -425,8 +426,10 @@ class AsyncGeneratorClient(_AsyncSender):
     async def generate(self, n: int = 1, seed: int | None = None, steps: int | None = None,
                        sampler: str | None = None, snippet_ids: Sequence[int] | None = None,
                        snippet: Sequence[float] | np.ndarray | None = None, pool: str | None = None,
-                       cfg_scale: float | None = None) -> Generation:
+                       cfg_scale: float | None = None, prompt: str | None = None,
+                       prompt_mode: str | None = None) -> Generation:
         return await self._send(_generate_call(n=n, seed=seed, steps=steps, sampler=sampler,
                                                snippet_ids=None if snippet_ids is None else list(snippet_ids),
                                                snippet=None if snippet is None else as_float_list(snippet),
-                                               pool=pool, cfg_scale=cfg_scale))
+                                               pool=pool, cfg_scale=cfg_scale, prompt=prompt,
+                                               prompt_mode=prompt_mode))

@@ -180,6 +180,7 @@ class Generation:
     steps: int
     sampler: str
     elapsed_ms: float
+    prompt: dict[str, Any] | None = None  # how a prompt was read (PromptInfo), for prompt requests
 
 
 def decode_snippets(raw: Any, k: int) -> np.ndarray:
@@ -209,7 +210,8 @@ def parse_model(body: dict[str, Any]) -> ModelDescription:
 def parse_generation(body: dict[str, Any]) -> Generation:
     return Generation(images=[base64.b64decode(s) for s in body["images"]], seed=int(body["seed"]),
                       indices=body["indices"], bank_version=body["bank_version"], model=body["model"],
-                      steps=int(body["steps"]), sampler=body["sampler"], elapsed_ms=float(body["elapsed_ms"]))
+                      steps=int(body["steps"]), sampler=body["sampler"], elapsed_ms=float(body["elapsed_ms"]),
+                      prompt=body.get("prompt"))
 
 
 def as_float_list(x: Sequence[float] | np.ndarray) -> list[float]:

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("training.sample", "sample_command"),
     "eval": ("training.evaluate", "eval_command"),
     "import-official": ("training.official.importer", "import_official_command"),
+    "train-t2s": ("training.t2s.train", "train_t2s_command"),
 }
 
 

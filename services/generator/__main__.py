@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from services.generator.settings import GeneratorSettings
+from shared.errors import GMemError
 
 log = logging.getLogger("gmem.generator")
 
@@ -23,7 +24,6 @@ def check_bank_at_start(settings: GeneratorSettings) -> None:
     # Imported here so `--help` answers without loading torch.
     from services.generator.runtime import check_bank_compatible, read_model_facts
     from shared.client import BankClient, ClientError, RetryPolicy
-    from shared.errors import GMemError
 
     try:
         facts = read_model_facts(settings.model)
@@ -71,7 +71,11 @@ def serve(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"gmem generator: invalid settings: {problems}") from None
     check_bank_at_start(settings)
-    serve_http(create_app(settings), settings.server_limits(settings.retry_after_s))
+    try:
+        app = create_app(settings)
+    except GMemError as exc:  # e.g. a T2S adapter that does not fit the model
+        raise SystemExit(f"gmem generator: refusing to start: {exc.message}") from exc
+    serve_http(app, settings.server_limits(settings.retry_after_s))
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ from services.generator.cache import SnippetCache
 from services.generator.errors import STATUS
 from services.generator.generation import Generator
 from services.generator.metrics import GeneratorMetrics, make_metrics
+from services.generator.openai_images import openai_router
+from services.generator.prompts import open_prompts
 from services.generator.routes import generate, model, ops
 from services.generator.runtime import ModelFacts, Runtime, read_model_facts
 from services.generator.settings import GeneratorSettings
@@ -37,13 +39,15 @@ def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: Gen
     )
     cache = (SnippetCache(settings.redis_url, metrics, settings.cache_max_entries, stream=settings.redis_stream)
              if settings.redis_url else None)
-    return Generator(settings, runtime, bank, batcher, metrics, cache)
+    return Generator(settings, runtime, bank, batcher, metrics, cache, open_prompts(settings, facts))
 
 
 def _lifespan(gen: Generator) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     async def load() -> None:
         try:
             await asyncio.to_thread(gen.runtime.load)
+            if gen.prompts is not None:
+                await asyncio.to_thread(gen.prompts.load)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and every /generate
             gen.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", gen.load_error)
@@ -74,7 +78,7 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
                   redirect_slashes=False)
     app.state.generator = gen
     install_error_handlers(app, STATUS, retry_after_s=settings.retry_after_s, json_example='{"n": 1, "seed": 0}')
-    for router in (ops.router, model.router, generate.router):
+    for router in (ops.router, model.router, generate.router, openai_router(gen)):
         app.include_router(router)
 
     def on_request(method: str, route: str | None, status: int, seconds: float) -> None:

@@ -7,7 +7,8 @@ Where each image's snippet comes from (CONTRACT.md section 6):
   in the chosen pool (paper 4.3) and returns that snippet;
 - ``snippet_ids`` (one for all images, or one per image): the bank's snippets,
   through the Redis-fed cache when configured;
-- ``snippet``: the caller's vector, checked and L2-normalised, no bank involved.
+- ``snippet``: the caller's vector, checked and L2-normalised, no bank involved;
+- ``prompt``: the T2S adapter's snippet, or its bank neighbours (prompts.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from services.generator.errors import (
     RequestTimeout,
 )
 from services.generator.metrics import GeneratorMetrics
+from services.generator.prompts import PromptSnippets, check_prompt, prompt_info, prompt_snippets
 from services.generator.runtime import Runtime, check_bank_compatible, prepare_snippet
 from services.generator.settings import GeneratorSettings
 from shared import client as bc
@@ -44,13 +46,15 @@ class Generator:
     """The service's state: model runtime, bank client, optional cache, batcher and readiness."""
 
     def __init__(self, settings: GeneratorSettings, runtime: Runtime, bank: bc.AsyncBankClient,
-                 batcher: Batcher, metrics: GeneratorMetrics, cache: SnippetCache | None = None) -> None:
+                 batcher: Batcher, metrics: GeneratorMetrics, cache: SnippetCache | None = None,
+                 prompts: PromptSnippets | None = None) -> None:
         self.settings = settings
         self.runtime = runtime
         self.bank = bank
         self.batcher = batcher
         self.metrics = metrics
         self.cache = cache
+        self.prompts = prompts
         self.load_error: str | None = None
         self.last_bank_version: int | None = None
         self._ready_at = 0.0
@@ -114,6 +118,7 @@ class Generator:
 
     async def _generate(self, req: GenerateRequest, gone: Callable[[], Awaitable[bool]] | None) -> GenerateResponse:
         t0 = time.perf_counter()
+        check_prompt(self.prompts, req)
         steps, sampler = self._check(req)
         seed = req.seed if req.seed is not None else secrets.randbelow(_DRAWN_SEED_LIMIT)
         seeds = [seed + k for k in range(req.n)]
@@ -129,11 +134,13 @@ class Generator:
         return GenerateResponse(
             images=[base64.b64encode(p).decode("ascii") for p in pngs], seed=seed, indices=indices,
             bank_version=version, model=self.runtime.facts.id, steps=steps, sampler=sampler,
-            elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3),
+            elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3), prompt=prompt_info(self.prompts, req),
         )
 
     async def _snippets(self, req: GenerateRequest,
                         seeds: list[int]) -> tuple[np.ndarray, list[int | None], int | None]:
+        if req.prompt is not None:
+            return await prompt_snippets(self, req, seeds)
         if req.snippet is not None:
             row = prepare_snippet(req.snippet, self.runtime.facts.feature_dim)
             return np.repeat(row, req.n, axis=0), [None] * req.n, None

@@ -62,4 +62,8 @@ class GeneratorSettings(HttpSettings):
     )
     redis_stream: str = Field(DEFAULT_STREAM, validation_alias=AliasChoices(STREAM_ENV),
                               description="the bank's event stream; the bank's own setting, read here too")
+    t2s: str | None = Field(None, description="gmem-t2s adapter file; enables \"prompt\" (train-t2s writes one)")
+    t2s_text_encoder: str | None = Field(None, description="where the adapter's CLIP/T5 text encoder folder is, "
+                                                           "when not at the path the adapter records")
+    t2s_nearest_k: int = Field(16, ge=1, le=1000, description="bank neighbours a prompt_mode=nearest image picks from")
     cache_max_entries: int = Field(100_000, ge=1, description="capacity of the pinned-snippet cache")

@@ -8,11 +8,15 @@ known samplers and pools); the configured maxima (``GMEM_GENERATOR_MAX_N``,
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from shared.schemas.enums import SAMPLERS, Pool, Sampler
+
+PromptMode = Literal["adapter", "nearest"]
+# Characters, not tokens: the text encoder truncates to its own token limit and says so.
+MAX_PROMPT_CHARS = 4000
 
 __all__ = ["SAMPLERS", "GenerateRequest", "GenerateResponse", "ModelInfo", "Pool", "Sampler"]
 
@@ -53,6 +57,10 @@ class GenerateRequest(BaseModel):
     # allow_inf_nan=False: a NaN would otherwise be reported as "should be <= 50", which misleads.
     cfg_scale: StrictFloat = Field(1.0, ge=0.0, le=50.0, allow_inf_nan=False,
                              description="classifier-free guidance scale; 1 = none")
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS,
+                               description="text mapped to a snippet by the T2S adapter (GMEM_GENERATOR_T2S)")
+    prompt_mode: PromptMode | None = Field(None, description="adapter (default): draw from the adapter's snippet; "
+                                                             "nearest: from the bank snippets nearest to it (RDM style)")
 
     @field_validator("snippet")
     @classmethod
@@ -72,6 +80,8 @@ class GenerateRequest(BaseModel):
     def _one_source(self) -> GenerateRequest:
         if self.snippet_ids is not None and self.snippet is not None:
             raise ValueError("give either snippet_ids or snippet, not both")
+        if self.prompt is not None and (self.snippet_ids is not None or self.snippet is not None):
+            raise ValueError("prompt excludes snippet_ids and snippet; give one source of snippets")
         if self.snippet_ids is not None and len(self.snippet_ids) not in (1, self.n):
             raise ValueError(
                 f"snippet_ids has {len(self.snippet_ids)} ids for n={self.n}; give one id for all images or one per image"
@@ -79,6 +89,17 @@ class GenerateRequest(BaseModel):
         if self.seed is not None and self.seed + self.n - 1 > MAX_SEED:
             raise ValueError(f"seed + n - 1 must stay <= {MAX_SEED} (image k uses seed + k)")
         return self
+
+
+class PromptInfo(BaseModel):
+    """How a prompt was read: the text encoder, its token count and limit, truncation, the text as read."""
+
+    text_encoder: str
+    tokens: int = Field(description="tokens of the prompt before truncation")
+    max_tokens: int = Field(description="the text encoder's limit; longer prompts are truncated to it")
+    truncated: bool
+    read: str = Field(description="the prompt as the text encoder read it (after truncation)")
+    mode: PromptMode
 
 
 class GenerateResponse(BaseModel):
@@ -109,6 +130,7 @@ class GenerateResponse(BaseModel):
     steps: int
     sampler: Sampler
     elapsed_ms: float
+    prompt: PromptInfo | None = Field(None, description="present for a prompt request")
 
 
 class ModelInfo(BaseModel):
