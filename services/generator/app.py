@@ -14,11 +14,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.generator.batcher import Batcher
 from services.generator.cache import SnippetCache
 from services.generator.errors import ERROR_RESPONSES, NotReady, envelope, install_handlers
 from services.generator.generation import Generator
+from services.generator.jobs.service import JobService
 from services.generator.metrics import GeneratorMetrics, make_metrics
+from services.generator.routes_jobs import router as jobs_router
 from services.generator.runtime import ModelFacts, Runtime, read_model_facts
 from services.generator.settings import GeneratorSettings
 from shared.client import AsyncBankClient, RetryPolicy
@@ -26,7 +27,7 @@ from shared.schemas.generator import GenerateRequest, GenerateResponse, ModelInf
 
 log = logging.getLogger("gmem.generator")
 
-_ROUTES = {"/generate", "/model", "/healthz", "/readyz", "/metrics"}
+_ROUTES = {"/generate", "/model", "/healthz", "/readyz", "/metrics", "/jobs"}
 
 
 class BodyLimitAndMetrics:
@@ -86,13 +87,10 @@ def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: Gen
     runtime.observe_nfe(metrics.forward_per_nfe.observe)
     bank = AsyncBankClient(settings.bank_url, timeout=settings.bank_timeout_s,
                            retry=RetryPolicy(attempts=settings.bank_retries, base_delay=0.05, max_delay=0.5))
-    batcher = Batcher(
-        run=lambda key, snippets, seeds: runtime.forward(snippets, seeds, *key),
-        max_images=settings.max_batch_size, max_wait_s=settings.max_batch_wait_ms / 1000.0,
-        max_queue_images=max(64, 8 * settings.max_batch_size), metrics=metrics,
-    )
     cache = SnippetCache(settings.redis_url, metrics, settings.cache_max_entries) if settings.redis_url else None
-    return Generator(settings, runtime, bank, batcher, metrics, cache)
+    gen = Generator(settings, runtime, bank, None, metrics, cache)
+    gen.jobs = JobService(gen)
+    return gen
 
 
 def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> FastAPI:
@@ -109,13 +107,13 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gen.batcher.start()
+        gen.jobs.start()
         if gen.cache is not None:
             gen.cache.start()
         loader = asyncio.create_task(load())
         yield
         loader.cancel()
-        await gen.batcher.stop()
+        await gen.jobs.stop()
         if gen.cache is not None:
             await gen.cache.stop()
         await gen.bank.aclose()
@@ -157,5 +155,6 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         return await gen.generate(body, gone=request.is_disconnected)
 
+    app.include_router(jobs_router)
     app.add_middleware(BodyLimitAndMetrics, max_body=settings.max_body_bytes, metrics=metrics)
     return app

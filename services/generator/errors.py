@@ -89,7 +89,8 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
-ROUTES_SERVED = "GET /healthz, GET /readyz, GET /metrics, GET /model, POST /generate, GET /openapi.json"
+ROUTES_SERVED = ("GET /healthz, GET /readyz, GET /metrics, GET /model, POST /generate, POST /jobs, GET /jobs/{id}, "
+                 "GET /jobs/{id}/events, DELETE /jobs/{id}, GET /openapi.json")
 
 
 def status_of(exc: GMemError) -> int:

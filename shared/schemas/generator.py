@@ -18,6 +18,17 @@ Pool = Literal["base", "user", "all"]
 SAMPLERS: tuple[str, ...] = ("sde", "euler", "heun")
 # Seeds stay below 2**63 so that seed + k fits torch.Generator.manual_seed for every image.
 MAX_SEED = 2**63 - 1
+# Parents of one ``snippets`` blend.
+MAX_BLEND = 16
+
+
+class WeightedSnippet(BaseModel):
+    """One parent of a ``snippets`` blend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(ge=0, description="bank id")
+    weight: float = Field(1.0, allow_inf_nan=False, description="finite; the weights must sum to a positive number")
 
 
 class GenerateRequest(BaseModel):
@@ -50,8 +61,19 @@ class GenerateRequest(BaseModel):
     # allow_inf_nan=False: a NaN would otherwise be reported as "should be <= 50", which misleads.
     cfg_scale: float = Field(1.0, ge=0.0, le=50.0, allow_inf_nan=False,
                              description="classifier-free guidance scale; 1 = none")
+    snippets: list[WeightedSnippet] | None = Field(
+        None, min_length=1, max_length=MAX_BLEND,
+        description="blend of bank snippets in coefficient space (weights finite, positive sum), re-normalised",
+    )
+    negative_snippet_id: int | None = Field(None, ge=0, description="bank id of the CFG null (default: zero vector)")
+    negative_snippet: list[float] | None = Field(None, min_length=1, description="a raw feature as the CFG null")
+    guidance_interval: tuple[float, float] | None = Field(
+        None, description="[t_lo, t_hi] in [0, 1] (0 = noise, 1 = data): CFG only for t inside; "
+                          "outside, the unconditional pass is skipped",
+    )
+    label: int | None = Field(None, ge=0, description="draw snippets of this label (labelled banks only)")
 
-    @field_validator("snippet")
+    @field_validator("snippet", "negative_snippet")
     @classmethod
     def _finite(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and not all(math.isfinite(x) for x in v):
@@ -67,8 +89,17 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> GenerateRequest:
-        if self.snippet_ids is not None and self.snippet is not None:
-            raise ValueError("give either snippet_ids or snippet, not both")
+        sources = [k for k in ("snippet_ids", "snippet", "snippets", "label") if getattr(self, k) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"give at most one of snippet_ids, snippet, snippets and label; got {', '.join(sources)}")
+        if self.negative_snippet_id is not None and self.negative_snippet is not None:
+            raise ValueError("give either negative_snippet_id or negative_snippet, not both")
+        if self.snippets is not None and not sum(s.weight for s in self.snippets) > 0:
+            raise ValueError("snippets weights must sum to a positive number")
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi <= 1.0):
+                raise ValueError(f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo <= t_hi <= 1; got [{lo}, {hi}]")
         if self.snippet_ids is not None and len(self.snippet_ids) not in (1, self.n):
             raise ValueError(
                 f"snippet_ids has {len(self.snippet_ids)} ids for n={self.n}; give one id for all images or one per image"
@@ -106,6 +137,7 @@ class GenerateResponse(BaseModel):
     steps: int
     sampler: Sampler
     elapsed_ms: float
+    forwards_saved: int = Field(0, description="unconditional network rows skipped by guidance_interval")
 
 
 class ModelInfo(BaseModel):

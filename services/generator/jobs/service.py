@@ -1,0 +1,240 @@
+"""Jobs in the process: admission, records with a TTL, events, cancellation, and POST /generate as a job.
+
+Admission happens before any work (issue: overload was once detected only after
+the bank call and the noise): limits and the work bound (n x steps x (2 with
+CFG), ``GMEM_GENERATOR_MAX_WORK``) give 422, a full queue gives 429 with
+Retry-After, and only then are snippets fetched. Snippets are resolved before the
+202, so a bad id is a 404 on ``POST /jobs`` rather than a failed job.
+
+Records live in this process (no Redis): a restart loses queued and running jobs
+and finished results, and only this replica answers for its jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.generator.errors import Overloaded, RequestTimeout, status_of
+from services.generator.jobs.executor import StepExecutor
+from services.generator.jobs.scheduler import Cancelled, StepScheduler, Work
+from shared.errors import GMemError, UnknownSnippet
+from shared.schemas.generator import GenerateRequest, GenerateResponse
+from shared.schemas.jobs import FINISHED, JobInfo
+
+_DRAWN_SEED_LIMIT = 2**31
+# How often a waiting POST /generate checks whether its client is still there.
+_GONE_POLL_S = 0.1
+
+
+class UnknownJob(UnknownSnippet):
+    """404 for a job id that never existed or whose result expired."""
+
+    code = "unknown_job"
+
+
+@dataclass
+class JobRecord:
+    id: str
+    steps: int
+    status: str = "queued"
+    step: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    exception: BaseException | None = None
+    work: Work | None = None
+    expires_at: float | None = None
+    listeners: set[asyncio.Queue] = field(default_factory=set)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def info(self, position: int | None) -> JobInfo:
+        return JobInfo(id=self.id, status=self.status, step=self.step, steps=self.steps,  # type: ignore[arg-type]
+                       position=position if self.status == "queued" else None, created_at=self.created_at,
+                       started_at=self.started_at, finished_at=self.finished_at, result=self.result,
+                       error=self.error)  # type: ignore[arg-type]
+
+
+class JobService:
+    """Owns the step scheduler and the job records of this replica."""
+
+    def __init__(self, gen: Any) -> None:
+        self.gen = gen
+        self.settings = gen.settings
+        self.metrics = gen.metrics
+        self.scheduler = StepScheduler(StepExecutor(gen.runtime), gen.settings.max_batch_size, gen.metrics)
+        self.records: dict[str, JobRecord] = {}
+        self._preparing = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.scheduler.stop)
+
+    # ------------------------------------------------------------ submit
+
+    def _admit(self) -> None:
+        waiting = self.scheduler.queued + self._preparing
+        if waiting >= self.settings.max_queue_jobs:
+            raise Overloaded(f"{waiting} jobs are already waiting (limit {self.settings.max_queue_jobs}, "
+                             "GMEM_GENERATOR_MAX_QUEUE_JOBS); retry after the Retry-After delay")
+
+    async def submit(self, req: GenerateRequest, preview_every: int | None = None) -> JobRecord:
+        """Admit, resolve snippets, queue: the record comes back queued (or 4xx/429/503 before any work)."""
+        t0 = time.perf_counter()
+        steps, sampler = self.gen.check(req)
+        self._admit()
+        self._preparing += 1
+        try:
+            seed = req.seed if req.seed is not None else secrets.randbelow(_DRAWN_SEED_LIMIT)
+            seeds = [seed + k for k in range(req.n)]
+            prepared = await self.gen.prepare(req, seeds)
+        finally:
+            self._preparing -= 1
+        self._expire()
+        rec = JobRecord(id=uuid.uuid4().hex, steps=steps)
+        head = {"seed": seed, "indices": prepared.indices, "bank_version": prepared.bank_version,
+                "model": self.gen.runtime.facts.id, "steps": steps, "sampler": sampler}
+        loop = self._loop or asyncio.get_running_loop()
+
+        def later(fn: Callable[..., None], *args: Any) -> None:
+            loop.call_soon_threadsafe(fn, *args)
+
+        rec.work = Work(
+            id=rec.id, snippets=prepared.snippets, seeds=seeds, steps=steps, sampler=sampler,
+            cfg_scale=float(req.cfg_scale), negative=prepared.negative, interval=req.guidance_interval,
+            preview_every=preview_every,
+            on_start=lambda: later(self._started, rec),
+            on_progress=lambda s, n, p: later(self._progress, rec, s, n, p),
+            on_done=lambda pngs, err, saved: later(self._done, rec, head, t0, pngs, err, saved),
+        )
+        self.records[rec.id] = rec
+        self.scheduler.submit(rec.work)
+        return rec
+
+    # ------------------------------------------------------------ callbacks (event loop)
+
+    def _publish(self, rec: JobRecord, event: str, data: dict) -> None:
+        for q in rec.listeners:
+            q.put_nowait((event, data))
+
+    def _started(self, rec: JobRecord) -> None:
+        if rec.status == "queued":
+            rec.status, rec.started_at = "running", time.time()
+
+    def _progress(self, rec: JobRecord, step: int, steps: int, preview: bytes | None) -> None:
+        rec.step = step
+        data: dict[str, Any] = {"step": step, "steps": steps}
+        if preview is not None:
+            data["preview"] = base64.b64encode(preview).decode("ascii")
+        self._publish(rec, "progress", data)
+
+    def _done(self, rec: JobRecord, head: dict, t0: float, pngs: list[bytes] | None, err: BaseException | None,
+              saved: int) -> None:
+        rec.finished_at = time.time()
+        rec.expires_at = time.monotonic() + self.settings.job_ttl_s
+        if err is None and pngs is not None:
+            self.metrics.images.inc(len(pngs))
+            rec.result = GenerateResponse(
+                images=[base64.b64encode(p).decode("ascii") for p in pngs], **head,
+                elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3), forwards_saved=saved,
+            ).model_dump()
+            rec.status, rec.step = "succeeded", rec.steps
+        elif isinstance(err, Cancelled):
+            rec.status = "cancelled"
+        else:
+            rec.status, rec.exception = "failed", err
+            code = err.code if isinstance(err, GMemError) else "internal_error"
+            message = err.message if isinstance(err, GMemError) else f"generation failed: {type(err).__name__}"
+            rec.error = {"code": code, "message": message}
+        rec.work = None
+        rec.finished.set()
+        self._publish(rec, "done", self.info(rec).model_dump())
+
+    # ------------------------------------------------------------ reads and cancel
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for job_id in [k for k, r in self.records.items() if r.expires_at is not None and r.expires_at < now]:
+            del self.records[job_id]
+
+    def get(self, job_id: str) -> JobRecord:
+        self._expire()
+        rec = self.records.get(job_id)
+        if rec is None:
+            raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired after "
+                             f"{self.settings.job_ttl_s:g} s, GMEM_GENERATOR_JOB_TTL_S)")
+        return rec
+
+    def info(self, rec: JobRecord) -> JobInfo:
+        position = self.scheduler.position(rec.work) if rec.work is not None and rec.status == "queued" else None
+        return rec.info(position)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        rec = self.get(job_id)
+        if rec.status not in FINISHED and rec.work is not None:
+            self.scheduler.cancel(rec.work)
+        return rec
+
+    async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+        """``progress`` events from now on, then one ``done`` with the job's body."""
+        rec = self.get(job_id)
+        if rec.status in FINISHED:
+            yield "done", self.info(rec).model_dump()
+            return
+        q: asyncio.Queue = asyncio.Queue()
+        rec.listeners.add(q)
+        try:
+            if rec.step:
+                yield "progress", {"step": rec.step, "steps": rec.steps}
+            while True:
+                event, data = await q.get()
+                yield event, data
+                if event == "done":
+                    return
+        finally:
+            rec.listeners.discard(q)
+
+    # ------------------------------------------------------------ POST /generate
+
+    async def generate(self, req: GenerateRequest,
+                       gone: Callable[[], Awaitable[bool]] | None = None) -> GenerateResponse:
+        """A job the server waits on; a client that leaves (or a timeout) cancels it."""
+        rec = await self.submit(req)
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        try:
+            while not rec.finished.is_set():
+                if time.monotonic() > deadline:
+                    raise RequestTimeout(
+                        f"the request was not answered within {self.settings.request_timeout_s:g} s "
+                        "(GMEM_GENERATOR_REQUEST_TIMEOUT_S); retry later or ask for fewer images or steps")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(rec.finished.wait(), _GONE_POLL_S)
+                if not rec.finished.is_set() and gone is not None and await gone():
+                    self.metrics.dropped.inc()
+                    raise asyncio.CancelledError
+        except BaseException:
+            if rec.work is not None:
+                self.scheduler.cancel(rec.work)
+            self.records.pop(rec.id, None)
+            raise
+        self.records.pop(rec.id, None)  # nobody can ask for a synchronous request's job id
+        if rec.status == "succeeded":
+            return GenerateResponse(**rec.result)  # type: ignore[arg-type]
+        if isinstance(rec.exception, GMemError) and status_of(rec.exception) != 500:
+            raise rec.exception
+        if rec.exception is not None:
+            raise rec.exception
+        raise RequestTimeout("the request was cancelled before it finished; retry")
