@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.generator.cache import SnippetCache
 from services.generator.errors import ERROR_RESPONSES, NotReady, envelope, install_handlers
 from services.generator.generation import Generator
+from services.generator.jobs.redis_jobs import RedisJobs
 from services.generator.jobs.service import JobService
 from services.generator.metrics import GeneratorMetrics, make_metrics
 from services.generator.routes_jobs import router as jobs_router
@@ -90,6 +91,8 @@ def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: Gen
     cache = SnippetCache(settings.redis_url, metrics, settings.cache_max_entries) if settings.redis_url else None
     gen = Generator(settings, runtime, bank, None, metrics, cache)
     gen.jobs = JobService(gen)
+    if settings.redis_url:
+        gen.jobs.remote = RedisJobs(gen.jobs, settings.redis_url)
     return gen
 
 
@@ -107,7 +110,7 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gen.jobs.start()
+        await gen.jobs.start()
         if gen.cache is not None:
             gen.cache.start()
         loader = asyncio.create_task(load())

@@ -23,31 +23,25 @@ def _jobs(request: Request) -> JobService:
 
 @router.post("/jobs", status_code=202, response_model=JobCreated, responses=ERROR_RESPONSES)
 async def submit_job(body: JobRequest, request: Request, response: Response) -> JobCreated:
-    jobs = _jobs(request)
-    req = body.model_copy()
-    rec = await jobs.submit(req, preview_every=body.preview_every)
-    response.headers["Location"] = f"/jobs/{rec.id}"
-    info = jobs.info(rec)
-    return JobCreated(id=rec.id, status="queued", position=info.position)
+    job_id, position = await _jobs(request).create(body)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return JobCreated(id=job_id, status="queued", position=position)
 
 
 @router.get("/jobs/{job_id}", response_model=JobInfo, responses=_404)
 async def get_job(job_id: str, request: Request) -> JobInfo:
-    jobs = _jobs(request)
-    return jobs.info(jobs.get(job_id))
+    return await _jobs(request).read(job_id)
 
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=JobCancelled, responses=_404)
 async def cancel_job(job_id: str, request: Request) -> JobCancelled:
-    rec = _jobs(request).cancel(job_id)
-    return JobCancelled(id=rec.id, status=rec.status)  # type: ignore[arg-type]
+    job_id, status = await _jobs(request).delete(job_id)
+    return JobCancelled(id=job_id, status=status)  # type: ignore[arg-type]
 
 
 @router.get("/jobs/{job_id}/events", responses={**_404, 200: {"content": {"text/event-stream": {}}}})
 async def job_events(job_id: str, request: Request) -> EventSourceResponse:
-    jobs = _jobs(request)
-    stream = jobs.events(job_id)
-    jobs.get(job_id)  # 404 before the stream starts
+    stream = await _jobs(request).stream(job_id)  # 404 before the stream starts
 
     async def frames() -> AsyncIterator[dict]:
         async for event, data in stream:

@@ -64,6 +64,7 @@ class GeneratorSettings(BaseSettings):
 
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("GMEM_REDIS_URL"),
-        description="enables the pinned-snippet cache fed by gmem:bank:events (shared with the bank)",
+        description="enables the pinned-snippet cache fed by gmem:bank:events (shared with the bank) and "
+                    "the shared job store (jobs survive a replica; any replica answers for any job)",
     )
     cache_max_entries: int = Field(100_000, ge=1, description="capacity of the pinned-snippet cache")

@@ -22,16 +22,44 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from services.generator.errors import Overloaded, RequestTimeout, status_of
 from services.generator.jobs.executor import StepExecutor
 from services.generator.jobs.scheduler import Cancelled, StepScheduler, Work
 from shared.errors import GMemError, UnknownSnippet
 from shared.schemas.generator import GenerateRequest, GenerateResponse
-from shared.schemas.jobs import FINISHED, JobInfo
+from shared.schemas.jobs import FINISHED, JobInfo, JobRequest
 
 _DRAWN_SEED_LIMIT = 2**31
 # How often a waiting POST /generate checks whether its client is still there.
 _GONE_POLL_S = 0.1
+
+
+def outcome(result: dict | None, err: BaseException | None) -> tuple[str, dict[str, str] | None]:
+    """(status, error body) of a finished job."""
+    if result is not None:
+        return "succeeded", None
+    if isinstance(err, Cancelled):
+        return "cancelled", None
+    code = err.code if isinstance(err, GMemError) else "internal_error"
+    message = err.message if isinstance(err, GMemError) else f"generation failed: {type(err).__name__}"
+    return "failed", {"code": code, "message": message}
+
+
+@dataclass
+class JobSpec:
+    """A prepared job: everything needed to run it, on this replica or another, with the same bytes."""
+
+    snippets: np.ndarray
+    seeds: list[int]
+    steps: int
+    sampler: str
+    cfg_scale: float
+    negative: np.ndarray | None
+    interval: tuple[float, float] | None
+    preview_every: int | None
+    head: dict[str, Any]  # the response fields known before the run (seed, indices, ...)
 
 
 class UnknownJob(UnknownSnippet):
@@ -75,27 +103,53 @@ class JobService:
         self.records: dict[str, JobRecord] = {}
         self._preparing = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.remote: Any = None  # RedisJobs when GMEM_REDIS_URL is set (jobs/redis_jobs.py)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.scheduler.start()
+        if self.remote is not None:
+            await self.remote.start()
 
     async def stop(self) -> None:
+        if self.remote is not None:
+            await self.remote.stop()
         await asyncio.to_thread(self.scheduler.stop)
+
+    # ------------------------------------------------------------ the routes' API (local or Redis)
+
+    async def create(self, req: JobRequest) -> tuple[str, int | None]:
+        """POST /jobs: (id, position)."""
+        if self.remote is not None:
+            return await self.remote.create(req)
+        rec = await self.submit(req, req.preview_every)
+        return rec.id, self.info(rec).position
+
+    async def read(self, job_id: str) -> JobInfo:
+        if self.remote is not None:
+            return await self.remote.read(job_id)
+        return self.info(self.get(job_id))
+
+    async def delete(self, job_id: str) -> tuple[str, str]:
+        if self.remote is not None:
+            return await self.remote.delete(job_id)
+        rec = self.cancel(job_id)
+        return rec.id, rec.status
+
+    async def stream(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+        """The job's events; raises UnknownJob (404) before the first one for an unknown id."""
+        await self.read(job_id)
+        source = self.remote.events(job_id) if self.remote is not None else self.events(job_id)
+        return source
 
     # ------------------------------------------------------------ submit
 
-    def _admit(self) -> None:
-        waiting = self.scheduler.queued + self._preparing
+    async def spec(self, req: GenerateRequest, preview_every: int | None, waiting: int) -> JobSpec:
+        """Checks and admission (no work yet), then the snippets: all a job needs to run anywhere."""
+        steps, sampler = self.gen.check(req)
         if waiting >= self.settings.max_queue_jobs:
             raise Overloaded(f"{waiting} jobs are already waiting (limit {self.settings.max_queue_jobs}, "
                              "GMEM_GENERATOR_MAX_QUEUE_JOBS); retry after the Retry-After delay")
-
-    async def submit(self, req: GenerateRequest, preview_every: int | None = None) -> JobRecord:
-        """Admit, resolve snippets, queue: the record comes back queued (or 4xx/429/503 before any work)."""
-        t0 = time.perf_counter()
-        steps, sampler = self.gen.check(req)
-        self._admit()
         self._preparing += 1
         try:
             seed = req.seed if req.seed is not None else secrets.randbelow(_DRAWN_SEED_LIMIT)
@@ -103,23 +157,45 @@ class JobService:
             prepared = await self.gen.prepare(req, seeds)
         finally:
             self._preparing -= 1
-        self._expire()
-        rec = JobRecord(id=uuid.uuid4().hex, steps=steps)
         head = {"seed": seed, "indices": prepared.indices, "bank_version": prepared.bank_version,
                 "model": self.gen.runtime.facts.id, "steps": steps, "sampler": sampler}
+        return JobSpec(snippets=prepared.snippets, seeds=seeds, steps=steps, sampler=sampler,
+                       cfg_scale=float(req.cfg_scale), negative=prepared.negative,
+                       interval=req.guidance_interval, preview_every=preview_every, head=head)
+
+    def work(self, job_id: str, spec: JobSpec, on_start: Callable[[], None],
+             on_progress: Callable[[int, int, bytes | None], None],
+             on_done: Callable[[dict | None, BaseException | None], None]) -> Work:
+        """A scheduler ``Work`` for ``spec`` whose callbacks run on the event loop; on_done gets the result body."""
         loop = self._loop or asyncio.get_running_loop()
+        t0 = time.perf_counter()
 
-        def later(fn: Callable[..., None], *args: Any) -> None:
-            loop.call_soon_threadsafe(fn, *args)
+        def done(pngs: list[bytes] | None, err: BaseException | None, saved: int) -> None:
+            result = None
+            if err is None and pngs is not None:
+                self.metrics.images.inc(len(pngs))
+                result = GenerateResponse(
+                    images=[base64.b64encode(p).decode("ascii") for p in pngs], **spec.head,
+                    elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3), forwards_saved=saved,
+                ).model_dump()
+            on_done(result, err)
 
-        rec.work = Work(
-            id=rec.id, snippets=prepared.snippets, seeds=seeds, steps=steps, sampler=sampler,
-            cfg_scale=float(req.cfg_scale), negative=prepared.negative, interval=req.guidance_interval,
-            preview_every=preview_every,
-            on_start=lambda: later(self._started, rec),
-            on_progress=lambda s, n, p: later(self._progress, rec, s, n, p),
-            on_done=lambda pngs, err, saved: later(self._done, rec, head, t0, pngs, err, saved),
+        return Work(
+            id=job_id, snippets=spec.snippets, seeds=spec.seeds, steps=spec.steps, sampler=spec.sampler,
+            cfg_scale=spec.cfg_scale, negative=spec.negative, interval=spec.interval,
+            preview_every=spec.preview_every,
+            on_start=lambda: loop.call_soon_threadsafe(on_start),
+            on_progress=lambda s, n, p: loop.call_soon_threadsafe(on_progress, s, n, p),
+            on_done=lambda pngs, err, saved: loop.call_soon_threadsafe(done, pngs, err, saved),
         )
+
+    async def submit(self, req: GenerateRequest, preview_every: int | None = None) -> JobRecord:
+        """Admit, resolve snippets, queue: the record comes back queued (or 4xx/429/503 before any work)."""
+        spec = await self.spec(req, preview_every, self.scheduler.queued + self._preparing)
+        self._expire()
+        rec = JobRecord(id=uuid.uuid4().hex, steps=spec.steps)
+        rec.work = self.work(rec.id, spec, lambda: self._started(rec),
+                             lambda s, n, p: self._progress(rec, s, n, p), lambda res, err: self._done(rec, res, err))
         self.records[rec.id] = rec
         self.scheduler.submit(rec.work)
         return rec
@@ -141,24 +217,14 @@ class JobService:
             data["preview"] = base64.b64encode(preview).decode("ascii")
         self._publish(rec, "progress", data)
 
-    def _done(self, rec: JobRecord, head: dict, t0: float, pngs: list[bytes] | None, err: BaseException | None,
-              saved: int) -> None:
+    def _done(self, rec: JobRecord, result: dict | None, err: BaseException | None) -> None:
         rec.finished_at = time.time()
         rec.expires_at = time.monotonic() + self.settings.job_ttl_s
-        if err is None and pngs is not None:
-            self.metrics.images.inc(len(pngs))
-            rec.result = GenerateResponse(
-                images=[base64.b64encode(p).decode("ascii") for p in pngs], **head,
-                elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3), forwards_saved=saved,
-            ).model_dump()
-            rec.status, rec.step = "succeeded", rec.steps
-        elif isinstance(err, Cancelled):
-            rec.status = "cancelled"
-        else:
-            rec.status, rec.exception = "failed", err
-            code = err.code if isinstance(err, GMemError) else "internal_error"
-            message = err.message if isinstance(err, GMemError) else f"generation failed: {type(err).__name__}"
-            rec.error = {"code": code, "message": message}
+        rec.status, rec.error = outcome(result, err)
+        if result is not None:
+            rec.result, rec.step = result, rec.steps
+        if rec.status == "failed":
+            rec.exception = err
         rec.work = None
         rec.finished.set()
         self._publish(rec, "done", self.info(rec).model_dump())
