@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -226,3 +227,60 @@ def test_blend_negative_snippet_and_guidance_interval(jobs_gen: Proc, stack: Sta
     # Euler at 10 steps evaluates t = 0, 0.1, ..., 0.9: five are below 0.5, for each of 2 images.
     assert half["forwards_saved"] == 10 and half["images"] != plain["images"]
     assert _metric(url, "gmem_generator_saved_forwards_total") == saved_before + 10
+
+
+def test_python_client_submit_wait_events_cancel_sync_and_async(jobs_gen: Proc):
+    import asyncio
+
+    from shared.client import AsyncGeneratorClient, GeneratorClient, NotFound
+
+    with GeneratorClient(jobs_gen.url) as gen:
+        created = gen.submit(n=1, seed=6, steps=30, sampler="euler", preview_every=10)
+        seen: list[int] = []
+        info = gen.wait(created.id, on_progress=lambda ev: seen.append(ev.data["step"]))
+        assert info.status == "succeeded" and seen == sorted(seen) and seen[-1] == 30
+        assert info.result["images"] == gen.job(created.id).result["images"]
+        assert [ev.event for ev in gen.events(created.id)] == ["done"]
+        long_job = gen.submit(n=1, seed=6, steps=250, sampler="heun")
+        assert gen.cancel(long_job.id).id == long_job.id
+        assert gen.wait(long_job.id).status == "cancelled"
+        try:
+            gen.job("missing")
+            raise AssertionError("an unknown job must raise NotFound")
+        except NotFound:
+            pass
+
+    async def run() -> None:
+        async with AsyncGeneratorClient(jobs_gen.url) as agen:
+            created = await agen.submit(n=1, seed=6, steps=30, sampler="euler")
+            steps: list[int] = []
+            done = await agen.wait(created.id, on_progress=lambda ev: steps.append(ev.data["step"]))
+            assert done.status == "succeeded" and steps and steps[-1] == 30
+            assert done.result["images"] == info.result["images"]  # same body, same bytes
+
+    asyncio.run(run())
+
+
+def test_cli_submit_wait_cancel_events(jobs_gen: Proc, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.generator.conftest import ROOT
+
+    def gmem(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gmem", "--generator-url", jobs_gen.url, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    sub = gmem("--json", "submit", "-n", "2", "--seed", "4", "--steps", "20", "--sampler", "euler")
+    assert sub.returncode == 0, sub.stderr
+    job_id = json.loads(sub.stdout)["id"]
+    done = gmem("--json", "wait", job_id, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["status"] == "succeeded" and len(body["images"]) == 2
+    assert all((tmp_path / Path(p).name).read_bytes().startswith(b"\x89PNG") for p in body["images"])
+    lines = [json.loads(x) for x in gmem("events", job_id).stdout.splitlines() if x.strip()]
+    assert lines[-1]["event"] == "done" and lines[-1]["data"]["status"] == "succeeded"
+    long_job = json.loads(gmem("--json", "submit", "--steps", "250", "--sampler", "heun").stdout)["id"]
+    assert gmem("cancel", long_job).returncode == 0
+    assert gmem("wait", long_job, "--out", str(tmp_path)).returncode == 1  # cancelled is not success
