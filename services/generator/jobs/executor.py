@@ -117,6 +117,7 @@ class StepExecutor:
         est = work.state.clean_estimate()
         if est is None:
             return None
+        est = est[: self.runtime.settings.max_preview_images]
         with torch.inference_mode():
             images = self._images(est)
         return to_png(np.concatenate(list(images), axis=1))
