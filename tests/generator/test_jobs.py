@@ -21,7 +21,7 @@ def jobs_gen(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     tmp = tmp_path_factory.mktemp("jobs")
     proc = start_generator(tmp, stack.bank.url, GMEM_GENERATOR_MAX_STEPS="250", GMEM_GENERATOR_MAX_BATCH_SIZE="4",
                            GMEM_GENERATOR_MAX_QUEUE_JOBS="3", GMEM_GENERATOR_MAX_WORK="2000",
-                           GMEM_GENERATOR_JOB_TTL_S="6")
+                           GMEM_GENERATOR_JOB_TTL_S="10")
     yield proc
     proc.stop()
 
@@ -126,7 +126,7 @@ def test_unknown_and_expired_jobs_are_404(jobs_gen: Proc):
     assert httpx.get(f"{jobs_gen.url}/jobs/nope/events").status_code == 404
     job = _submit(jobs_gen.url, {"n": 1, "seed": 1, "steps": 2})
     assert _wait(jobs_gen.url, job)["status"] == "succeeded"
-    time.sleep(6.5)  # GMEM_GENERATOR_JOB_TTL_S=6
+    time.sleep(10.5)  # GMEM_GENERATOR_JOB_TTL_S=10
     assert httpx.get(f"{jobs_gen.url}/jobs/{job}").status_code == 404
 
 
@@ -274,13 +274,14 @@ def test_cli_submit_wait_cancel_events(jobs_gen: Proc, tmp_path):
     sub = gmem("--json", "submit", "-n", "2", "--seed", "4", "--steps", "20", "--sampler", "euler")
     assert sub.returncode == 0, sub.stderr
     job_id = json.loads(sub.stdout)["id"]
+    lines = [json.loads(x) for x in gmem("events", job_id).stdout.splitlines() if x.strip()]
+    assert lines[-1]["event"] == "done" and lines[-1]["data"]["status"] == "succeeded"
+    assert [x["data"]["step"] for x in lines[:-1]] == sorted({x["data"]["step"] for x in lines[:-1]})
     done = gmem("--json", "wait", job_id, "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
     assert body["status"] == "succeeded" and len(body["images"]) == 2
     assert all((tmp_path / Path(p).name).read_bytes().startswith(b"\x89PNG") for p in body["images"])
-    lines = [json.loads(x) for x in gmem("events", job_id).stdout.splitlines() if x.strip()]
-    assert lines[-1]["event"] == "done" and lines[-1]["data"]["status"] == "succeeded"
     long_job = json.loads(gmem("--json", "submit", "--steps", "250", "--sampler", "heun").stdout)["id"]
     assert gmem("cancel", long_job).returncode == 0
     assert gmem("wait", long_job, "--out", str(tmp_path)).returncode == 1  # cancelled is not success

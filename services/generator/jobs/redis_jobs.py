@@ -104,9 +104,13 @@ class RedisJobs:
         self.local: dict[str, _Local] = {}
         self._tasks: list[asyncio.Task] = []
 
-    async def start(self) -> None:
+    async def _ensure_group(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another replica created it
             await self.r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+
+    async def start(self) -> None:
+        with contextlib.suppress(RedisError):  # Redis down at start: the pump retries
+            await self._ensure_group()
         self._tasks = [asyncio.create_task(self._pump(), name="gmem-jobs-pump"),
                        asyncio.create_task(self._beat(), name="gmem-jobs-beat")]
 
@@ -123,12 +127,23 @@ class RedisJobs:
     async def _guard(self, coro: Any) -> Any:
         try:
             return await coro
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                # Redis lost the stream (restarted without persistence): recreate it; retry shortly.
+                with contextlib.suppress(RedisError):
+                    await self._ensure_group()
+            raise JobsUnavailable(f"the job store (Redis) answered {exc}; retry shortly") from exc
         except RedisError as exc:
             raise JobsUnavailable(f"the job store (Redis) is unavailable ({type(exc).__name__}); "
                                   "retry later") from exc
 
     async def _waiting(self) -> int:
-        for g in await self.r.xinfo_groups(STREAM):
+        try:
+            groups = await self.r.xinfo_groups(STREAM)
+        except ResponseError:  # no stream yet (or Redis lost it): make it
+            await self._ensure_group()
+            groups = await self.r.xinfo_groups(STREAM)
+        for g in groups:
             if g["name"] == GROUP and g.get("lag") is not None:
                 return int(g["lag"])
         return int(await self.r.xlen(STREAM))
@@ -235,6 +250,11 @@ class RedisJobs:
                         await self.r.xack(STREAM, GROUP, entry)
             except asyncio.CancelledError:
                 raise
+            except ResponseError as exc:
+                log.warning("job queue consumer: %s; recreating the group", exc)
+                with contextlib.suppress(RedisError):
+                    await self._ensure_group()
+                await asyncio.sleep(0.5)
             except Exception:  # noqa: BLE001 - Redis away: retry, never stop consuming
                 log.exception("job queue consumer failed; retrying")
                 await asyncio.sleep(1.0)
