@@ -1,6 +1,6 @@
 """Three schedulers, one mixed workload: no batching, request-level batching, step-level batching.
 
-    .venv/bin/python -m bench jobs_scheduler [--clients 16] [--jobs-per-client 3] [--threads 1] [--device auto]
+    .venv/bin/python -m bench jobs_scheduler [--clients 16] [--jobs-per-client 3] [--threads 2] [--device auto]
 
 Each of ``--clients`` clients submits ``--jobs-per-client`` jobs one after another
 (n = 1, steps drawn from {10, 25, 50}, sampler from {euler, sde}, a random think
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--model", default="artifacts/mnist-5k/model.safetensors")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--jobs-per-client", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the service uses all cores by default)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
