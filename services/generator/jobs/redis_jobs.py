@@ -227,6 +227,8 @@ class RedisJobs:
     # ------------------------------------------------------------ this replica's share of the work
 
     def _room(self) -> bool:
+        if not self.svc.gen.runtime.loaded:  # a replica still loading takes no work (it would fail it)
+            return False
         sched = self.svc.scheduler
         images = sum(loc.work.n for loc in self.local.values())
         return sched.queued == 0 and images < self.settings.max_batch_size
