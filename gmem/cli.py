@@ -320,4 +320,6 @@ def info(ctx: typer.Context) -> None:
 
 
 def main() -> None:
+    import gmem.jobs_cli  # noqa: F401 - registers submit/wait/cancel/events on app (it imports this module)
+
     app()

@@ -47,6 +47,7 @@ from shared.client_types import (
     parse_retrieval,
     parse_snippet,
 )
+from shared.jobs_client import AsyncJobCalls, JobEvent, SyncJobCalls
 from shared.schemas.bank import BankInfo, Neighbor
 from shared.schemas.generator import GenerateRequest
 
@@ -54,7 +55,7 @@ __all__ = [
     "AsyncBankClient", "AsyncGeneratorClient", "BadRequest", "BankClient", "BankError", "BankInfo",
     "BankUnavailable", "ClientError", "Conflict", "Created", "Forbidden", "GeneratorClient", "Generation",
     "ModelDescription", "Neighbor", "NotFound", "Projected", "Retrieval", "RetryPolicy", "Snippet", "Unauthorized",
-    "Unavailable", "UnexpectedResponse", "error_from_response",
+    "Unavailable", "UnexpectedResponse", "error_from_response", "JobEvent",
 ]
 
 T = TypeVar("T")
@@ -389,7 +390,7 @@ def _model_call() -> _Call[ModelDescription]:
     return _Call("GET", "/model", _json(parse_model), idempotent=True)
 
 
-class GeneratorClient(_SyncSender):
+class GeneratorClient(SyncJobCalls, _SyncSender):
     """Blocking client of the generator service."""
 
     def model_info(self) -> ModelDescription:
@@ -411,7 +412,7 @@ class GeneratorClient(_SyncSender):
                                          pool=pool, cfg_scale=cfg_scale, prompt=prompt, prompt_mode=prompt_mode))
 
 
-class AsyncGeneratorClient(_AsyncSender):
+class AsyncGeneratorClient(AsyncJobCalls, _AsyncSender):
     """Asyncio client of the generator service."""
 
     async def model_info(self) -> ModelDescription:

@@ -10,14 +10,16 @@ from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
-from services.generator.batcher import Batcher
 from services.generator.cache import SnippetCache
 from services.generator.errors import STATUS
 from services.generator.generation import Generator
+from services.generator.jobs.redis_jobs import RedisJobs
+from services.generator.jobs.service import JobService
 from services.generator.metrics import GeneratorMetrics, make_metrics
 from services.generator.openai_images import openai_router
 from services.generator.prompts import open_prompts
 from services.generator.routes import generate, model, ops
+from services.generator.routes_jobs import router as jobs_router
 from services.generator.runtime import ModelFacts, Runtime, read_model_facts
 from services.generator.settings import GeneratorSettings
 from shared.client import AsyncBankClient, RetryPolicy
@@ -32,14 +34,13 @@ def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: Gen
     runtime.observe_nfe(metrics.forward_per_nfe.observe)
     bank = AsyncBankClient(settings.bank_url, timeout=settings.bank_timeout_s,
                            retry=RetryPolicy(attempts=settings.bank_retries, base_delay=0.05, max_delay=0.5))
-    batcher = Batcher(
-        run=lambda key, snippets, seeds: runtime.forward(snippets, seeds, *key),
-        max_images=settings.max_batch_size, max_wait_s=settings.max_batch_wait_ms / 1000.0,
-        max_queue_images=max(64, 8 * settings.max_batch_size), metrics=metrics,
-    )
     cache = (SnippetCache(settings.redis_url, metrics, settings.cache_max_entries, stream=settings.redis_stream)
              if settings.redis_url else None)
-    return Generator(settings, runtime, bank, batcher, metrics, cache, open_prompts(settings, facts))
+    gen = Generator(settings, runtime, bank, None, metrics, cache, open_prompts(settings, facts))
+    gen.jobs = JobService(gen)
+    if settings.redis_url:
+        gen.jobs.remote = RedisJobs(gen.jobs, settings.redis_url)
+    return gen
 
 
 def _lifespan(gen: Generator) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -54,13 +55,13 @@ def _lifespan(gen: Generator) -> Callable[[FastAPI], AbstractAsyncContextManager
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gen.batcher.start()
+        await gen.jobs.start()
         if gen.cache is not None:
             gen.cache.start()
         loader = asyncio.create_task(load())
         yield
         loader.cancel()
-        await gen.batcher.stop()
+        await gen.jobs.stop()
         if gen.cache is not None:
             await gen.cache.stop()
         await gen.bank.aclose()
@@ -78,7 +79,7 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
                   redirect_slashes=False)
     app.state.generator = gen
     install_error_handlers(app, STATUS, retry_after_s=settings.retry_after_s, json_example='{"n": 1, "seed": 0}')
-    for router in (ops.router, model.router, generate.router, openai_router(gen)):
+    for router in (ops.router, model.router, generate.router, jobs_router, openai_router(gen)):
         app.include_router(router)
 
     def on_request(method: str, route: str | None, status: int, seconds: float) -> None:

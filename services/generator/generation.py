@@ -14,29 +14,36 @@ Where each image's snippet comes from (CONTRACT.md section 6):
 from __future__ import annotations
 
 import asyncio
-import base64
-import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
-from services.generator.batcher import Batcher, Job
+from services.generator.batcher import Batcher
 from services.generator.cache import SnippetCache
-from services.generator.errors import (
-    BankRejected,
-    BankUnreachable,
-    LimitExceeded,
-    ModelNotReady,
-    RequestTimeout,
-)
+from services.generator.errors import BankRejected, BankUnreachable, LimitExceeded, ModelNotReady
 from services.generator.metrics import GeneratorMetrics
-from services.generator.prompts import PromptSnippets, check_prompt, prompt_info, prompt_snippets
+from services.generator.prompts import PromptSnippets, check_prompt, prompt_snippets
 from services.generator.runtime import Runtime, check_bank_compatible, prepare_snippet
 from services.generator.settings import GeneratorSettings
 from shared import client as bc
 from shared.errors import EmptyPool, IncompatibleArtifacts, InvalidInput, UnknownSnippet
 from shared.schemas.generator import GenerateRequest, GenerateResponse
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request's snippets (one row per image) and CFG null rows (None = zero vector)."""
+
+    snippets: np.ndarray
+    indices: list[int | None]
+    bank_version: int | None
+    negative: np.ndarray | None
+
 
 # Seeds drawn for the caller stay small enough to type back in.
 _DRAWN_SEED_LIMIT = 2**31
@@ -46,7 +53,7 @@ class Generator:
     """The service's state: model runtime, bank client, optional cache, batcher and readiness."""
 
     def __init__(self, settings: GeneratorSettings, runtime: Runtime, bank: bc.AsyncBankClient,
-                 batcher: Batcher, metrics: GeneratorMetrics, cache: SnippetCache | None = None,
+                 batcher: Batcher | None, metrics: GeneratorMetrics, cache: SnippetCache | None = None,
                  prompts: PromptSnippets | None = None) -> None:
         self.settings = settings
         self.runtime = runtime
@@ -55,6 +62,7 @@ class Generator:
         self.metrics = metrics
         self.cache = cache
         self.prompts = prompts
+        self.jobs: Any = None  # the JobService, set by build_generator
         self.load_error: str | None = None
         self.last_bank_version: int | None = None
         self._ready_at = 0.0
@@ -93,16 +101,13 @@ class Generator:
 
     async def generate(self, req: GenerateRequest,
                        gone: Callable[[], Awaitable[bool]] | None = None) -> GenerateResponse:
-        """Answer one request within ``request_timeout_s`` (503 ``timeout`` otherwise)."""
-        try:
-            return await asyncio.wait_for(self._generate(req, gone), self.settings.request_timeout_s)
-        except TimeoutError as exc:
-            raise RequestTimeout(
-                f"the request was not answered within {self.settings.request_timeout_s:g} s "
-                "(GMEM_GENERATOR_REQUEST_TIMEOUT_S); retry later or ask for fewer images or steps"
-            ) from exc
+        """Answer one request as a job the server waits on (services/generator/jobs/service.py)."""
+        assert self.jobs is not None, "the job service is wired in by build_generator"
+        return await self.jobs.generate(req, gone)
 
-    def _check(self, req: GenerateRequest) -> tuple[int, str]:
+    def check(self, req: GenerateRequest) -> tuple[int, str]:
+        """(steps, sampler) of ``req`` after the limits and readiness checks; no work done yet."""
+        check_prompt(self.prompts, req)
         # Limits first: a request over them can never succeed, so "retry shortly" would mislead.
         if req.n > self.settings.max_n:
             raise LimitExceeded(f"n={req.n} is over this service's maximum of {self.settings.max_n} images "
@@ -111,34 +116,32 @@ class Generator:
         if steps > self.settings.max_steps:
             raise LimitExceeded(f"steps={steps} is over this service's maximum of {self.settings.max_steps} "
                                 "(GMEM_GENERATOR_MAX_STEPS); ask for fewer steps")
+        work = req.n * steps * (2 if req.cfg_scale != 1.0 else 1)
+        if work > self.settings.max_work:
+            raise LimitExceeded(f"n x steps x (2 with CFG) = {work} is over this service's maximum of "
+                                f"{self.settings.max_work} per request (GMEM_GENERATOR_MAX_WORK); ask for fewer "
+                                "images or steps, or split the request")
+        if req.label is not None:
+            raise InvalidInput("this bank has no labels; label needs a labelled or reduced bank")
         ok, detail = self.model_status()
         if not ok:
             raise ModelNotReady(f"{detail}; retry shortly")
         return steps, req.sampler or self.runtime.facts.default_sampler
 
-    async def _generate(self, req: GenerateRequest, gone: Callable[[], Awaitable[bool]] | None) -> GenerateResponse:
-        t0 = time.perf_counter()
-        check_prompt(self.prompts, req)
-        steps, sampler = self._check(req)
-        seed = req.seed if req.seed is not None else secrets.randbelow(_DRAWN_SEED_LIMIT)
-        seeds = [seed + k for k in range(req.n)]
-        self.batcher.expect()
-        try:
-            snippets, indices, version = await self._snippets(req, seeds)
-        except BaseException:
-            self.batcher.unexpect()
-            raise
-        job = Job(key=(steps, sampler, float(req.cfg_scale)), snippets=snippets, seeds=seeds, gone=gone)
-        pngs = await self.batcher.submit(job, expected=True)
-        self.metrics.images.inc(len(pngs))
-        return GenerateResponse(
-            images=[base64.b64encode(p).decode("ascii") for p in pngs], seed=seed, indices=indices,
-            bank_version=version, model=self.runtime.facts.id, steps=steps, sampler=sampler,
-            elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3), prompt=prompt_info(self.prompts, req),
-        )
+    async def prepare(self, req: GenerateRequest, seeds: list[int]) -> Prepared:
+        """Everything a job needs from outside the process: its snippets and its CFG null rows."""
+        snippets, indices, version = await self._snippets(req, seeds)
+        negative = None
+        if req.negative_snippet is not None:
+            negative = np.repeat(prepare_snippet(req.negative_snippet, self.runtime.facts.feature_dim), req.n, axis=0)
+        elif req.negative_snippet_id is not None:
+            rows, _ = await self._pinned([req.negative_snippet_id])
+            negative = np.repeat(rows, req.n, axis=0)
+        return Prepared(snippets, indices, version, negative)
 
     async def _snippets(self, req: GenerateRequest,
                         seeds: list[int]) -> tuple[np.ndarray, list[int | None], int | None]:
+        """Where each image's snippet comes from: one branch per source (CONTRACT.md section 6)."""
         if req.prompt is not None:
             return await prompt_snippets(self, req, seeds)
         if req.snippet is not None:
@@ -148,10 +151,35 @@ class Generator:
             ids = req.snippet_ids * req.n if len(req.snippet_ids) == 1 else list(req.snippet_ids)
             rows, version = await self._pinned(ids)
             return rows, list(ids), version
+        if req.snippets is not None:
+            row, version = await self._blend([(s.id, s.weight) for s in req.snippets])
+            return np.repeat(row, req.n, axis=0), [None] * req.n, version
         z = self.runtime.initial_noise(seeds)
         got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="b64f32"))
         self._check_dim(got.snippets)
         return got.snippets, list(got.indices), got.version
+
+    async def _blend(self, parents: list[tuple[int, float]]) -> tuple[np.ndarray, int | None]:
+        """Weighted blend of bank snippets, landed in the bank's coefficient space and re-normalised.
+
+        Eq. 11 generalised to k parents: with weights w normalised to sum 1, the blend
+        ``sum_i w_i s_i`` is projected by the bank (eq. 10), so the result is
+        ``normalize(c B^T + mu)`` with ``c`` the projected coefficients. This equals
+        ``c = sum_i w_i C[i]`` exactly when each parent's reconstruction has unit norm
+        (the bank exposes no basis to the generator; see services/generator/README.md).
+        """
+        ids = [i for i, _ in parents]
+        weights = np.asarray([w for _, w in parents], dtype=np.float64)
+        total = float(weights.sum())
+        if not (np.all(np.isfinite(weights)) and total > 0):
+            raise InvalidInput("snippets weights must be finite and sum to a positive number")
+        rows, version = await self._pinned(ids)
+        mixed = (weights / total) @ rows.astype(np.float64)
+        if not np.linalg.norm(mixed) > 1e-12:
+            raise InvalidInput("the weighted snippets cancel out (their blend is the zero vector); change the weights")
+        projected = await self._bank_call(self.bank.project(feature=mixed.astype(np.float32)))
+        row = prepare_snippet([float(v) for v in projected.snippet], self.runtime.facts.feature_dim)
+        return row, version
 
     async def _pinned(self, ids: list[int]) -> tuple[np.ndarray, int | None]:
         unique = list(dict.fromkeys(ids))
@@ -182,7 +210,7 @@ class Generator:
             raise IncompatibleArtifacts(f"the bank returned snippets of shape {snippets.shape}; model "
                                         f"{self.runtime.facts.id!r} takes dimension {self.runtime.facts.feature_dim}")
 
-    async def _bank_call(self, call: Awaitable[bc.Retrieval]) -> bc.Retrieval:
+    async def _bank_call(self, call: Awaitable[T]) -> T:
         """Await a bank call, translating its failures into this service's errors."""
         try:
             got = await call
@@ -203,5 +231,7 @@ class Generator:
             self.metrics.bank_calls.labels("error").inc()
             raise BankRejected(f"the bank answered outside the contract: {exc.message}") from exc
         self.metrics.bank_calls.labels("ok").inc()
-        self.last_bank_version = max(got.version, self.last_bank_version or 0)
+        version = getattr(got, "version", None)
+        if version is not None:
+            self.last_bank_version = max(version, self.last_bank_version or 0)
         return got

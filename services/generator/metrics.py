@@ -24,6 +24,14 @@ class GeneratorMetrics:
     bank_calls: Counter
     cache: Counter
     cache_enabled: Gauge
+    queue_seconds: Histogram
+    inference_seconds: Histogram
+    batch_rows: Histogram
+    batch_jobs: Histogram
+    queue_jobs: Gauge
+    running_jobs: Gauge
+    jobs: Counter
+    saved_forwards: Counter
 
 
 def make_metrics() -> GeneratorMetrics:
@@ -47,4 +55,18 @@ def make_metrics() -> GeneratorMetrics:
         cache=Counter("gmem_generator_snippet_cache", "pinned-snippet cache events", ["event"], registry=r),
         cache_enabled=Gauge("gmem_generator_snippet_cache_enabled", "1 while the Redis-fed cache is coherent",
                             registry=r),
+        # Triton/TGI-style names: queue time and compute time of each job, separately.
+        queue_seconds=Histogram("gmem_generator_queue_duration_seconds", "time a job waited before its first step",
+                                buckets=_LATENCY, registry=r),
+        inference_seconds=Histogram("gmem_generator_inference_duration_seconds",
+                                    "time from a job's first step to its end", buckets=_LATENCY, registry=r),
+        batch_rows=Histogram("gmem_generator_batch_size", "network rows per step-scheduler forward (CFG rows included)",
+                             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r),
+        batch_jobs=Histogram("gmem_generator_batch_jobs", "jobs sharing one step-scheduler forward",
+                             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r),
+        queue_jobs=Gauge("gmem_generator_queue_size", "jobs waiting for the scheduler", registry=r),
+        running_jobs=Gauge("gmem_generator_running_jobs", "jobs in the step scheduler's batch", registry=r),
+        jobs=Counter("gmem_generator_jobs", "finished jobs by status", ["status"], registry=r),
+        saved_forwards=Counter("gmem_generator_saved_forwards",
+                               "unconditional network rows skipped outside the guidance interval", registry=r),
     )

@@ -10,8 +10,9 @@ equal-shaped batches matched bit for bit whatever the neighbours). Two ways out:
   padded with copies of a real row; identical shapes, identical kernels. Costs up to
   N - 1 wasted rows for a lone request. Fixed shapes also suit torch.compile.
 - ``micro_batch = 0`` (auto): at load, ``probe_batch_invariance`` runs the network
-  on every batch size the batcher can form (1 .. 2 x max_batch_size, the 2x for CFG)
-  and compares each row bitwise with the same row run alone. Since kernel choice
+  on every batch size the scheduler can form (1 .. 2 x max_batch_size, the 2x for CFG),
+  with a different t per row and rows at different positions (jobs join the step
+  scheduler's batch at any step), and compares each row bitwise with the same row run alone. Since kernel choice
   depends on shapes, not values, passing for every shape means merged batches are
   safe at their natural size; on any difference the runtime falls back to padding.
   Latent models (decoder in the loop) always pad.
@@ -118,7 +119,13 @@ def pick_device(setting: str) -> str:
 def probe_batch_invariance(model: Any, max_rows: int,
                            autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
                            ) -> bool:
-    """True when every row of the network's output at batch sizes 1..max_rows equals that row run alone."""
+    """True when every row of the network's output at batch sizes 1..max_rows equals that row run alone.
+
+    The rows carry different ``t`` (the step scheduler mixes jobs at different steps in
+    one forward), and each batch size is checked with its rows at the front and at the
+    back of the probe set, so a row that moves within the batch as jobs join and leave
+    must keep its bits too.
+    """
     import torch
 
     cfg, net = model.config, model.net
@@ -129,7 +136,13 @@ def probe_batch_invariance(model: Any, max_rows: int,
     c = torch.nn.functional.normalize(torch.randn(max_rows, cfg.snippet_dim, generator=gen), dim=1).to(device)
     with torch.inference_mode(), autocast():
         alone = torch.cat([net(x[i:i + 1], t[i:i + 1], c[i:i + 1]) for i in range(max_rows)])
-        return all(torch.equal(net(x[:b], t[:b], c[:b]), alone[:b]) for b in range(2, max_rows + 1))
+        for b in range(2, max_rows + 1):
+            if not torch.equal(net(x[:b], t[:b], c[:b]), alone[:b]):
+                return False
+            lo = max_rows - b
+            if lo and not torch.equal(net(x[lo:], t[lo:], c[lo:]), alone[lo:]):
+                return False
+        return True
 
 
 class Runtime:

@@ -50,6 +50,14 @@ class GeneratorSettings(HttpSettings):
     # 0 = auto: probe the network at load and pad only if some batch size changes a row.
     micro_batch: int = Field(0, ge=0, description="N > 0: every forward on exactly N rows; 0: probe at load")
 
+    # Jobs (CONTRACT.md section 7) and the step scheduler (services/generator/jobs/).
+    max_work: int = Field(4000, ge=1, description="largest n x steps x (2 with CFG) of one request; above: 422")
+    max_queue_jobs: int = Field(64, ge=1, description="jobs waiting (queued or being prepared) before 429")
+    job_ttl_s: float = Field(3600.0, gt=0, description="how long a finished job's result is kept")
+    job_claim_idle_s: float = Field(10.0, gt=0, description="with Redis: a job whose replica is silent this long "
+                                                           "is run again by another")
+    max_preview_images: int = Field(16, ge=1, description="previews show at most this many images of a job")
+
     bank_timeout_s: float = Field(5.0, gt=0, description="timeout of each call to the bank")
     bank_retries: int = Field(2, ge=1, description="attempts of each idempotent call to the bank")
     bank_start_wait_s: float = Field(10.0, ge=0, description="how long start-up waits for the bank to answer")
@@ -58,7 +66,8 @@ class GeneratorSettings(HttpSettings):
 
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("GMEM_REDIS_URL"),
-        description="enables the pinned-snippet cache fed by the bank's event stream (shared with the bank)",
+        description="enables the pinned-snippet cache fed by the bank's event stream (shared with the bank) and "
+                    "the shared job store (jobs survive a replica; any replica answers for any job)",
     )
     redis_stream: str = Field(DEFAULT_STREAM, validation_alias=AliasChoices(STREAM_ENV),
                               description="the bank's event stream; the bank's own setting, read here too")

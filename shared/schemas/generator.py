@@ -25,6 +25,17 @@ StrictInt = Annotated[int, Strict()]
 StrictFloat = Annotated[float, Strict()]
 # Seeds stay below 2**63 so that seed + k fits torch.Generator.manual_seed for every image.
 MAX_SEED = 2**63 - 1
+# Parents of one ``snippets`` blend.
+MAX_BLEND = 16
+
+
+class WeightedSnippet(BaseModel):
+    """One parent of a ``snippets`` blend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictInt = Field(ge=0, description="bank id")
+    weight: StrictFloat = Field(1.0, allow_inf_nan=False, description="finite; the weights must sum to a positive number")
 
 
 class GenerateRequest(BaseModel):
@@ -61,8 +72,19 @@ class GenerateRequest(BaseModel):
                                description="text mapped to a snippet by the T2S adapter (GMEM_GENERATOR_T2S)")
     prompt_mode: PromptMode | None = Field(None, description="adapter (default): draw from the adapter's snippet; "
                                                              "nearest: from the bank snippets nearest to it (RDM style)")
+    snippets: list[WeightedSnippet] | None = Field(
+        None, min_length=1, max_length=MAX_BLEND,
+        description="blend of bank snippets in coefficient space (weights finite, positive sum), re-normalised",
+    )
+    negative_snippet_id: StrictInt | None = Field(None, ge=0, description="bank id of the CFG null (default: zero vector)")
+    negative_snippet: list[StrictFloat] | None = Field(None, min_length=1, description="a raw feature as the CFG null")
+    guidance_interval: tuple[StrictFloat, StrictFloat] | None = Field(
+        None, description="[t_lo, t_hi] in [0, 1] (0 = noise, 1 = data): CFG only for t inside; "
+                          "outside, the unconditional pass is skipped",
+    )
+    label: StrictInt | None = Field(None, ge=0, description="draw snippets of this label (labelled banks only)")
 
-    @field_validator("snippet")
+    @field_validator("snippet", "negative_snippet")
     @classmethod
     def _finite(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and not all(math.isfinite(x) for x in v):
@@ -78,10 +100,17 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> GenerateRequest:
-        if self.snippet_ids is not None and self.snippet is not None:
-            raise ValueError("give either snippet_ids or snippet, not both")
-        if self.prompt is not None and (self.snippet_ids is not None or self.snippet is not None):
-            raise ValueError("prompt excludes snippet_ids and snippet; give one source of snippets")
+        sources = [k for k in ("snippet_ids", "snippet", "snippets", "label", "prompt") if getattr(self, k) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"give at most one of snippet_ids, snippet, snippets, label and prompt; got {', '.join(sources)}")
+        if self.negative_snippet_id is not None and self.negative_snippet is not None:
+            raise ValueError("give either negative_snippet_id or negative_snippet, not both")
+        if self.snippets is not None and not sum(s.weight for s in self.snippets) > 0:
+            raise ValueError("snippets weights must sum to a positive number")
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi <= 1.0):
+                raise ValueError(f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo <= t_hi <= 1; got [{lo}, {hi}]")
         if self.snippet_ids is not None and len(self.snippet_ids) not in (1, self.n):
             raise ValueError(
                 f"snippet_ids has {len(self.snippet_ids)} ids for n={self.n}; give one id for all images or one per image"
@@ -131,6 +160,7 @@ class GenerateResponse(BaseModel):
     sampler: Sampler
     elapsed_ms: float
     prompt: PromptInfo | None = Field(None, description="present for a prompt request")
+    forwards_saved: int = Field(0, description="unconditional network rows skipped by guidance_interval")
 
 
 class ModelInfo(BaseModel):

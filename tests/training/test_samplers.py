@@ -161,3 +161,45 @@ def test_guidance_is_one_forward_on_a_2n_batch_with_zero_null():
 def test_unknown_sampler_names_the_choices():
     with pytest.raises(ValueError, match="euler, heun, sde"):
         run_sampler("ddim", lambda x, t: x, torch.zeros(1, 1), 2, gens(0))
+
+
+def _field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A row-wise nonlinear velocity field: each row depends only on itself and its own t."""
+    return torch.tanh(x * 1.7) - x * t.view(-1, *([1] * (x.dim() - 1)))
+
+
+@pytest.mark.parametrize("name,solver", [("euler", "euler"), ("heun", "euler"), ("sde", "euler"), ("sde", "heun")])
+def test_states_stepped_together_in_one_batch_equal_run_sampler_alone(name, solver):
+    """Jobs at different steps, step counts and samplers share each evaluation, bit for bit."""
+    from training.samplers import SamplerOptions, SamplerState
+
+    opts = SamplerOptions(sde_solver=solver)
+    shapes = (1, 4, 4)
+    jobs = [(name, 7, [3, 4]), ("euler", 5, [9]), (name, 11, [1])]
+    alone = [run_sampler(s, _field, torch.randn(len(seeds), *shapes, generator=gens(seeds[0] + 100)[0]), nsteps,
+                         gens(*seeds), sde_solver=solver) for s, nsteps, seeds in jobs]
+    states = []
+    for i, (s, nsteps, seeds) in enumerate(jobs):
+        states.append((i, SamplerState(s, torch.randn(len(seeds), *shapes, generator=gens(seeds[0] + 100)[0]), nsteps,
+                                       gens(*seeds), opts)))
+    joined: list[tuple[int, SamplerState]] = [states[0]]
+    waiting = states[1:]
+    forwards = 0
+    while joined:
+        # Another job joins every second forward, wherever the running ones are.
+        if waiting and forwards % 2 == 1:
+            joined.append(waiting.pop(0))
+        xs = [state.pending[0] for _, state in joined]
+        ts = [torch.full((state.pending[0].shape[0],), state.pending[1]) for _, state in joined]
+        v = _field(torch.cat(xs), torch.cat(ts))
+        at = 0
+        for _, state in joined:
+            n = state.pending[0].shape[0]
+            state.advance(v[at:at + n])
+            at += n
+        forwards += 1
+        joined = [(i, state) for i, state in joined if not state.done]
+    for i, state in states:
+        assert state.done and state.step == jobs[i][1]
+        assert torch.equal(state.result, alone[i])
+    assert states[0][1].calls == network_calls(name, 7, solver)

@@ -135,10 +135,11 @@ def test_a_client_that_leaves_while_queued_costs_no_compute(gen_url: str):
     import time
 
     dropped = _metric(gen_url, "gmem_generator_dropped_requests_total")
-    images = _metric(gen_url, "gmem_generator_batch_images_sum")
+    started = _metric(gen_url, "gmem_generator_inference_duration_seconds_count")
+    cancelled = _metric(gen_url, 'gmem_generator_jobs_total{status="cancelled"}')
     busy = threading.Thread(target=post, args=(gen_url, {"n": 8, "seed": 1, "steps": 32, "sampler": "heun"}))
     busy.start()
-    time.sleep(0.3)  # the busy batch is computing now; the next request queues behind it
+    time.sleep(0.3)  # the busy job fills the batch cap (8 images); the next request queues behind it
     try:
         post(gen_url, {"n": 3, "seed": 2, "steps": 31, "sampler": "heun"}, timeout=0.2)
         raise AssertionError("the request should have outlived its 0.2 s client timeout")
@@ -149,4 +150,6 @@ def test_a_client_that_leaves_while_queued_costs_no_compute(gen_url: str):
     while _metric(gen_url, "gmem_generator_dropped_requests_total") == dropped:
         assert time.monotonic() < deadline, "the abandoned request was never dropped"
         time.sleep(0.05)
-    assert _metric(gen_url, "gmem_generator_batch_images_sum") == images + 8  # only the busy batch ran
+    # Only the busy job ever started; the abandoned one ended cancelled without a step.
+    assert _metric(gen_url, "gmem_generator_inference_duration_seconds_count") == started + 1
+    assert _metric(gen_url, 'gmem_generator_jobs_total{status="cancelled"}') == cancelled + 1
