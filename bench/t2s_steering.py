@@ -82,8 +82,8 @@ def main() -> None:
         print(f"digit {d}: " + ", ".join(f"{m} {h[-1]}/{args.n}" for m, h in hits.items()), flush=True)
     elapsed = time.perf_counter() - t0
 
-    steps = args.steps or model.config.default_steps
-    print(f"\n{args.n} images per digit and mode, {model.config.default_sampler} {steps} steps, "
+    steps = args.steps or model.config.sampling.steps
+    print(f"\n{args.n} images per digit and mode, {model.config.sampling.sampler} {steps} steps, "
           f"evalnet judge; {elapsed:.0f} s\n")
     print("| digit | prompt | adapter | nearest | pinned (baseline) |\n|---|---|---|---|---|")
     for d in range(10):

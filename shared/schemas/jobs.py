@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.schemas.generator import ErrorBody, GenerateRequest
+from shared.schemas.envelope import ErrorDetail
+from shared.schemas.generator import GenerateRequest
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -36,7 +37,7 @@ class JobInfo(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     result: dict[str, Any] | None = Field(None, description="exactly the POST /generate response, once succeeded")
-    error: ErrorBody | None = None
+    error: ErrorDetail | None = None
 
 
 class JobCancelled(BaseModel):

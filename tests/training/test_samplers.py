@@ -171,7 +171,7 @@ def _field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name,solver", [("euler", "euler"), ("heun", "euler"), ("sde", "euler"), ("sde", "heun")])
 def test_states_stepped_together_in_one_batch_equal_run_sampler_alone(name, solver):
     """Jobs at different steps, step counts and samplers share each evaluation, bit for bit."""
-    from training.samplers import SamplerOptions, SamplerState
+    from training.flow.samplers import SamplerOptions, SamplerState
 
     opts = SamplerOptions(sde_solver=solver)
     shapes = (1, 4, 4)

@@ -5,7 +5,7 @@ conditional rows, then (while guidance applies at that ``t``) the unconditional
 rows with the job's null snippet. Rows go through the network in chunks of at most
 the probed size; when the runtime pads (batch-dependent kernels, see runtime.py)
 every chunk is padded to exactly ``micro_batch`` rows. Each job then gets its own
-slices back, combines CFG as ``training.samplers.combine_cfg`` and advances its state.
+slices back, combines CFG as ``training.flow.samplers.combine_cfg`` and advances its state.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from training.generate import decode, image_shape, noise_generator, to_png, to_uint8
-from training.samplers import SamplerOptions, SamplerState, cfg_active, combine_cfg
+from training.flow.generate import decode, image_shape, noise_generator, to_png, to_uint8
+from training.flow.samplers import SamplerOptions, SamplerState, cfg_active, combine_cfg
 
 from services.generator.jobs.scheduler import Work
 
@@ -38,7 +38,8 @@ class StepExecutor:
         device = self._device()
         generators = [noise_generator(s) for s in work.seeds]
         x = torch.stack([torch.randn(image_shape(cfg), generator=g, dtype=torch.float32) for g in generators])
-        opts = SamplerOptions(cfg.time_shift, cfg.diffusion_norm, cfg.sde_solver, cfg.last_step_size)
+        opts = SamplerOptions(cfg.sampling.time_shift, cfg.sampling.diffusion_norm, cfg.sampling.sde_solver,
+                               cfg.sampling.last_step_size)
         with torch.inference_mode():
             work.state = SamplerState(work.sampler, x.to(device), work.steps, generators, opts)
         if cfg.conditioning == "snippet":
@@ -50,7 +51,7 @@ class StepExecutor:
         cfg = self._model.config
         if cfg.conditioning != "snippet":
             return False
-        return cfg_active(t, work.cfg_scale, cfg.cfg_interval_start, work.interval)
+        return cfg_active(t, work.cfg_scale, cfg.sampling.cfg_interval_start, work.interval)
 
     def step(self, batch: list[Work]) -> int:
         """One forward over every job's next evaluation; returns the rows computed (padding excluded)."""

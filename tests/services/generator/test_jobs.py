@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.generator.conftest import Proc, Stack, start_generator
+from gmem.launch import Process as Proc
+from tests.support.services import Stack, start_generator
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +266,7 @@ def test_cli_submit_wait_cancel_events(jobs_gen: Proc, tmp_path):
     import subprocess
     import sys
 
-    from tests.generator.conftest import ROOT
+    from tests.support.services import ROOT
 
     def gmem(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "gmem", "--generator-url", jobs_gen.url, *args], cwd=ROOT,

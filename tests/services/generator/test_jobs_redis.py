@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.generator.conftest import Proc, Stack, start_generator, start_redis
-from tests.generator.test_jobs import _events, _generate, _get, _submit, _wait
+from gmem.launch import Process as Proc
+from tests.services.generator.test_jobs import _events, _generate, _get, _submit, _wait
+from tests.support.services import Stack, start_generator, start_redis
 
 
 @pytest.fixture(scope="module")

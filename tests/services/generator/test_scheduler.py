@@ -7,13 +7,13 @@ import threading
 import numpy as np
 import pytest
 import torch
-from training.generate import generate, to_png
 
 from services.generator.jobs.executor import StepExecutor
 from services.generator.jobs.scheduler import Cancelled, StepScheduler, Work
 from services.generator.runtime import Runtime, read_model_facts
 from services.generator.settings import GeneratorSettings
-from tests.generator.conftest import DEFAULT_MODEL
+from tests.support.services import DEFAULT_MODEL
+from training.flow.generate import generate, to_png
 
 
 @pytest.fixture(scope="module")
