@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import hmac
 from typing import Annotated
 
 import numpy as np
-import pydantic_core
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +15,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from services.bank import errors
+from services.bank import errors, reads
 from services.bank.errors import (
     MutationsDisabled,
     PayloadTooLarge,
@@ -43,7 +41,6 @@ from shared.schemas.bank import (
     Neighbor,
     ProjectResponse,
     Readiness,
-    RetrieveRequest,
     RetrieveResponse,
     SearchRequest,
     SearchResponse,
@@ -94,7 +91,7 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
     """
     owns_store = store is None
     store = store or BankStore.open(settings.factors, settings.data_dir, settings.faiss_threads,
-                                     settings.snapshot_every)
+                                     settings.snapshot_every, settings.row_cache_mb << 20)
     try:
         images = ImageEncoder(encoder or load_configured_encoder(settings.encoder, settings.encoder_weights,
                                                                  store.factors))
@@ -118,10 +115,12 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
     )
     store.add_listener(lambda: metrics.fsync.observe(store.last_fsync_s))
     store.index.start_build()
+    store.rows.start_warm()
     if publisher is not None:
         publisher.start()
 
     def close() -> None:
+        reads.shutdown()
         if publisher is not None:
             publisher.stop()
         if owns_store:
@@ -135,7 +134,9 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
     )
     app.state.store, app.state.publisher, app.state.metrics, app.state.close = store, publisher, metrics, close
     errors.install(app)
-    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    reads.document_request_model(app)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       route_limits=reads.body_limits(settings, store.factors))
     bearer = HTTPBearer(auto_error=False, description="GMEM_BANK_TOKEN; needed for mutations only")
 
     def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -176,18 +177,10 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
                         rank=f.rank, encoder=f.meta.encoder, format_version=f.meta.format_version)
 
     @app.post("/bank/retrieve", response_model=RetrieveResponse, responses=responses(404, 409, 413, 415, 422),
-              description=_RETRIEVE_DOC, tags=["bank"])
-    async def retrieve(req: RetrieveRequest) -> Response:
-        if req.z is not None:
-            zs = req.z if isinstance(req.z[0], list) else [req.z]
-            view, ids, snippets = store.retrieve_by_noise(zs, req.pool)  # type: ignore[arg-type]
-        else:
-            view, ids, snippets = store.retrieve_by_id(req.indices or [], req.pool)
-        body = {"version": view.version, "pool_size": view.pool_size(req.pool), "indices": ids.tolist(),
-                "snippets": base64.b64encode(snippets.astype("<f4").tobytes()).decode("ascii")
-                if req.encoding == "b64f32" else snippets.tolist()}
-        # Serialised directly: re-validating 64 x d floats through the response model would double the cost.
-        return Response(pydantic_core.to_json(body), media_type="application/json")
+              description=_RETRIEVE_DOC + reads.RETRIEVE_DOC_BINARY, tags=["bank"],
+              openapi_extra=reads.RETRIEVE_BODY_DOC)
+    async def retrieve(request: Request) -> Response:
+        return await reads.retrieve(store, request)
 
     @app.get("/bank/snippets/{id}", response_model=SnippetInfo, responses=responses(404, 422), tags=["bank"])
     def get_snippet(id: SnippetPathId) -> SnippetInfo:
@@ -232,7 +225,8 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
         if name is not None and (not isinstance(name, str) or len(name) > 200):
             raise InvalidImage("'name' must be a text field of at most 200 characters")
         images.require()  # EncoderUnavailable before spending time on decoding
-        image = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
+        image = await run_in_threadpool(decode_image, data, settings.max_image_pixels, settings.max_image_aspect,
+                                        images.background)
         return await run_in_threadpool(images.feature, image), name
 
     @app.post("/bank/snippets", status_code=201, response_model=InsertResponse, dependencies=mutation,

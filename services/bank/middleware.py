@@ -57,10 +57,12 @@ def setup_logging(level: str = "INFO") -> None:
 class RequestContext:
     """Request id (X-Request-ID in and out), body limit (413), request metrics, access log."""
 
-    def __init__(self, app: ASGIApp, metrics: BankMetrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: BankMetrics, max_body_bytes: int,
+                 route_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.route_limits = route_limits or {}  # path -> the most that route can need (services/bank/reads.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,21 +82,23 @@ class RequestContext:
             await send(message)
 
         try:
-            replay = await self._read_body(scope, receive, headers)
+            limit = self.route_limits.get(scope["path"].rstrip("/"), self.max_body)
+            replay = await self._read_body(scope, receive, headers, limit)
             if isinstance(replay, int):
-                await self._reject(scope, receive, send_with_id, replay)
+                await self._reject(scope, receive, send_with_id, replay, limit)
             else:
                 await self.app(scope, replay, send_with_id)
         finally:
             self._record(scope, state["status"], time.perf_counter() - start)
             REQUEST_ID.reset(token)
 
-    async def _read_body(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> Receive | int:
+    async def _read_body(self, scope: Scope, receive: Receive, headers: dict[str, str],
+                         limit: int) -> Receive | int:
         """A receive that replays the buffered body, or the size that broke the limit."""
         if scope["method"] not in _BODY_METHODS:
             return receive
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             return int(declared)
         chunks, total, more = [], 0, True
         while more:
@@ -103,7 +107,7 @@ class RequestContext:
                 break
             chunk = message.get("body", b"")
             total += len(chunk)
-            if total > self.max_body:
+            if total > limit:
                 return total
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -118,10 +122,13 @@ class RequestContext:
 
         return replay
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int, limit: int) -> None:
+        what = ("GMEM_BANK_MAX_BODY_BYTES" if limit == self.max_body else
+                f"{scope['path']} needs no more; see GMEM_BANK_RETRIEVE_MAX_ROWS, GMEM_BANK_RETRIEVE_MAX_NOISE_NUMEL "
+                "and GMEM_BANK_MAX_IMAGE_BYTES")
         response = error_response(
             413, "payload_too_large",
-            f"request body of {size}+ bytes exceeds the limit of {self.max_body} bytes (GMEM_BANK_MAX_BODY_BYTES); "
+            f"request body of {size}+ bytes exceeds the limit of {limit} bytes ({what}); "
             "send fewer or smaller vectors per request",
         )
         await response(scope, receive, send)

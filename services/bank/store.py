@@ -24,6 +24,7 @@ import numpy as np
 from services.bank.datadir import check_identity, lock_data_dir, unlock_data_dir
 from services.bank.index import SnippetIndex, merge_neighbors
 from services.bank.log import EditLog
+from services.bank.rowcache import RowCache
 from services.bank.snapshot import Snapshot, read_snapshot, write_snapshot
 from shared import bankmath
 from shared.errors import (
@@ -103,6 +104,15 @@ class BankView:
                         self.user_ids[np.maximum(positions - self.base_size, 0)] if self.user_ids.size else positions)
 
 
+def noise_statistic(z: list[float] | np.ndarray) -> float:
+    """Paper 4.3's ``zeta`` of one flattened noise tensor, refusing entries that could overflow its sum."""
+    a = np.asarray(z, dtype=np.float64)
+    if a.size and np.max(np.abs(a)) > _MAX_NOISE:
+        # sum(z) could overflow to inf or nan; iid N(0, 1) noise never comes near this.
+        raise InvalidInput(f"noise entries must satisfy |z| <= {_MAX_NOISE:g}; z is iid N(0, 1) noise")
+    return bankmath.noise_statistic(a)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -111,8 +121,9 @@ class BankStore:
     """Base factors + edit log + FAISS index, behind one writer lock and lock-free views."""
 
     def __init__(self, factors: BankFactors, data_dir: Path, faiss_threads: int = 1,
-                 snapshot_every: int = 10_000) -> None:
+                 snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30) -> None:
         self.factors = factors
+        self.rows = RowCache(factors, row_cache_bytes)
         self.data_dir = data_dir
         self.snapshot_every = snapshot_every
         self._lock_fd = lock_data_dir(data_dir)
@@ -145,10 +156,12 @@ class BankStore:
 
     @classmethod
     def open(cls, factors_path: Path, data_dir: Path, faiss_threads: int = 1,
-             snapshot_every: int = 10_000) -> BankStore:
-        return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads, snapshot_every)
+             snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30) -> BankStore:
+        return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads, snapshot_every,
+                   row_cache_bytes)
 
     def close(self) -> None:
+        self.rows.stop()
         self.log.close()
         if self._lock_fd >= 0:
             unlock_data_dir(self._lock_fd)
@@ -189,8 +202,17 @@ class BankStore:
         return out
 
     def snippets(self, view: BankView, ids: np.ndarray) -> np.ndarray:
+        """float32 [k, d] unit snippets of live ids: base rows from the row cache, run-time rows computed."""
         f = self.factors
-        return bankmath.snippets_from_coefficients(self.coefficient_rows(view, ids), f.B, f.mu)
+        ids = np.asarray(ids, dtype=np.int64)
+        base = ids < view.base_size
+        if base.all():
+            return self.rows.base_snippets(ids)
+        out = np.empty((ids.shape[0], f.feature_dim), dtype=np.float32)
+        if base.any():
+            out[base] = self.rows.base_snippets(ids[base])
+        out[~base] = bankmath.snippets_from_coefficients(self.coefficient_rows(view, ids[~base]), f.B, f.mu)
+        return out
 
     def retrieve_by_noise(self, zs: list[list[float]], pool: str) -> tuple[BankView, np.ndarray, np.ndarray]:
         """Paper 4.3: one snippet per noise tensor, drawn by its CDF index in ``pool``."""
@@ -198,11 +220,16 @@ class BankStore:
         n = view.pool_size(pool)
         if n == 0:
             raise EmptyPool(f"pool {pool!r} has no snippets; insert one first or retrieve from pool 'base'")
-        arrays = [np.asarray(z, dtype=np.float64) for z in zs]
-        if any(a.size and np.max(np.abs(a)) > _MAX_NOISE for a in arrays):
-            # sum(z) could overflow to inf or nan; iid N(0, 1) noise never comes near this.
-            raise InvalidInput(f"noise entries must satisfy |z| <= {_MAX_NOISE:g}; z is iid N(0, 1) noise")
-        positions = np.asarray([bankmath.cdf_index(a, n) for a in arrays], dtype=np.int64)
+        return self.retrieve_by_statistic([noise_statistic(z) for z in zs], pool, view)
+
+    def retrieve_by_statistic(self, zetas: list[float], pool: str,
+                              view: BankView | None = None) -> tuple[BankView, np.ndarray, np.ndarray]:
+        """``retrieve_by_noise`` from each tensor's ``zeta`` (``noise_statistic``), computed elsewhere."""
+        view = view or self.view()
+        n = view.pool_size(pool)
+        if n == 0:
+            raise EmptyPool(f"pool {pool!r} has no snippets; insert one first or retrieve from pool 'base'")
+        positions = np.asarray([bankmath.index_of_statistic(zeta, n) for zeta in zetas], dtype=np.int64)
         ids = view.ids_at(positions, pool)
         return view, ids, self.snippets(view, ids)
 
