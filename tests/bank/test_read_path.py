@@ -145,7 +145,6 @@ def test_healthz_answers_while_large_retrievals_are_parsed(bank: SyntheticBank, 
     svc = service_factory(bank.path, tmp_path / "data")
     z = np.random.default_rng(4).normal(size=(64, 8192)).round(6).tolist()
     heavy = json.dumps({"z": z}).encode()
-    done = threading.Event()
     statuses: list[int] = []
 
     def hammer() -> None:
