@@ -23,6 +23,9 @@ def serve(
     encoder: Annotated[str | None, typer.Option(help="encoder id for image inserts (env GMEM_BANK_ENCODER)")] = None,
     encoder_weights: Annotated[Path | None, typer.Option(help="(env GMEM_BANK_ENCODER_WEIGHTS)")] = None,
     redis_url: Annotated[str | None, typer.Option(help="event stream (env GMEM_REDIS_URL)")] = None,
+    accept_data_loss: Annotated[bool | None, typer.Option(
+        "--accept-data-loss", help="start although acknowledged edits are missing or damaged "
+        "(env GMEM_BANK_ACCEPT_DATA_LOSS)")] = None,
 ) -> None:
     """Serve the GMem memory bank: noise-CDF retrieval and durable test-time edits (CONTRACT.md section 4)."""
     import uvicorn
@@ -32,7 +35,8 @@ def serve(
     from services.bank.settings import BankSettings
 
     given = {"factors": factors, "data_dir": data_dir, "host": host, "port": port, "encoder": encoder,
-             "encoder_weights": encoder_weights, "redis_url": redis_url}
+             "encoder_weights": encoder_weights, "redis_url": redis_url,
+             "accept_data_loss": accept_data_loss or None}
     try:
         settings = BankSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:

@@ -91,7 +91,7 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
     """
     owns_store = store is None
     store = store or BankStore.open(settings.factors, settings.data_dir, settings.faiss_threads,
-                                     settings.snapshot_every, settings.row_cache_mb << 20)
+                                     settings.snapshot_every, settings.row_cache_mb << 20, settings.accept_data_loss)
     try:
         images = ImageEncoder(encoder or load_configured_encoder(settings.encoder, settings.encoder_weights,
                                                                  store.factors))

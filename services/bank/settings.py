@@ -44,5 +44,8 @@ class BankSettings(BaseSettings):
                                     "short side is refused (422)")
     snapshot_every: int = Field(10_000, ge=0, description="write a snapshot and empty the edit log after this many "
                                 "mutations (0 = never); start-up then replays only the log since the snapshot")
+    accept_data_loss: bool = Field(False, description="start even when the data dir holds fewer versions than were "
+                                   "acknowledged, or a damaged log record (both are refused otherwise; the bad bytes "
+                                   "are kept aside in the data dir)")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads FAISS may use per search")
     log_level: str = Field("INFO", description="JSON log level: DEBUG, INFO, WARNING, ERROR")

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,10 @@ import numpy as np
 from services.bank.datadir import check_identity, lock_data_dir, unlock_data_dir
 from services.bank.index import SnippetIndex, merge_neighbors
 from services.bank.log import EditLog
+from services.bank.recovery import AckedVersion, DataLoss, missing_message
 from services.bank.rowcache import RowCache
 from services.bank.snapshot import Snapshot, read_snapshot, write_snapshot
+from services.bank.view import BankView, RuntimeRecord
 from shared import bankmath
 from shared.errors import (
     BankFileError,
@@ -39,6 +40,10 @@ from shared.errors import (
 from shared.factors import BankFactors, load_factors
 
 LOG_FILE = "edits.log"
+# A failed snapshot (full disk) is retried after 1 s, then 2, 4, ... up to 5 minutes, not at every
+# mutation: each attempt writes the whole run-time state under the writer lock.
+SNAPSHOT_RETRY_S = 1.0
+SNAPSHOT_RETRY_MAX_S = 300.0
 _MAX_NOISE = 1e150
 OPS = ("insert", "interpolate", "delete")
 
@@ -49,59 +54,6 @@ class StorageUnavailable(GMemError):
     """The edit log could not be written; the mutation was not applied."""
 
     code = "storage_unavailable"
-
-
-@dataclass(frozen=True)
-class RuntimeRecord:
-    """A snippet added at run time: how it was made and its coefficients in the bank's basis."""
-
-    id: int
-    kind: str  # "inserted" | "interpolated"
-    coefficients: np.ndarray  # [r] float64, exactly as acknowledged
-    name: str | None
-    created_at: str
-    parents: tuple[int, ...] = ()
-    alpha: float | None = None
-    method: str | None = None
-    residual: float | None = None
-
-
-@dataclass(frozen=True)
-class BankView:
-    """One published version of the bank; safe to read from any thread."""
-
-    version: int
-    base_size: int
-    n_runtime: int  # run-time ids ever allocated: base_size .. base_size + n_runtime - 1
-    user_ids: np.ndarray  # live run-time ids, ascending (pool `user`)
-    coeffs: np.ndarray  # run-time coefficient buffer, rows < n_runtime valid
-    records: list[RuntimeRecord] = field(repr=False)  # append-only, entries < n_runtime valid
-
-    def pool_size(self, pool: str) -> int:
-        user = int(self.user_ids.shape[0])
-        return {"base": self.base_size, "user": user, "all": self.base_size + user}[pool]
-
-    def is_live(self, snippet_id: int) -> bool:
-        if 0 <= snippet_id < self.base_size:
-            return True
-        pos = int(np.searchsorted(self.user_ids, snippet_id))
-        return pos < self.user_ids.shape[0] and int(self.user_ids[pos]) == snippet_id
-
-    def in_pool(self, snippet_id: int, pool: str) -> bool:
-        if pool == "base":
-            return 0 <= snippet_id < self.base_size
-        if pool == "user":
-            return snippet_id >= self.base_size and self.is_live(snippet_id)
-        return self.is_live(snippet_id)
-
-    def ids_at(self, positions: np.ndarray, pool: str) -> np.ndarray:
-        """Snippet ids at pool positions (pool order: base ids, then live run-time ids ascending)."""
-        if pool == "base":
-            return positions
-        if pool == "user":
-            return self.user_ids[positions]
-        return np.where(positions < self.base_size, positions,
-                        self.user_ids[np.maximum(positions - self.base_size, 0)] if self.user_ids.size else positions)
 
 
 def noise_statistic(z: list[float] | np.ndarray) -> float:
@@ -121,7 +73,8 @@ class BankStore:
     """Base factors + edit log + FAISS index, behind one writer lock and lock-free views."""
 
     def __init__(self, factors: BankFactors, data_dir: Path, faiss_threads: int = 1,
-                 snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30) -> None:
+                 snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30,
+                 accept_data_loss: bool = False) -> None:
         self.factors = factors
         self.rows = RowCache(factors, row_cache_bytes)
         self.data_dir = data_dir
@@ -141,31 +94,68 @@ class BankStore:
             self._write = threading.Lock()
             self._listeners: list[Callable[[], None]] = []
             self._view = self._make_view(0)
+            self._snapshot_failures, self._snapshot_retry_at = 0, 0.0
             snap = read_snapshot(data_dir)
             if snap is not None:
                 self._restore(snap)
-            self.log, payloads = EditLog.open(data_dir / LOG_FILE)
+            self.log, payloads = EditLog.open(data_dir / LOG_FILE, accept_data_loss)
             for payload in payloads:
                 if isinstance(payload.get("v"), int) and payload["v"] <= self._version:
                     continue  # already in the snapshot (killed between snapshot and log rotation)
                 self._apply(payload)
             self._view = self._make_view(self._version)
+            self.acked = AckedVersion(data_dir)
+            self._check_acked(accept_data_loss)
         except BaseException:
+            if hasattr(self, "log"):
+                self.log.close()
+            if hasattr(self, "acked"):
+                self.acked.close()
             unlock_data_dir(self._lock_fd)
             raise
 
     @classmethod
     def open(cls, factors_path: Path, data_dir: Path, faiss_threads: int = 1,
-             snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30) -> BankStore:
+             snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30,
+             accept_data_loss: bool = False) -> BankStore:
         return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads, snapshot_every,
-                   row_cache_bytes)
+                   row_cache_bytes, accept_data_loss)
 
     def close(self) -> None:
         self.rows.stop()
         self.log.close()
+        self.acked.close()
         if self._lock_fd >= 0:
             unlock_data_dir(self._lock_fd)
             self._lock_fd = -1
+
+    def _check_acked(self, accept_data_loss: bool) -> None:
+        """Refuse (or, when accepted, step over) versions acknowledged once but missing now (recovery.py)."""
+        recorded = self.acked.recorded
+        if recorded is None or recorded <= self._version:
+            if recorded != self._version:
+                self.acked.write(self._version)  # a new data dir, one from before the file existed, or lagging
+            return
+        message = missing_message(self.data_dir, recorded, self._version, self.snapshot_version)
+        if not accept_data_loss:
+            raise DataLoss(message)
+        log.warning("starting anyway (data loss accepted): %s", message)
+        # Versions and ids continue above everything acknowledged: each lost version allocated at most
+        # one id, so that many unusable ("lost") ids are reserved and never handed out again.
+        lost = recorded - self._version
+        n = len(self._records)
+        grown = np.zeros((max(self._buf.shape[0], 2 * (n + lost)), self.factors.rank), dtype=np.float64)
+        grown[:n] = self._buf[:n]
+        self._buf = grown
+        for k in range(lost):
+            c = np.zeros(self.factors.rank)
+            c.setflags(write=False)
+            self._records.append(RuntimeRecord(id=self.factors.size + n + k, kind="lost", coefficients=c,
+                                               name=None, created_at=_now()))
+        self._version = self._events_base = recorded
+        self._events = []
+        self._view = self._make_view(recorded)
+        self._snapshot_locked()  # make the step durable: snapshot at the acknowledged version, empty log
 
     # -- views ------------------------------------------------------------------------------------
     def view(self) -> BankView:
@@ -334,16 +324,25 @@ class BankStore:
             raise StorageUnavailable(
                 f"the edit could not be written to {self.log.path} ({exc}); nothing was changed, retry later"
             ) from exc
+        try:
+            self.acked.write(version)
+        except OSError:  # the edit is durable in the log; only the loss detection lags until the next write
+            log.exception("could not record acknowledged version %d in %s", version, self.acked.path)
         self._apply(payload)
         self._view = self._make_view(version)
         for callback in self._listeners:
             callback()
-        if self.snapshot_every and version - self.snapshot_version >= self.snapshot_every:
+        if (self.snapshot_every and version - self.snapshot_version >= self.snapshot_every
+                and time.monotonic() >= self._snapshot_retry_at):
             try:
                 self._snapshot_locked()
-            except (OSError, ValueError):  # the mutation is durable in the log already; retry at the next one
-                log.exception("could not write a snapshot at version %d; the edit log still holds every edit",
-                              version)
+                self._snapshot_failures = 0
+            except (OSError, ValueError):  # the mutation is durable in the log already; retry after a pause
+                self._snapshot_failures += 1
+                pause = min(SNAPSHOT_RETRY_S * 2 ** (self._snapshot_failures - 1), SNAPSHOT_RETRY_MAX_S)
+                self._snapshot_retry_at = time.monotonic() + pause
+                log.exception("could not write a snapshot at version %d (failure %d); the edit log still holds "
+                              "every edit; next attempt in %.0f s", version, self._snapshot_failures, pause)
         return version
 
     # -- snapshots --------------------------------------------------------------------------------
