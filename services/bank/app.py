@@ -157,7 +157,7 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
     async def readyz(response: Response) -> Readiness:
         view = store.view()
         detail = {"factors": f"loaded ({store.factors.size} rows)", "index": store.index.state,
-                  "version": str(view.version),
+                  "version": str(view.version), "row_cache": f"{store.rows.used}/{store.rows.capacity} rows",
                   "redis": "disabled" if publisher is None else f"{publisher.state}, {publisher.pending} pending"}
         ready = not store.index.state.startswith("failed")
         response.status_code = 200 if ready else 503

@@ -57,6 +57,11 @@ class RowCache:
         self._thread = threading.Thread(target=self._warm, name="gmem-row-cache", daemon=True)
         self._thread.start()
 
+    def wait_warm(self, timeout: float | None = None) -> None:
+        """Block until the warm-up (if any) has filled the cache."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -60,7 +60,7 @@ def test_cached_rows_are_bit_identical_to_computed_ones_in_any_batch(bank: Synth
     factors = load_factors(bank.path, mmap=True)
     cached = BankStore(factors, tmp_path / "a", row_cache_bytes=1 << 30)
     cached.rows.start_warm()
-    cached.rows.stop()  # joins the warm-up thread
+    cached.rows.wait_warm()
     assert cached.rows.used == N0
     partial = BankStore(factors, tmp_path / "b", row_cache_bytes=40 * D * 4)  # room for 40 rows
     uncached = BankStore(factors, tmp_path / "c", row_cache_bytes=0)
