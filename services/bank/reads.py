@@ -21,21 +21,20 @@ import asyncio
 import base64
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pydantic_core
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.bank.errors import UnsupportedMediaType
+from services.bank.parsing import parse, parse_in_worker
 from services.bank.settings import BankSettings
-from services.bank.store import BankStore, BankView, noise_statistic
-from shared.errors import GMemError
+from services.bank.store import BankStore, BankView
 from shared.factors import BankFactors
 from shared.schemas.bank import MAX_BATCH, RetrieveRequest
 
@@ -88,14 +87,6 @@ def body_limits(settings: BankSettings, factors: BankFactors) -> dict[str, int]:
     return {path: min(limit, settings.max_body_bytes) for path, limit in limits.items()}
 
 
-def _parse(body: bytes) -> RetrieveRequest:
-    try:
-        return RetrieveRequest.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e.get("loc", ()))} for e in errors]) from exc
-
-
 def _rows(req: RetrieveRequest) -> int:
     if req.z is not None:
         return len(req.z) if isinstance(req.z[0], list) else 1
@@ -130,32 +121,6 @@ def _encode(view: BankView, ids: np.ndarray, snippets: np.ndarray, req: Retrieve
            if req.encoding == "b64f32" else snippets.tolist()}
     # Serialised directly: re-validating 64 x d floats through the response model would double the cost.
     return pydantic_core.to_json(out), "application/json", {}
-
-
-class _Parsed(NamedTuple):
-    """What the parse worker sends back: the request without its noise, or why it is invalid."""
-
-    request: RetrieveRequest | None  # z dropped (replaced by zetas) to keep the reply small
-    zetas: list[float] | None
-    errors: list[dict[str, Any]] | None = None
-    gmem_error: GMemError | None = None
-
-
-def parse_in_worker(body: bytes) -> _Parsed:
-    """Validate a large body and reduce every noise tensor to its zeta (runs in the parse process)."""
-    try:
-        req = _parse(body)
-    except RequestValidationError as exc:
-        return _Parsed(None, None, errors=[{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
-                                           for e in exc.errors()])
-    if req.z is None:
-        return _Parsed(req, None)
-    zs = req.z if isinstance(req.z[0], list) else [req.z]
-    try:
-        zetas = [noise_statistic(z) for z in zs]
-    except GMemError as exc:
-        return _Parsed(None, None, gmem_error=exc)
-    return _Parsed(req.model_copy(update={"z": None}), zetas)
 
 
 _POOL: ProcessPoolExecutor | None = None
@@ -209,7 +174,7 @@ async def retrieve(store: BankStore, request: Request) -> Response:
     if len(body) > INLINE_BYTES:
         content, media, headers = await _parse_large(store, body, binary)
     else:
-        req = _parse(body)
+        req = parse(body)
         if _rows(req) <= INLINE_ROWS:
             content, media, headers = _answer(store, req, binary)
         else:

@@ -23,6 +23,7 @@ import numpy as np
 from services.bank.datadir import check_identity, lock_data_dir, unlock_data_dir
 from services.bank.index import SnippetIndex, merge_neighbors
 from services.bank.log import EditLog
+from services.bank.parsing import noise_statistic
 from services.bank.recovery import AckedVersion, DataLoss, missing_message
 from services.bank.rowcache import RowCache
 from services.bank.snapshot import Snapshot, read_snapshot, write_snapshot
@@ -33,7 +34,6 @@ from shared.errors import (
     BaseSnippetImmutable,
     EmptyPool,
     GMemError,
-    InvalidInput,
     NonFiniteValue,
     UnknownSnippet,
 )
@@ -44,7 +44,6 @@ LOG_FILE = "edits.log"
 # mutation: each attempt writes the whole run-time state under the writer lock.
 SNAPSHOT_RETRY_S = 1.0
 SNAPSHOT_RETRY_MAX_S = 300.0
-_MAX_NOISE = 1e150
 OPS = ("insert", "interpolate", "delete")
 
 log = logging.getLogger("gmem.bank.store")
@@ -54,15 +53,6 @@ class StorageUnavailable(GMemError):
     """The edit log could not be written; the mutation was not applied."""
 
     code = "storage_unavailable"
-
-
-def noise_statistic(z: list[float] | np.ndarray) -> float:
-    """Paper 4.3's ``zeta`` of one flattened noise tensor, refusing entries that could overflow its sum."""
-    a = np.asarray(z, dtype=np.float64)
-    if a.size and np.max(np.abs(a)) > _MAX_NOISE:
-        # sum(z) could overflow to inf or nan; iid N(0, 1) noise never comes near this.
-        raise InvalidInput(f"noise entries must satisfy |z| <= {_MAX_NOISE:g}; z is iid N(0, 1) noise")
-    return bankmath.noise_statistic(a)
 
 
 def _now() -> str:
