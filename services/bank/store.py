@@ -215,10 +215,13 @@ class BankStore:
 
     def retrieve_by_id(self, ids: list[int], pool: str) -> tuple[BankView, np.ndarray, np.ndarray]:
         view = self.view()
-        for i in ids:
-            if not view.in_pool(i, pool):
-                raise UnknownSnippet(self._unknown_message(view, i, pool))
         arr = np.asarray(ids, dtype=np.int64)
+        base = (arr >= 0) & (arr < view.base_size)
+        # Base ids are checked at once (the read path's common case); others one by one.
+        if pool == "user" or not base.all():
+            for i in ids if pool == "user" else arr[~base].tolist():
+                if not view.in_pool(i, pool):
+                    raise UnknownSnippet(self._unknown_message(view, i, pool))
         return view, arr, self.snippets(view, arr)
 
     def _unknown_message(self, view: BankView, snippet_id: int, pool: str = "all") -> str:
