@@ -6,6 +6,9 @@ GIL for long stretches, so in a thread of the server it would still starve the e
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -61,3 +64,16 @@ def parse_in_worker(body: bytes) -> _Parsed:
     except GMemError as exc:
         return _Parsed(None, None, gmem_error=exc)
     return _Parsed(req.model_copy(update={"z": None}), zetas)
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Parse-worker initializer: exit when the bank process is gone (even after its SIGKILL).
+
+    A ProcessPoolExecutor worker outlives a killed parent otherwise, idle forever.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="gmem-parent-watch", daemon=True).start()

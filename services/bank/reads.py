@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -32,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.bank.errors import UnsupportedMediaType
-from services.bank.parsing import parse, parse_in_worker
+from services.bank.parsing import parse, parse_in_worker, watch_parent
 from services.bank.settings import BankSettings
 from services.bank.store import BankStore, BankView
 from shared.factors import BankFactors
@@ -132,7 +133,8 @@ def _parse_pool() -> ProcessPoolExecutor:
     /healthz p50 54 ms, max 1 s). Spawned, not forked: the server runs threads."""
     global _POOL  # noqa: PLW0603 - one per server process, created on first use
     if _POOL is None:
-        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=watch_parent, initargs=(os.getpid(),))
     return _POOL
 
 

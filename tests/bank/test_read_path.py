@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from services.bank.store import BankStore
 from shared import bankmath
 from shared.client import BankClient
 from shared.factors import load_factors
-from tests.bank.conftest import AUTH, N0, D, SyntheticBank, settings_for
+from tests.bank.conftest import AUTH, N0, D, SyntheticBank, settings_for, start_service
 
 OCTET = {"Accept": "application/octet-stream"}
 
@@ -174,3 +176,23 @@ def test_healthz_answers_while_large_retrievals_are_parsed(bank: SyntheticBank, 
     assert ms[len(ms) // 2] < 100, f"healthz latencies during heavy retrievals (ms): {ms}"
     print(f"healthz during 4 x {len(heavy) >> 20} MiB retrievals: p50 {ms[len(ms) // 2]:.1f} ms, "
           f"max {ms[-1]:.1f} ms over {len(ms)} probes")
+
+
+def test_parse_worker_does_not_outlive_a_killed_bank(bank: SyntheticBank, tmp_path: Path) -> None:
+    """The spawned parse process (and multiprocessing's resource tracker) exit after the bank's SIGKILL."""
+    svc = start_service(bank.path, tmp_path / "data", tmp_path / "bank.log")
+    try:
+        big = json.dumps({"z": np.zeros((8, 8192)).tolist()}).encode()
+        assert httpx.post(f"{svc.url}/bank/retrieve", content=big,
+                          headers={"content-type": "application/json"}).status_code == 200
+        children = [int(p) for p in Path(f"/proc/{svc.proc.pid}/task/{svc.proc.pid}/children").read_text().split()]
+        assert children, "the large body was parsed in a worker process"
+    finally:
+        svc.kill()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [c for c in children if Path(f"/proc/{c}").exists()]
+    for c in alive:  # never leave them running, even when the assertion below fails
+        os.kill(c, signal.SIGKILL)
+    assert not alive
