@@ -199,7 +199,10 @@ def test_damaged_data_dir_is_refused_with_a_reason_then_accepted(bank: Synthetic
     damage, reason = CORRUPTIONS[scenario]
     damage(data)
     refused = start_service(bank.path, data, tmp_path / "refused.log", wait=False)
-    assert refused.proc.wait(timeout=60) == 2
+    try:
+        assert refused.proc.wait(timeout=60) == 2
+    finally:
+        refused.kill()  # never left running, even when it wrongly starts
     assert reason in refused.logs(), refused.logs()[-2000:]
     accepted = start_service(bank.path, data, tmp_path / "accepted.log", env={"GMEM_BANK_ACCEPT_DATA_LOSS": "1"})
     try:
@@ -216,5 +219,8 @@ def test_deleted_snapshot_with_its_log_is_refused(bank: SyntheticBank, tmp_path:
     (data / SNAPSHOT_FILE).unlink()
     (data / LOG_FILE).unlink()
     refused = start_service(bank.path, data, tmp_path / "refused.log", wait=False)
-    assert refused.proc.wait(timeout=60) == 2
+    try:
+        assert refused.proc.wait(timeout=60) == 2
+    finally:
+        refused.kill()  # never left running, even when it wrongly starts
     assert "versions 1..5 are missing" in refused.logs()

@@ -142,7 +142,10 @@ def test_cli_says_what_is_missing_and_accepts_with_the_flag(bank: SyntheticBank,
     fill(bank, data, 2)
     (data / LOG_FILE).unlink()
     svc = start_service(bank.path, data, tmp_path / "refused.log", wait=False)
-    assert svc.proc.wait(timeout=60) == 2
+    try:
+        assert svc.proc.wait(timeout=60) == 2
+    finally:
+        svc.kill()  # never left running, even when it wrongly starts
     assert "versions 1..2 are missing" in svc.logs() and "--accept-data-loss" in svc.logs()
     svc = service_factory(bank.path, data, args=["--accept-data-loss"])
     assert httpx.get(f"{svc.url}/bank").json()["version"] == 2
