@@ -7,8 +7,10 @@
 Builds a synthetic low-rank factors file, starts the real service (uvicorn
 subprocess) and a real redis-server, then measures in the same run:
 
-- ``POST /bank/retrieve`` of k snippets (json and b64f32) at 1, 8 and 32
+- ``POST /bank/retrieve`` of k snippets (json, b64f32 and binary) at 1, 8 and 32
   concurrent clients: p50/p99 latency and throughput;
+- a baseline in the same run: the previous read path (no row cache) with b64f32;
+- the two targets: binary p50 <= 3x a Redis GET at 1 client, >= 2x the baseline's req/s at 32;
 - floor 1: the in-process retrieval function (``BankStore.retrieve_by_id``) on the same file;
 - floor 2: a Redis GET of a pre-stored blob of the same size as the b64f32 payload;
 - ``POST /bank/snippets`` (feature insert, fsync before the 201) p50/p99;
@@ -40,6 +42,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from gmem.launch import Process, bank_process, redis_process, started
+from shared.client_types import BINARY
 from shared.factors import BankMeta, save_factors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +73,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_bank(factors: Path, data_dir: Path, redis_url: str | None, log: Path) -> tuple[Process, str, dict]:
-    env = {"GMEM_BANK_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+def start_bank(factors: Path, data_dir: Path, redis_url: str | None, log: Path,
+               extra_env: dict[str, str] | None = None) -> tuple[Process, str, dict]:
+    env = {"GMEM_BANK_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     if redis_url:
         env["GMEM_REDIS_URL"] = redis_url
     t0 = time.perf_counter()
@@ -89,13 +93,19 @@ def start_bank(factors: Path, data_dir: Path, redis_url: str | None, log: Path) 
             if r.status_code == 200:
                 times.setdefault("ready_s", time.perf_counter() - t0)
                 times.setdefault("rss_ready_mb", rss_mb(pid))
-                if r.json()["detail"]["index"] == "ready":
+                if r.json()["detail"]["index"] == "ready" and rows_cached(url):
                     times["index_s"] = time.perf_counter() - t0
                     times["rss_index_mb"] = rss_mb(pid)
                     return proc, url, times
         except httpx.TransportError:
             pass
         time.sleep(0.02)
+
+
+def rows_cached(url: str) -> bool:
+    """Wait for the row cache's warm-up too (when every row fits), so retrievals measure the steady state."""
+    used, capacity = httpx.get(f"{url}/readyz", timeout=5).json()["detail"].get("row_cache", "0/0 rows").split()[0].split("/")
+    return used == capacity
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -130,10 +140,11 @@ class RawConnection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> bytes:
+    async def post(self, path: str, body: bytes, accept: str | None = None) -> bytes:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        extra = f"Accept: {accept}\r\n" if accept else ""
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n{extra}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
         assert self.reader is not None
@@ -169,7 +180,10 @@ def http_call_factory(url: str, n: int, k: int, encoding: str, concurrency: int)
 
         async def call() -> None:
             ids = rng.integers(0, n, k).tolist()
-            await conn.post("/bank/retrieve", json.dumps({"indices": ids, "encoding": encoding}).encode())
+            if encoding == "binary":  # Accept: application/octet-stream (services/bank/reads.py)
+                await conn.post("/bank/retrieve", json.dumps({"indices": ids}).encode(), BINARY)
+            else:
+                await conn.post("/bank/retrieve", json.dumps({"indices": ids, "encoding": encoding}).encode())
         return call
     return _Pool(), make
 
@@ -203,6 +217,8 @@ def in_process_floor(factors: Path, n: int, k: int, reps: int) -> tuple[float, f
 
     with tempfile.TemporaryDirectory() as tmp:
         store = BankStore.open(factors, Path(tmp) / "data")
+        store.rows.start_warm()
+        store.rows.wait_warm()  # the service's steady state: every base row cached (when they fit)
         rng = np.random.default_rng(2)
         lat = []
         t0 = time.perf_counter()
@@ -258,9 +274,8 @@ def main() -> None:
         console.print(f"factors file: {args.n} x {args.d}, r={args.r}: {size_mb:.0f} MiB "
                       f"(written in {time.perf_counter() - t:.1f}s)")
         redis_proc, redis_url = start_redis(tmp)
-        bank, url, start = start_bank(factors, tmp / "data", redis_url, tmp / "bank.log")
+        rows = []
         try:
-            rows = []
             floor = in_process_floor(factors, args.n, args.k, max(200, args.requests))
             rows.append(("in-process retrieve_by_id (floor 1)", 1, *floor, 1.0))
             blob = b"\0" * (args.k * args.d * 4)
@@ -268,17 +283,34 @@ def main() -> None:
                 import redis
 
                 redis.Redis.from_url(redis_url).set("bench:blob", blob)
-            for c in levels:
-                if redis_url:
-                    floor2 = asyncio.run(run_level("redis", redis_call_factory(redis_url, blob, c), c, args.requests))
-                    rows.append((f"redis GET {len(blob) // 1024} KiB blob (floor 2)", c, *floor2, None))
-                for enc in ("json", "b64f32"):
-                    res = asyncio.run(run_level("http", http_call_factory(url, args.n, args.k, enc, c), c,
+            # Baseline in the same run: the previous read path (every row reconstructed per request,
+            # GMEM_BANK_ROW_CACHE_MB=0) with the previous best encoding, b64f32 JSON.
+            base_bank, base_url, _ = start_bank(factors, tmp / "data-baseline", None, tmp / "bank-baseline.log",
+                                                {"GMEM_BANK_ROW_CACHE_MB": "0"})
+            try:
+                for c in levels:
+                    res = asyncio.run(run_level("http", http_call_factory(base_url, args.n, args.k, "b64f32", c), c,
                                                 args.requests))
-                    rows.append((f"POST /bank/retrieve k={args.k} {enc}", c, *res, None))
-            a50, a99 = append_latency(url, args.d, args.appends)
+                    rows.append((f"baseline: no row cache, b64f32 k={args.k}", c, *res, None))
+            finally:
+                base_bank.stop(timeout=30)
+            bank, url, start = start_bank(factors, tmp / "data", redis_url, tmp / "bank.log")
+            try:
+                for c in levels:
+                    if redis_url:
+                        floor2 = asyncio.run(run_level("redis", redis_call_factory(redis_url, blob, c), c,
+                                                       args.requests))
+                        rows.append((f"redis GET {len(blob) // 1024} KiB blob (floor 2)", c, *floor2, None))
+                    for enc in ("json", "b64f32", "binary"):
+                        res = asyncio.run(run_level("http", http_call_factory(url, args.n, args.k, enc, c), c,
+                                                    args.requests))
+                        rows.append((f"POST /bank/retrieve k={args.k} {enc}", c, *res, None))
+                a50, a99 = append_latency(url, args.d, args.appends)
+                assert bank.popen is not None
+                rss_after = rss_mb(bank.popen.pid)
+            finally:
+                bank.stop(timeout=30)
         finally:
-            bank.stop(timeout=30)
             if redis_proc is not None:
                 redis_proc.kill()
 
@@ -290,10 +322,23 @@ def main() -> None:
         vs_redis = f"{p50 / redis_p50[c]:.1f}x" if c in redis_p50 else "-"
         table.add_row(name, str(c), f"{p50:.2f}", f"{p99:.2f}", f"{rps:.0f}", f"{p50 / floor[0]:.1f}x", vs_redis)
     console.print(table)
-    console.print(f"append (feature insert, fsync before 201): p50 {a50:.2f} ms, p99 {a99:.2f} ms")
+    console.print(f"append (feature insert, fsync of the log and of acked_version before 201): p50 {a50:.2f} ms, "
+                  f"p99 {a99:.2f} ms")
     console.print(f"start-up: /readyz 200 after {start['ready_s']:.2f}s (RSS {start['rss_ready_mb']:.0f} MiB); "
-                  f"search index built after {start['index_s']:.2f}s (RSS {start['rss_index_mb']:.0f} MiB); "
-                  f"factors file {size_mb:.0f} MiB -> RSS/file {start['rss_index_mb'] / size_mb:.2f}")
+                  f"index and row cache built after {start['index_s']:.2f}s (RSS {start['rss_index_mb']:.0f} MiB); "
+                  f"RSS after the run {rss_after:.0f} MiB; factors file {size_mb:.0f} MiB -> "
+                  f"RSS/file {start['rss_index_mb'] / size_mb:.2f}")
+    by = {(name, c): (p50, rps) for name, c, p50, _, rps, _ in rows}
+    binary = f"POST /bank/retrieve k={args.k} binary"
+    baseline = f"baseline: no row cache, b64f32 k={args.k}"
+    if 1 in levels and 1 in redis_p50:
+        ratio = by[(binary, 1)][0] / redis_p50[1]
+        console.print(f"target 1: binary p50 at 1 client / redis GET p50 = {ratio:.2f}x (target <= 3x): "
+                      f"{'met' if ratio <= 3 else 'NOT met'}")
+    top = max(levels)
+    gain = by[(binary, top)][1] / by[(baseline, top)][1]
+    console.print(f"target 2: binary req/s at {top} clients / baseline req/s = {gain:.2f}x (target >= 2x): "
+                  f"{'met' if gain >= 2 else 'NOT met'}")
 
 
 if __name__ == "__main__":

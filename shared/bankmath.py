@@ -199,9 +199,14 @@ def cdf_index(z: np.ndarray, n: int) -> int:
     Because zeta ~ N(0, 1), ``Phi(zeta)`` is uniform on [0, 1] and so is the index:
     the noise alone decides which snippet the image is drawn from.
     """
+    return index_of_statistic(noise_statistic(z), n)
+
+
+def index_of_statistic(zeta: float, n: int) -> int:
+    """``min(floor(Phi(zeta) * n), n - 1)``: ``cdf_index`` once ``zeta`` is known."""
     if n < 1:
         raise InvalidInput("cannot index an empty pool")
-    u = std_normal_cdf(noise_statistic(z))
+    u = std_normal_cdf(zeta)
     return min(int(math.floor(u * n)), n - 1)
 
 

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 
 from shared.client_types import (
+    BINARY,
     RETRY_STATUS,
     BadRequest,
     BankError,
@@ -42,6 +43,7 @@ from shared.client_types import (
     UnexpectedResponse,
     as_float_list,
     error_from_response,
+    parse_binary_retrieval,
     parse_generation,
     parse_model,
     parse_retrieval,
@@ -75,6 +77,7 @@ class _Call(Generic[T]):
     data: dict[str, Any] | None = None
     idempotent: bool = False
     auth: bool = False
+    headers: dict[str, str] | None = None
 
 
 def _json(fn: Callable[[dict[str, Any]], T]) -> Callable[[httpx.Response], T]:
@@ -85,6 +88,14 @@ def _json(fn: Callable[[dict[str, Any]], T]) -> Callable[[httpx.Response], T]:
             raise UnexpectedResponse(f"{resp.request.url.path}: response is not the contract's: {exc}",
                                      status=resp.status_code, code="bad_response") from exc
     return parse
+
+
+def _binary_retrieval(resp: httpx.Response) -> Retrieval:
+    try:
+        return parse_binary_retrieval(resp.headers, resp.content)
+    except (ValueError, KeyError) as exc:
+        raise UnexpectedResponse(f"{resp.request.url.path}: binary response is not the bank's: {exc}",
+                                 status=resp.status_code, code="bad_response") from exc
 
 
 def _none(resp: httpx.Response) -> None:
@@ -115,7 +126,7 @@ class _Base:
         self.retry = retry or RetryPolicy()
 
     def _kwargs(self, call: _Call[Any]) -> dict[str, Any]:
-        headers = {}
+        headers = dict(call.headers or {})
         if call.auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return {"json": call.json, "files": call.files, "data": call.data, "headers": headers}
@@ -228,12 +239,16 @@ class _BankCalls:
                  encoding: str) -> _Call[Retrieval]:
         if (z is None) == (indices is None):
             raise ValueError("retrieve needs exactly one of z or indices")
-        body: dict[str, Any] = {"pool": pool, "encoding": encoding}
+        binary = encoding == "binary"  # raw float32 answer, fields in headers (services/bank/reads.py)
+        body: dict[str, Any] = {"pool": pool} if binary else {"pool": pool, "encoding": encoding}
         if z is not None:
             za = np.asarray(z, dtype=np.float64)
             body["z"] = za.tolist() if za.ndim <= 2 else za.reshape(za.shape[0], -1).tolist()
         else:
             body["indices"] = [int(i) for i in indices]  # type: ignore[union-attr]
+        if binary:
+            return _Call("POST", "/bank/retrieve", _binary_retrieval, json=body, idempotent=True,
+                         headers={"Accept": BINARY})
         return _Call("POST", "/bank/retrieve", _json(parse_retrieval), json=body, idempotent=True)
 
     @staticmethod

@@ -18,7 +18,7 @@ message are carried over.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,6 +188,21 @@ def decode_snippets(raw: Any, k: int) -> np.ndarray:
         arr = np.frombuffer(base64.b64decode(raw), dtype="<f4")
         return arr.reshape(k, -1).astype(np.float32) if k else arr.reshape(0, 0)
     return np.asarray(raw, dtype=np.float32).reshape(k, -1) if k else np.zeros((0, 0), np.float32)
+
+
+BINARY = "application/octet-stream"
+
+
+def parse_binary_retrieval(headers: Mapping[str, str], content: bytes) -> Retrieval:
+    """The bank's binary retrieval: float32 LE [k, d] then int64 LE [k] ids; fields in X-GMem-* headers."""
+    if headers.get("content-type", "").split(";")[0].strip() != BINARY:
+        raise ValueError(f"content type {headers.get('content-type')!r}, expected {BINARY}")
+    k, d = (int(x) for x in headers["x-gmem-shape"].split(","))
+    if len(content) != k * d * 4 + k * 8:
+        raise ValueError(f"body of {len(content)} bytes does not hold [{k}, {d}] float32 and {k} int64 ids")
+    snippets = np.frombuffer(content, dtype="<f4", count=k * d).reshape(k, d).astype(np.float32)
+    ids = np.frombuffer(content, dtype="<i8", offset=k * d * 4, count=k)
+    return Retrieval(int(headers["x-gmem-version"]), int(headers["x-gmem-pool-size"]), ids.tolist(), snippets)
 
 
 def parse_retrieval(body: dict[str, Any]) -> Retrieval:

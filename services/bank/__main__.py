@@ -23,6 +23,9 @@ def serve(
     encoder: Annotated[str | None, typer.Option(help="encoder id for image inserts (env GMEM_BANK_ENCODER)")] = None,
     encoder_weights: Annotated[Path | None, typer.Option(help="(env GMEM_BANK_ENCODER_WEIGHTS)")] = None,
     redis_url: Annotated[str | None, typer.Option(help="event stream (env GMEM_REDIS_URL)")] = None,
+    accept_data_loss: Annotated[bool | None, typer.Option(
+        "--accept-data-loss", help="start although acknowledged edits are missing or damaged "
+        "(env GMEM_BANK_ACCEPT_DATA_LOSS)")] = None,
 ) -> None:
     """Serve the GMem memory bank: noise-CDF retrieval and durable test-time edits (CONTRACT.md section 4)."""
     # Imported here so `--help` answers without loading numpy, FAISS and FastAPI.
@@ -33,7 +36,8 @@ def serve(
     from shared.http.server import serve as serve_http
 
     given = {"factors": factors, "data_dir": data_dir, "host": host, "port": port, "encoder": encoder,
-             "encoder_weights": encoder_weights, "redis_url": redis_url}
+             "encoder_weights": encoder_weights, "redis_url": redis_url,
+             "accept_data_loss": accept_data_loss or None}
     try:
         overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         settings = BankSettings(**overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.bank import reads
 from services.bank.deps import BankState, token_guard
 from services.bank.errors import RETRY_AFTER_S, STATUS
 from services.bank.events import EventPublisher
@@ -46,7 +47,7 @@ def create_app(settings: BankSettings, store: BankStore | None = None,
     """
     owns_store = store is None
     store = store or BankStore.open(settings.factors, settings.data_dir, settings.faiss_threads,
-                                     settings.snapshot_every)
+                                     settings.snapshot_every, settings.row_cache_mb << 20, settings.accept_data_loss)
     try:
         images = ImageEncoder(encoder or load_configured_encoder(settings.encoder, settings.encoder_weights,
                                                                  store.factors))
@@ -58,10 +59,12 @@ def create_app(settings: BankSettings, store: BankStore | None = None,
     publisher = _publisher(settings, store, metrics)
     _bind_metrics(metrics, store, publisher)
     store.index.start_build()
+    store.rows.start_warm()
     if publisher is not None:
         publisher.start()
 
     def close() -> None:
+        reads.shutdown()
         if publisher is not None:
             publisher.stop()
         if owns_store:
@@ -80,9 +83,13 @@ def create_app(settings: BankSettings, store: BankStore | None = None,
     install_error_handlers(app, STATUS, retry_after_s=RETRY_AFTER_S, json_example='{"indices": [0, 1]}')
     for router in (ops.router, bank.router, edits.router):
         app.include_router(router)
+    reads.document_request_model(app)
     app.add_middleware(
         RequestContext, max_body_bytes=settings.max_body_bytes, body_limit_name="GMEM_BANK_MAX_BODY_BYTES",
         body_timeout_s=settings.body_timeout_s, guard=token_guard(edits.router.routes, settings),
         on_request=metrics.observe_request, access_logger="gmem.bank.access",
+        route_limits=reads.body_limits(settings, store.factors),
+        route_limit_hint="the most this route can need; see GMEM_BANK_RETRIEVE_MAX_ROWS, "
+        "GMEM_BANK_RETRIEVE_MAX_NOISE_NUMEL and GMEM_BANK_MAX_IMAGE_BYTES",
     )
     return app

@@ -68,7 +68,8 @@ async def read_image_feature(bank: BankState, request: Request) -> tuple[np.ndar
     if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
         raise InvalidImage(f"'name' must be a text field of at most {MAX_NAME} characters")
     bank.images.require()  # EncoderUnavailable before spending time on decoding
-    image = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
+    image = await run_in_threadpool(decode_image, data, settings.max_image_pixels, settings.max_image_aspect,
+                                    bank.images.background)
     feature = await run_in_threadpool(bank.images.feature, image)
     return feature, name if isinstance(name, str) else None
 

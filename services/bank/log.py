@@ -7,10 +7,12 @@ On disk (``DATA_DIR/edits.log``)::
     record := MAGIC(4) length(u32 LE) crc32(u32 LE, over length bytes + payload) payload(JSON, UTF-8)
 
 A record is acknowledged only after ``write`` + ``fsync`` returned. A crash can
-therefore leave at most one torn record at the end; ``open`` detects it (short
-read, bad CRC or bad JSON), truncates it and fsyncs. A bad record followed by a
-valid one is not a torn tail but corruption of acknowledged data: the log
-refuses to open rather than silently dropping edits. Floats are written with
+therefore leave at most one torn record at the end: an incomplete one (or
+allocated zeros); ``open`` copies it aside, truncates it and fsyncs. A complete
+record with a bad checksum, or a bad record followed by a valid one, is not a
+torn tail but corruption of acknowledged data: it is copied aside too and the
+log refuses to open (unless data loss is accepted) rather than silently
+dropping edits (services/bank/recovery.py). Floats are written with
 Python's shortest round-trip repr, so replayed coefficients are bit-identical.
 """
 
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from services.bank.recovery import ACCEPT_HINT, DataLoss, save_aside
 from shared.errors import BankFileError
 from shared.fileio import fsync_dir
 
@@ -61,15 +64,17 @@ def _parse_at(data: memoryview, pos: int) -> tuple[dict[str, Any], int] | None:
     return (payload, end) if isinstance(payload, dict) else None
 
 
-def scan(data: bytes) -> tuple[list[dict[str, Any]], int]:
-    """All valid records of a log image and the length of its valid prefix.
+def inspect(data: bytes) -> tuple[list[dict[str, Any]], int, str | None]:
+    """Valid records of a log image, the length of their prefix, and what follows it.
 
-    Raises BankFileError when a bad record is followed by a valid one (corruption
-    inside acknowledged data, not a torn tail).
+    The kind is None (nothing), ``"torn"`` (an incomplete last record, or a tail of zero bytes that was
+    allocated but never written: what a crash mid-append leaves) or ``"corrupt"`` (a complete record
+    that fails its checksum or JSON, bytes that are not a record, or a bad record followed by valid
+    ones: acknowledged data is damaged).
     """
     if not data.startswith(HEADER):
         if HEADER.startswith(data):  # crashed while writing the header of a new log
-            return [], 0
+            return [], 0, None
         raise BankFileError("edit log does not start with the GMEMLOG1 header; it is not a GMem edit log")
     view = memoryview(data)
     records: list[dict[str, Any]] = []
@@ -80,17 +85,47 @@ def scan(data: bytes) -> tuple[list[dict[str, Any]], int]:
             break
         payload, pos = parsed
         records.append(payload)
-    if pos < len(data):
-        nxt = data.find(MAGIC, pos + 1)
-        while nxt != -1:
-            if _parse_at(view, nxt) is not None:
-                raise BankFileError(
-                    f"edit log is corrupt at byte {pos} but holds valid records after it (byte {nxt}); "
-                    "refusing to drop acknowledged edits. Restore the data dir from a backup, or move "
-                    "edits.log aside to start from the base factors only."
-                )
-            nxt = data.find(MAGIC, nxt + 1)
+    if pos == len(data):
+        return records, pos, None
+    return records, pos, "corrupt" if _has_later_record(data, pos) else _tail_kind(data, pos)
+
+
+def _tail_kind(data: bytes, pos: int) -> str:
+    rest = data[pos:]
+    if len(rest) < _PREFIX.size:
+        return "torn" if MAGIC.startswith(rest[: len(MAGIC)]) else "corrupt"
+    magic, length, _ = _PREFIX.unpack_from(rest)
+    if magic == MAGIC and length <= MAX_RECORD and _PREFIX.size + length > len(rest):
+        return "torn"  # the record runs past the end of the file: its write did not finish
+    if rest[-1] == 0:
+        return "torn"  # zeros at the end: space allocated by the append, data never written (JSON never ends in NUL)
+    return "corrupt"
+
+
+def scan(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """All valid records of a log image and the length of its valid prefix.
+
+    Raises BankFileError when a bad record is followed by a valid one (corruption
+    inside acknowledged data, not a torn tail).
+    """
+    records, pos, kind = inspect(data)
+    if kind == "corrupt" and _has_later_record(data, pos):
+        raise BankFileError(
+            f"edit log is corrupt at byte {pos} but holds valid records after it; "
+            "refusing to drop acknowledged edits. Restore the data dir from a backup, or move "
+            "edits.log aside to start from the base factors only."
+        )
     return records, pos
+
+
+def _has_later_record(data: bytes, pos: int) -> bool:
+    view = memoryview(data)
+    nxt = data.find(MAGIC, pos + 1)
+    while nxt != -1:
+        if _parse_at(view, nxt) is not None:
+            return True
+        nxt = data.find(MAGIC, nxt + 1)
+    return False
 
 
 class EditLog:
@@ -104,26 +139,37 @@ class EditLog:
         self.last_fsync_s = 0.0
 
     @classmethod
-    def open(cls, path: Path) -> tuple[EditLog, list[dict[str, Any]]]:
-        """Open (or create) the log, replay it, truncate a torn tail; returns the log and its records."""
+    def open(cls, path: Path, accept_data_loss: bool = False) -> tuple[EditLog, list[dict[str, Any]]]:
+        """Open (or create) the log and replay it; returns the log and its records.
+
+        A torn tail (see ``inspect``) is copied aside and truncated. Corruption is copied aside and
+        refused (DataLoss) unless ``accept_data_loss``; then the log is cut at the first bad record.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # a rotation killed before its rename
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             data = _read_all(fd)
-            records, valid = scan(data)
+            records, valid, kind = inspect(data)
             if valid == 0:
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
                 _write_all(fd, HEADER)
                 valid = len(HEADER)
                 os.fsync(fd)
-            elif valid < len(data):
-                log.warning(
-                    "edit log %s: torn or corrupt tail of %d bytes after %d records; truncating at byte %d",
-                    path, len(data) - valid, len(records), valid,
-                )
+            elif kind is not None:
+                aside = save_aside(path, data, valid, kind)
+                if kind == "corrupt" and not accept_data_loss:
+                    later = " (valid records follow it)" if _has_later_record(data, valid) else ""
+                    raise DataLoss(
+                        f"edit log {path} is damaged at byte {valid}, after {len(records)} good records: a complete "
+                        f"record fails its checksum{later}, so acknowledged edits would be lost. The bytes from "
+                        f"there on are saved in {aside}. Restore the data dir from a backup, or start with "
+                        f"{ACCEPT_HINT} to drop them.")
+                log.warning("edit log %s: %s tail of %d bytes after %d records, saved in %s; truncating at byte %d",
+                            path, "torn" if kind == "torn" else "corrupt (accepted)", len(data) - valid,
+                            len(records), aside, valid)
                 os.ftruncate(fd, valid)
                 os.fsync(fd)
             if created:

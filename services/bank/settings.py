@@ -38,11 +38,22 @@ class BankSettings(HttpSettings):
     redis_timeout_s: float = Field(0.5, gt=0, description="connect/read timeout of each Redis call")
     encoder: str | None = Field(None, description="encoder id for image inserts (must match the bank's)")
     encoder_weights: Path | None = Field(None, description="weights file of the encoder; its default when unset")
-    max_body_bytes: int = Field(64 << 20, ge=1024, description="larger request bodies get 413")
+    max_body_bytes: int = Field(64 << 20, ge=1024, description="no request body may be larger (413); each route's own limit follows from the settings below")
+    retrieve_max_rows: int = Field(64, ge=1, description="noise tensors per z retrieval the body limit of "
+                                   "POST /bank/retrieve allows for")
+    retrieve_max_noise_numel: int = Field(8192, ge=1, description="entries per noise tensor the body limit of "
+                                          "POST /bank/retrieve allows for (8192: the released 32x16x16 latent)")
+    row_cache_mb: int = Field(1024, ge=0, description="memory for cached base snippets (the read path); all "
+                              "base rows are cached at start when they fit, else the first ones retrieved")
     max_image_bytes: int = Field(16 << 20, ge=1024, description="larger image uploads get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height above this is refused (422)")
+    max_image_aspect: float = Field(8.0, ge=1.0, description="an image whose long side exceeds this many times its "
+                                    "short side is refused (422)")
     snapshot_every: int = Field(10_000, ge=0, description="write a snapshot and empty the edit log after this many "
                                 "mutations (0 = never); start-up then replays only the log since the snapshot")
+    accept_data_loss: bool = Field(False, description="start even when the data dir holds fewer versions than were "
+                                   "acknowledged, or a damaged log record (both are refused otherwise; the bad bytes "
+                                   "are kept aside in the data dir)")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads FAISS may use per search")
     log_level: str = Field("INFO", description="JSON log level: DEBUG, INFO, WARNING, ERROR")
 

@@ -12,7 +12,7 @@ float64 bytes, so they read back bit-identical.
 
 Writing (``write_snapshot``), then rotating the log (``EditLog.rotate``)::
 
-    1. write snapshot.bin.tmp, fsync          crash: stray tmp (removed at start), old snapshot + full log
+    1. write .snapshot.bin.*.tmp, fsync       crash: stray tmp (removed at start), old snapshot + full log
     2. rename over snapshot.bin, fsync dir    crash: new snapshot V + old log; records v <= V are skipped
     3. write edits.log.tmp (header), fsync
     4. rename over edits.log, fsync dir       crash: new snapshot V + empty log
@@ -24,7 +24,6 @@ the snapshot's version run V+1, V+2, ..." — exactly what ``BankStore`` recover
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import BankFileError
-from shared.fileio import fsync_dir
+from shared.fileio import atomic_path
 
 SNAPSHOT_FILE = "snapshot.bin"
 MAGIC = b"GMEMSNP1"
@@ -79,27 +78,19 @@ def decode_snapshot(blob: bytes) -> Snapshot:
 
 
 def write_snapshot(data_dir: Path, snap: Snapshot) -> None:
-    """Atomically replace ``DATA_DIR/snapshot.bin``: temp file, fsync, rename, directory fsync."""
-    target = data_dir / SNAPSHOT_FILE
-    tmp = data_dir / (SNAPSHOT_FILE + ".tmp")
+    """Atomically replace ``DATA_DIR/snapshot.bin`` (shared.fileio.atomic_path: temp, fsync, rename, dir fsync).
+
+    On failure (a full disk) the temporary file is removed at once, not left until the next start.
+    """
     blob = encode_snapshot(snap)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(blob)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-    fsync_dir(data_dir)
+    with atomic_path(data_dir / SNAPSHOT_FILE) as tmp, open(tmp, "wb") as fh:
+        fh.write(blob)
 
 
 def read_snapshot(data_dir: Path) -> Snapshot | None:
-    """The durable snapshot, or None when there is none. A stray temp file (crash mid-write) is removed."""
-    tmp = data_dir / (SNAPSHOT_FILE + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
+    """The durable snapshot, or None when there is none. Stray temp files (crash mid-write) are removed."""
+    for tmp in [data_dir / (SNAPSHOT_FILE + ".tmp"), *data_dir.glob(f".{SNAPSHOT_FILE}.*.tmp")]:
+        tmp.unlink(missing_ok=True)
     target = data_dir / SNAPSHOT_FILE
     if not target.exists():
         return None

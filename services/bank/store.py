@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,16 @@ from services.bank.datadir import check_identity, lock_data_dir, unlock_data_dir
 from services.bank.errors import StorageUnavailable
 from services.bank.index import SnippetIndex, merge_neighbors
 from services.bank.log import EditLog
+from services.bank.parsing import noise_statistic
+from services.bank.recovery import AckedVersion, DataLoss, missing_message
+from services.bank.rowcache import RowCache
 from services.bank.snapshot import Snapshot, read_snapshot, write_snapshot
+from services.bank.view import BankView, RuntimeRecord
 from shared import bankmath
 from shared.errors import (
     BankFileError,
     BaseSnippetImmutable,
     EmptyPool,
-    InvalidInput,
     NonFiniteValue,
     UnknownSnippet,
 )
@@ -39,65 +41,13 @@ from shared.events import OPS
 from shared.factors import BankFactors, load_factors
 
 LOG_FILE = "edits.log"
-_MAX_NOISE = 1e150
+# A failed snapshot (full disk) is retried after 1 s, then 2, 4, ... up to 5 minutes, not at every
+# mutation: each attempt writes the whole run-time state under the writer lock.
+SNAPSHOT_RETRY_S = 1.0
+SNAPSHOT_RETRY_MAX_S = 300.0
 
 log = logging.getLogger("gmem.bank.store")
 
-
-@dataclass(frozen=True)
-class RuntimeRecord:
-    """A snippet added at run time: how it was made and its coefficients in the bank's basis."""
-
-    id: int
-    kind: str  # "inserted" | "interpolated"
-    coefficients: np.ndarray  # [r] float64, exactly as acknowledged
-    name: str | None
-    created_at: str
-    parents: tuple[int, ...] = ()
-    alpha: float | None = None
-    method: str | None = None
-    residual: float | None = None
-
-
-@dataclass(frozen=True)
-class BankView:
-    """One published version of the bank; safe to read from any thread."""
-
-    version: int
-    base_size: int
-    n_runtime: int  # run-time ids ever allocated: base_size .. base_size + n_runtime - 1
-    user_ids: np.ndarray  # live run-time ids, ascending (pool `user`)
-    coeffs: np.ndarray  # run-time coefficient buffer, rows < n_runtime valid
-    records: list[RuntimeRecord] = field(repr=False)  # append-only, entries < n_runtime valid
-
-    def pool_size(self, pool: str) -> int:
-        user = int(self.user_ids.shape[0])
-        return {"base": self.base_size, "user": user, "all": self.base_size + user}[pool]
-
-    def is_live(self, snippet_id: int) -> bool:
-        if 0 <= snippet_id < self.base_size:
-            return True
-        pos = int(np.searchsorted(self.user_ids, snippet_id))
-        return pos < self.user_ids.shape[0] and int(self.user_ids[pos]) == snippet_id
-
-    def in_pool(self, snippet_id: int, pool: str) -> bool:
-        if pool == "base":
-            return 0 <= snippet_id < self.base_size
-        if pool == "user":
-            return snippet_id >= self.base_size and self.is_live(snippet_id)
-        return self.is_live(snippet_id)
-
-    def ids_at(self, positions: np.ndarray, pool: str) -> np.ndarray:
-        """Snippet ids at pool positions (pool order: base ids, then live run-time ids ascending)."""
-        if pool == "base":
-            return positions
-        if pool == "user":
-            picked: np.ndarray = self.user_ids[positions]
-            return picked
-        ids: np.ndarray = np.where(positions < self.base_size, positions,
-                                   self.user_ids[np.maximum(positions - self.base_size, 0)]
-                                   if self.user_ids.size else positions)
-        return ids
 
 
 def _now() -> str:
@@ -108,8 +58,10 @@ class BankStore:
     """Base factors + edit log + FAISS index, behind one writer lock and lock-free views."""
 
     def __init__(self, factors: BankFactors, data_dir: Path, faiss_threads: int = 1,
-                 snapshot_every: int = 10_000) -> None:
+                 snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30,
+                 accept_data_loss: bool = False) -> None:
         self.factors = factors
+        self.rows = RowCache(factors, row_cache_bytes)
         self.data_dir = data_dir
         self.snapshot_every = snapshot_every
         self._lock_fd = lock_data_dir(data_dir)
@@ -127,29 +79,68 @@ class BankStore:
             self._write = threading.Lock()
             self._listeners: list[Callable[[], None]] = []
             self._view = self._make_view(0)
+            self._snapshot_failures, self._snapshot_retry_at = 0, 0.0
             snap = read_snapshot(data_dir)
             if snap is not None:
                 self._restore(snap)
-            self.log, payloads = EditLog.open(data_dir / LOG_FILE)
+            self.log, payloads = EditLog.open(data_dir / LOG_FILE, accept_data_loss)
             for payload in payloads:
                 if isinstance(payload.get("v"), int) and payload["v"] <= self._version:
                     continue  # already in the snapshot (killed between snapshot and log rotation)
                 self._apply(payload)
             self._view = self._make_view(self._version)
+            self.acked = AckedVersion(data_dir)
+            self._check_acked(accept_data_loss)
         except BaseException:
+            if hasattr(self, "log"):
+                self.log.close()
+            if hasattr(self, "acked"):
+                self.acked.close()
             unlock_data_dir(self._lock_fd)
             raise
 
     @classmethod
     def open(cls, factors_path: Path, data_dir: Path, faiss_threads: int = 1,
-             snapshot_every: int = 10_000) -> BankStore:
-        return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads, snapshot_every)
+             snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30,
+             accept_data_loss: bool = False) -> BankStore:
+        return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads, snapshot_every,
+                   row_cache_bytes, accept_data_loss)
 
     def close(self) -> None:
+        self.rows.stop()
         self.log.close()
+        self.acked.close()
         if self._lock_fd >= 0:
             unlock_data_dir(self._lock_fd)
             self._lock_fd = -1
+
+    def _check_acked(self, accept_data_loss: bool) -> None:
+        """Refuse (or, when accepted, step over) versions acknowledged once but missing now (recovery.py)."""
+        recorded = self.acked.recorded
+        if recorded is None or recorded <= self._version:
+            if recorded != self._version:
+                self.acked.write(self._version)  # a new data dir, one from before the file existed, or lagging
+            return
+        message = missing_message(self.data_dir, recorded, self._version, self.snapshot_version)
+        if not accept_data_loss:
+            raise DataLoss(message)
+        log.warning("starting anyway (data loss accepted): %s", message)
+        # Versions and ids continue above everything acknowledged: each lost version allocated at most
+        # one id, so that many unusable ("lost") ids are reserved and never handed out again.
+        lost = recorded - self._version
+        n = len(self._records)
+        grown = np.zeros((max(self._buf.shape[0], 2 * (n + lost)), self.factors.rank), dtype=np.float64)
+        grown[:n] = self._buf[:n]
+        self._buf = grown
+        for k in range(lost):
+            c = np.zeros(self.factors.rank)
+            c.setflags(write=False)
+            self._records.append(RuntimeRecord(id=self.factors.size + n + k, kind="lost", coefficients=c,
+                                               name=None, created_at=_now()))
+        self._version = self._events_base = recorded
+        self._events = []
+        self._view = self._make_view(recorded)
+        self._snapshot_locked()  # make the step durable: snapshot at the acknowledged version, empty log
 
     # -- views ------------------------------------------------------------------------------------
     def view(self) -> BankView:
@@ -186,8 +177,17 @@ class BankStore:
         return out
 
     def snippets(self, view: BankView, ids: np.ndarray) -> np.ndarray:
+        """float32 [k, d] unit snippets of live ids: base rows from the row cache, run-time rows computed."""
         f = self.factors
-        return bankmath.snippets_from_coefficients(self.coefficient_rows(view, ids), f.B, f.mu)
+        ids = np.asarray(ids, dtype=np.int64)
+        base = ids < view.base_size
+        if base.all():
+            return self.rows.base_snippets(ids)
+        out = np.empty((ids.shape[0], f.feature_dim), dtype=np.float32)
+        if base.any():
+            out[base] = self.rows.base_snippets(ids[base])
+        out[~base] = bankmath.snippets_from_coefficients(self.coefficient_rows(view, ids[~base]), f.B, f.mu)
+        return out
 
     def retrieve_by_noise(self, zs: list[list[float]], pool: str) -> tuple[BankView, np.ndarray, np.ndarray]:
         """Paper 4.3: one snippet per noise tensor, drawn by its CDF index in ``pool``."""
@@ -195,20 +195,28 @@ class BankStore:
         n = view.pool_size(pool)
         if n == 0:
             raise EmptyPool(f"pool {pool!r} has no snippets; insert one first or retrieve from pool 'base'")
-        arrays = [np.asarray(z, dtype=np.float64) for z in zs]
-        if any(a.size and np.max(np.abs(a)) > _MAX_NOISE for a in arrays):
-            # sum(z) could overflow to inf or nan; iid N(0, 1) noise never comes near this.
-            raise InvalidInput(f"noise entries must satisfy |z| <= {_MAX_NOISE:g}; z is iid N(0, 1) noise")
-        positions = np.asarray([bankmath.cdf_index(a, n) for a in arrays], dtype=np.int64)
+        return self.retrieve_by_statistic([noise_statistic(z) for z in zs], pool, view)
+
+    def retrieve_by_statistic(self, zetas: list[float], pool: str,
+                              view: BankView | None = None) -> tuple[BankView, np.ndarray, np.ndarray]:
+        """``retrieve_by_noise`` from each tensor's ``zeta`` (``noise_statistic``), computed elsewhere."""
+        view = view or self.view()
+        n = view.pool_size(pool)
+        if n == 0:
+            raise EmptyPool(f"pool {pool!r} has no snippets; insert one first or retrieve from pool 'base'")
+        positions = np.asarray([bankmath.index_of_statistic(zeta, n) for zeta in zetas], dtype=np.int64)
         ids = view.ids_at(positions, pool)
         return view, ids, self.snippets(view, ids)
 
     def retrieve_by_id(self, ids: list[int], pool: str) -> tuple[BankView, np.ndarray, np.ndarray]:
         view = self.view()
-        for i in ids:
-            if not view.in_pool(i, pool):
-                raise UnknownSnippet(self._unknown_message(view, i, pool))
         arr = np.asarray(ids, dtype=np.int64)
+        base = (arr >= 0) & (arr < view.base_size)
+        # Base ids are checked at once (the read path's common case); others one by one.
+        if pool == "user" or not base.all():
+            for i in ids if pool == "user" else arr[~base].tolist():
+                if not view.in_pool(i, pool):
+                    raise UnknownSnippet(self._unknown_message(view, i, pool))
         return view, arr, self.snippets(view, arr)
 
     def _unknown_message(self, view: BankView, snippet_id: int, pool: str = "all") -> str:
@@ -306,16 +314,25 @@ class BankStore:
             raise StorageUnavailable(
                 f"the edit could not be written to {self.log.path} ({exc}); nothing was changed, retry later"
             ) from exc
+        try:
+            self.acked.write(version)
+        except OSError:  # the edit is durable in the log; only the loss detection lags until the next write
+            log.exception("could not record acknowledged version %d in %s", version, self.acked.path)
         self._apply(payload)
         self._view = self._make_view(version)
         for callback in self._listeners:
             callback()
-        if self.snapshot_every and version - self.snapshot_version >= self.snapshot_every:
+        if (self.snapshot_every and version - self.snapshot_version >= self.snapshot_every
+                and time.monotonic() >= self._snapshot_retry_at):
             try:
                 self._snapshot_locked()
-            except (OSError, ValueError):  # the mutation is durable in the log already; retry at the next one
-                log.exception("could not write a snapshot at version %d; the edit log still holds every edit",
-                              version)
+                self._snapshot_failures = 0
+            except (OSError, ValueError):  # the mutation is durable in the log already; retry after a pause
+                self._snapshot_failures += 1
+                pause = min(SNAPSHOT_RETRY_S * 2 ** (self._snapshot_failures - 1), SNAPSHOT_RETRY_MAX_S)
+                self._snapshot_retry_at = time.monotonic() + pause
+                log.exception("could not write a snapshot at version %d (failure %d); the edit log still holds "
+                              "every edit; next attempt in %.0f s", version, self._snapshot_failures, pause)
         return version
 
     # -- snapshots --------------------------------------------------------------------------------

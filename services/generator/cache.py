@@ -14,7 +14,11 @@ id only while it can prove it has seen every event up to now:
   cannot follow the stream); when Redis answers again the cache restarts empty
   from the stream's current end.
 
-Redis being down never fails a request: the generator simply asks the bank.
+Redis being down never fails a request: the generator simply asks the bank. Nor does a hung
+Redis slow one down: a circuit breaker guards every call (short timeouts; the first failure opens
+it; while open, lookups skip Redis and go to the bank at once; after ``open_s`` the background task,
+never a request, probes Redis (half-open) and closes the breaker when it answers). A lookup waits
+for another one's catch-up at most ``timeout_s``, then asks the bank.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -36,12 +41,17 @@ class SnippetCache:
     """id -> unit snippet, following the bank's event stream; disabled while Redis is unreachable."""
 
     def __init__(self, redis_url: str, metrics: GeneratorMetrics, max_entries: int = 100_000,
-                 poll_s: float = 0.5, stream: str = DEFAULT_STREAM) -> None:
+                 poll_s: float = 0.5, stream: str = DEFAULT_STREAM, timeout_s: float = 0.1,
+                 open_s: float = 1.0) -> None:
         # redis is needed only with GMEM_REDIS_URL set; the generator's image may leave it out
         # (deploy/requirements-generator.txt), so it is imported when a cache is made.
         import redis.asyncio as aioredis
 
-        self._redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
+        self._timeout_s = timeout_s
+        self._open_s = open_s
+        self._tripped = False  # breaker open (or half-open): requests do not touch Redis
+        self._probe_at = 0.0  # when the background task may probe a tripped breaker (monotonic time)
+        self._redis = aioredis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._metrics = metrics
         self._stream = stream
         self._max = max_entries
@@ -71,25 +81,43 @@ class SnippetCache:
         with contextlib.suppress(Exception):
             await self._redis.aclose()
 
+    @property
+    def breaker_open(self) -> bool:
+        return self._tripped
+
     async def _follow(self) -> None:
         while True:
-            await self.sync()
+            if not self._tripped or time.monotonic() >= self._probe_at:
+                await self.sync()  # for a tripped breaker, this is the half-open probe
             await asyncio.sleep(self._poll_s)
 
-    async def sync(self) -> bool:
-        """Catch up with the stream (enabling the cache if Redis is back); True when coherent."""
-        async with self._lock:
-            try:
+    async def sync(self, wait_s: float | None = None) -> bool:
+        """Catch up with the stream (enabling the cache if Redis is back); True when coherent.
+
+        ``wait_s``: how long to wait for a catch-up already in progress (None: as long as it takes).
+        """
+        try:
+            await asyncio.wait_for(self._lock.acquire(), wait_s)
+        except TimeoutError:
+            return False
+        try:
+            async with asyncio.timeout(2 * self._timeout_s + 0.05):  # a bound even if a socket timeout is missed
                 if self._last_id is None:
                     await self._enable()
                 else:
                     await self._catch_up()
-                return True
-            except Exception as exc:  # noqa: BLE001 - any Redis failure means "cannot stay coherent"
-                if self.enabled:
-                    log.warning("snippet cache disabled: Redis unreachable (%s)", exc)
-                self._disable()
-                return False
+            self._tripped = False
+            return True
+        except Exception as exc:  # noqa: BLE001 - any Redis failure means "cannot stay coherent"
+            if self.enabled:
+                log.warning("snippet cache disabled for %.1f s: Redis unreachable or slow (%s)", self._open_s,
+                            type(exc).__name__)
+            self._disable()
+            self._tripped, self._probe_at = True, time.monotonic() + self._open_s
+            self._metrics.cache.labels("breaker_opened").inc()
+            return False
+        finally:
+            self._lock.release()
 
     async def _enable(self) -> None:
         # Start from the stream's current end: everything cached from now on is
@@ -146,7 +174,10 @@ class SnippetCache:
         ``min_version``: a bank version known to exist. While the stream has not reached it
         (the bank publishes after acknowledging), a delete may be missing, so nothing is served.
         """
-        if not await self.sync():
+        if self.breaker_open:
+            self._metrics.cache.labels("breaker_open").inc()
+            return {}
+        if not await self.sync(wait_s=self._timeout_s):
             return {}
         if min_version is not None and (self.version or 0) < min_version:
             self._metrics.cache.labels("stream_behind").inc()

@@ -155,7 +155,7 @@ class Generator:
             row, version = await self._blend([(s.id, s.weight) for s in req.snippets])
             return np.repeat(row, req.n, axis=0), [None] * req.n, version
         z = self.runtime.initial_noise(seeds)
-        got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="b64f32"))
+        got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="binary"))
         self._check_dim(got.snippets)
         return got.snippets, list(got.indices), got.version
 
@@ -192,7 +192,7 @@ class Generator:
         version = None
         if missing:
             # Pool "all": a pinned id may be a base row or a run-time snippet.
-            got = await self._bank_call(self.bank.retrieve(indices=missing, pool="all", encoding="b64f32"))
+            got = await self._bank_call(self.bank.retrieve(indices=missing, pool="all", encoding="binary"))
             self._check_dim(got.snippets)
             found.update(zip(got.indices, got.snippets, strict=True))
             version = got.version

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.responses import Response
@@ -86,9 +86,13 @@ class RequestContext:
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_limit_name: str, body_timeout_s: float,
                  on_request: OnRequest | None = None, guard: Guard | None = None,
-                 access_logger: str = "gmem.access") -> None:
+                 access_logger: str = "gmem.access", route_limits: Mapping[str, int] | None = None,
+                 route_limit_hint: str = "") -> None:
         self.app = app
         self.max_body = max_body_bytes
+        # path -> the most that route can ever need (tighter than max_body_bytes), and what to name in its 413
+        self.route_limits = dict(route_limits or {})
+        self.route_limit_hint = route_limit_hint
         self.limit_name = body_limit_name
         self.body_timeout_s = body_timeout_s
         self.on_request = on_request
@@ -139,9 +143,10 @@ class RequestContext:
         """A receive that replays the buffered body; _Refused when it is too large or too slow."""
         if scope["method"] not in _BODY_METHODS:
             return receive
+        limit = self.route_limits.get(scope["path"].rstrip("/"), self.max_body)
         declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise self._too_large(int(declared))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise self._too_large(int(declared), limit)
         chunks: list[bytes] = []
         total, more = 0, True
         deadline = time.monotonic() + self.body_timeout_s
@@ -155,8 +160,8 @@ class RequestContext:
                 break
             chunk = message.get("body", b"")
             total += len(chunk)
-            if total > self.max_body:
-                raise self._too_large(total)
+            if total > limit:
+                raise self._too_large(total, limit)
             chunks.append(chunk)
             more = message.get("more_body", False)
         body, sent = b"".join(chunks), False
@@ -170,9 +175,10 @@ class RequestContext:
 
         return replay
 
-    def _too_large(self, size: int) -> _Refused:
+    def _too_large(self, size: int, limit: int) -> _Refused:
+        what = self.limit_name if limit == self.max_body else self.route_limit_hint or self.limit_name
         return _Refused(413, "payload_too_large", f"request body of {size}+ bytes exceeds the limit of "
-                        f"{self.max_body} bytes ({self.limit_name}); send a smaller request")
+                        f"{limit} bytes ({what}); send a smaller request")
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None)

@@ -156,11 +156,16 @@ class Encoder:
 def center_crop(im, size: int):
     """Square centre crop at ``size`` without stretching (the ADM crop the paper's bank used).
 
-    Halve with a box filter while the short side is at least twice the target, then
-    resize bicubically so the short side equals ``size`` and cut the centre square.
+    Cut the centre square first, then halve it with a box filter while its side is at least
+    twice the target and resize it bicubically to ``size``. Cropping first gives the ADM crop's
+    region (up to a pixel of rounding) without ever scaling the long side: resizing a 1,000,000 x 1
+    strip's short side to ``size`` would otherwise allocate gigabytes.
     """
     if im.size == (size, size):
         return im
+    side = min(im.size)
+    left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+    im = im.crop((left, top, left + side, top + side))
     while min(im.size) >= 2 * size:
         im = im.resize(tuple(x // 2 for x in im.size), resample=Image.Resampling.BOX)
     scale = size / min(im.size)

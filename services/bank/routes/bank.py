@@ -6,7 +6,8 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from services.bank.bodies import read_feature_input, retrieve_body, snippet_info
+from services.bank import reads
+from services.bank.bodies import read_feature_input, snippet_info
 from services.bank.deps import Bank, SnippetPathId
 from services.bank.errors import responses
 from services.bank.routes.docs import FEATURE_OR_IMAGE, RETRIEVE_DOC
@@ -14,7 +15,6 @@ from shared.schemas.bank import (
     BankInfo,
     Neighbor,
     ProjectResponse,
-    RetrieveRequest,
     RetrieveResponse,
     SearchRequest,
     SearchResponse,
@@ -32,14 +32,11 @@ async def bank_info(bank: Bank) -> BankInfo:
 
 
 @router.post("/bank/retrieve", response_model=RetrieveResponse, responses=responses(404, 409, 413, 415, 422),
-             description=RETRIEVE_DOC)
-async def retrieve(req: RetrieveRequest, bank: Bank) -> Response:
-    if req.z is not None:
-        zs = req.z if isinstance(req.z[0], list) else [req.z]
-        view, ids, snippets = bank.store.retrieve_by_noise(zs, req.pool)  # type: ignore[arg-type]
-    else:
-        view, ids, snippets = bank.store.retrieve_by_id(req.indices or [], req.pool)
-    return retrieve_body(view, req.pool, ids, snippets, req.encoding)
+             description=RETRIEVE_DOC + reads.RETRIEVE_DOC_BINARY, openapi_extra=reads.RETRIEVE_BODY_DOC)
+async def retrieve(request: Request, bank: Bank) -> Response:
+    # The body is parsed by reads.retrieve itself: large bodies go to a worker process so that JSON
+    # parsing never holds the event loop (GET /healthz stays fast during any request).
+    return await reads.retrieve(bank.store, request)
 
 
 @router.get("/bank/snippets/{id}", response_model=SnippetInfo, responses=responses(404, 422))

@@ -22,6 +22,7 @@ async def readyz(bank: Bank, response: Response) -> Readiness:
     store, publisher = bank.store, bank.publisher
     view = store.view()
     detail = {"factors": f"loaded ({store.factors.size} rows)", "index": store.index.state,
+              "row_cache": f"{store.rows.used}/{store.rows.capacity} rows",
               "version": str(view.version),
               "redis": "disabled" if publisher is None else f"{publisher.state}, {publisher.pending} pending"}
     ready = not store.index.state.startswith("failed")

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from training.flow.generate import decode, image_shape, noise_generator, to_png, to_uint8
-from training.flow.samplers import SamplerOptions, SamplerState, cfg_active, combine_cfg
 
 from services.generator.jobs.scheduler import Work
+from training.flow.generate import decode, image_shape, noise_generator, to_png, to_uint8
+from training.flow.samplers import SamplerOptions, SamplerState, cfg_active, combine_cfg
 
 
 class StepExecutor:

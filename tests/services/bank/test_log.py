@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.bank.log import HEADER, EditLog, encode_record, iter_records, scan
+from services.bank.recovery import DataLoss
 from shared.errors import BankFileError
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -57,14 +58,33 @@ def test_crash_while_creating_header_starts_empty(tmp_path: Path) -> None:
         assert replayed == [] and path.read_bytes() == HEADER
 
 
-def test_bit_flip_in_last_record_is_truncated(tmp_path: Path) -> None:
+def test_bit_flip_in_last_record_is_refused_and_kept(tmp_path: Path) -> None:
+    """A complete last record with a bad checksum is damage, not a torn write (it used to be truncated)."""
     records = [payload(v, [float(v)]) for v in range(1, 4)]
     blob = bytearray(HEADER + b"".join(encode_record(p) for p in records))
     blob[-3] ^= 0x01
     path = tmp_path / "flip.log"
     path.write_bytes(bytes(blob))
-    _, replayed = EditLog.open(path)
-    assert replayed == records[:2]
+    last_start = len(blob) - len(encode_record(records[-1]))
+    with pytest.raises(DataLoss, match="fails its checksum"):
+        EditLog.open(path)
+    assert path.read_bytes() == bytes(blob)  # nothing was cut
+    aside = list(tmp_path.glob("flip.log.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(blob[last_start:])
+    log, replayed = EditLog.open(path, accept_data_loss=True)
+    log.close()
+    assert replayed == records[:2] and path.stat().st_size == last_start
+
+
+def test_zero_filled_tail_is_torn_not_corrupt(tmp_path: Path) -> None:
+    records = [payload(v, [float(v)]) for v in range(1, 3)]
+    good = HEADER + b"".join(encode_record(p) for p in records)
+    path = tmp_path / "zeros.log"
+    path.write_bytes(good + b"\0" * 37)  # space allocated by an append whose data never reached the disk
+    log, replayed = EditLog.open(path)
+    log.close()
+    assert replayed == records and path.read_bytes() == good
+    assert len(list(tmp_path.glob("zeros.log.torn-*"))) == 1
 
 
 def test_corruption_before_valid_records_is_refused(tmp_path: Path) -> None:
@@ -74,7 +94,7 @@ def test_corruption_before_valid_records_is_refused(tmp_path: Path) -> None:
     blob[middle] ^= 0x20
     path = tmp_path / "mid.log"
     path.write_bytes(bytes(blob))
-    with pytest.raises(BankFileError, match="refusing to drop acknowledged edits"):
+    with pytest.raises(BankFileError, match="acknowledged edits would be lost"):
         EditLog.open(path)
     assert path.read_bytes() == bytes(blob)  # nothing was truncated
 
