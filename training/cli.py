@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("training.sample", "sample_command"),
     "eval": ("training.evaluate", "eval_command"),
     "import-official": ("training.official", "import_official_command"),
+    "train-vae": ("training.latent.vae_tiny", "train_vae_command"),
+    "cache": ("training.latent.cache", "cache_command"),
+    "reduce-bank": ("training.latent.reduce", "reduce_bank_command"),
 }
 
 
