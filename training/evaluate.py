@@ -11,6 +11,7 @@ as the bank label of the snippet they were drawn from.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -89,7 +90,8 @@ def sample_conditions(cfg, bank, labels_pool: np.ndarray | None, seeds: list[int
 
 def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n: int, seed: int = 0,
                      steps: int | None = None, sampler: str | None = None, cfg_scale: float = 1.0,
-                     batch: int = 100, labels_pool: np.ndarray | None = None) -> EvalResult:
+                     batch: int = 100, labels_pool: np.ndarray | None = None,
+                     decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EvalResult:
     """Sample n images (seeds seed..seed+n-1) in batches and score them against ``real_feats``."""
     from tqdm import tqdm
 
@@ -101,6 +103,8 @@ def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n
     for start in tqdm(range(0, n, batch), desc="eval samples", leave=False):
         c = cond[start : start + batch] if cond is not None else None
         x = sample_tensor(net, cfg, c, seeds[start : start + batch], steps, sampler, cfg_scale)
+        if decode is not None:  # latent space: through the model's autoencoder
+            x = decode(x)
         feats.append(evalnet.features(x.clamp(-1, 1)))
     fake = np.concatenate(feats)
     consistency = None
@@ -121,6 +125,7 @@ def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed:
              sampler: str | None, cfg_scale: float, evalnet_weights: str) -> dict[str, Any]:
     """Load everything, check it fits, sample and score; returns the result as a dict."""
     from shared.factors import load_factors
+    from training.generate import decode
     from training.modelfile import check_compatible, load_model
 
     if n < 2:
@@ -139,7 +144,8 @@ def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed:
 
         pool = load_dataset(dataset).labels
     result = evaluate_network(model.net, model.config, bank, evalnet, real_features(evalnet, dataset), n, seed,
-                              steps, sampler, cfg_scale, labels_pool=pool)
+                              steps, sampler, cfg_scale, labels_pool=pool,
+                              decode=(lambda x: decode(model, x)) if model.config.space == "latent" else None)
     return {"model": model.id, "dataset": dataset, **asdict(result)}
 
 

@@ -76,6 +76,7 @@ class GMemConfig:
     num_classes: int = 10  # only for conditioning="class" (the comparison baseline)
     # REPA projector (train-time alignment; kept so official checkpoints load strictly)
     repa_dim: int = 0  # 0 = no projector
+    repa_hidden: int = 2048  # projector width (the release's 2048; training/repa.py)
     encoder_depth: int = 4
     # sampling defaults
     default_sampler: str = "heun"
@@ -227,7 +228,8 @@ class GMemDiT(nn.Module):
         self.blocks = nn.ModuleList(GMemBlock(cfg) for _ in range(cfg.depth))
         if cfg.repa_dim:
             self.projector = nn.ModuleList([nn.Sequential(
-                nn.Linear(h, 2048), nn.SiLU(), nn.Linear(2048, 2048), nn.SiLU(), nn.Linear(2048, cfg.repa_dim)
+                nn.Linear(h, cfg.repa_hidden), nn.SiLU(), nn.Linear(cfg.repa_hidden, cfg.repa_hidden), nn.SiLU(),
+                nn.Linear(cfg.repa_hidden, cfg.repa_dim)
             )])
         self.final_layer = FinalLayer(cfg)
         self.initialize_weights()
@@ -289,8 +291,11 @@ class GMemDiT(nn.Module):
         out = self.unpatchify(self.final_layer(h, cond))
         return out[:, : self.cfg.in_channels], z
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_features(x, t, c)[0]
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
+                return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        # return_features: (v, projected tokens) for the REPA loss; through forward so DDP sees the call.
+        out = self.forward_features(x, t, c)
+        return out if return_features else out[0]
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -309,6 +314,10 @@ _LATENT_VAVAE = dict(space="latent", input_size=16, in_channels=32, snippet_dim=
 
 PRESETS: dict[str, GMemConfig] = {
     "gmem-tiny": GMemConfig(name="gmem-tiny", patch_size=4, hidden_size=128, depth=6, num_heads=2),
+    # Latent space of the embedded tiny VAE (8x8x4 for mnist-5k); patch 2 (16 tokens) keeps CPU runs short.
+    "gmem-tiny-latent": GMemConfig(name="gmem-tiny-latent", space="latent", input_size=8, in_channels=4,
+                                   patch_size=2, hidden_size=128, depth=6, num_heads=2, repa_hidden=256,
+                                   encoder_depth=2),
     "gmem-S/2": GMemConfig(name="gmem-S/2", patch_size=2, hidden_size=384, depth=12, num_heads=6),
     "gmem-B/1": GMemConfig(name="gmem-B/1", **_LATENT_VAVAE, **_LIGHTNING, patch_size=1, hidden_size=768,
                            depth=12, num_heads=12, repa_dim=768),

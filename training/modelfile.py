@@ -120,9 +120,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     net.to(device).eval()
     decoder = None
     if config.space == "latent":
-        from training import vae  # only latent-space models need the decoder (engineer F's module)
+        # Only latent-space models need an autoencoder (tiny VAE, VA-VAE or diffusers; training/latent/).
+        from training.latent.autoencoders import load_model_decoder
 
-        decoder = vae.load_decoder(config.decoder, device=device, base_dir=Path(path).parent)
+        decoder = load_model_decoder(config.decoder, device=device, base_dir=Path(path).parent)
     return LoadedModel(net=net, config=config, meta=meta, decoder=decoder, path=str(path))
 
 

@@ -70,13 +70,14 @@ def facts_from_config(cfg: dict[str, Any], model_id: str) -> ModelFacts:
     space = str(cfg.get("space", "pixel"))
     size = int(cfg["input_size"])
     decoder = cfg.get("decoder") or {}
-    scale = _DECODER_SCALE.get(str(decoder.get("kind")), 1) if space == "latent" else 1
+    # Files written by `train --space latent` record the decoder's scale and channels (training/latent/).
+    scale = int(decoder.get("scale") or _DECODER_SCALE.get(str(decoder.get("kind")), 1)) if space == "latent" else 1
     return ModelFacts(
         id=str(model_id),
         feature_dim=int(cfg["snippet_dim"]),
         encoder=str(cfg["encoder"]),
         resolution=size * scale,
-        channels=int(cfg["in_channels"]) if space == "pixel" else 3,
+        channels=int(cfg["in_channels"]) if space == "pixel" else int(decoder.get("out_channels", 3)),
         default_steps=int(cfg["default_steps"]),
         default_sampler=str(cfg["default_sampler"]),
         space=space,

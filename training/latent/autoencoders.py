@@ -220,3 +220,24 @@ def save_vavae(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
             "source": "hustvl/vavae-imagenet256-f16d32-dinov2", "arch": json.dumps({"ch_mult": [1, 1, 2, 2, 4]})}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_model_decoder(spec: Mapping[str, Any] | None, device: str | torch.device = "cpu",
+                       base_dir: str | os.PathLike | None = None) -> Any:
+    """The decoder a latent model file names: the release's decoder-only VA-VAE as before, else an Autoencoder."""
+    from training import vae
+
+    if spec is None:
+        raise IncompatibleArtifacts("this latent-space model names no decoder; its config needs "
+                                    "decoder = {'kind', 'weights'}")
+    kind = spec.get("kind", vae.KIND)
+    if kind == vae.KIND and spec.get("weights") and _is_decoder_only(resolve(spec, base_dir)):
+        return vae.load_decoder(spec, device=device, base_dir=base_dir)
+    if kind not in (vae_tiny.KIND, VAVAE_KIND, DIFFUSERS_KIND):
+        raise IncompatibleArtifacts(f"decoder kind {kind!r} is not supported; known: {vae_tiny.KIND}, "
+                                    f"{VAVAE_KIND}, {DIFFUSERS_KIND}")
+    return load_autoencoder(spec, device=device, base_dir=base_dir)
+
+
+def _is_decoder_only(path: Path) -> bool:
+    return path.is_file() and _read_meta(path).get("format") == "gmem-vae-decoder"

@@ -209,6 +209,15 @@ def read_cache(cache: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, tor
     return {key: torch.cat(v) for key, v in parts.items()}
 
 
+def tensor_shape(cache: str | os.PathLike, key: str) -> list[int]:
+    """Shape of ``key`` in the first shard (no data read)."""
+    read_manifest(cache)
+    with safe_open(str(Path(cache) / shard_name(0)), framework="pt") as fh:
+        if key not in fh.keys():
+            raise InvalidInput(f"{cache} holds no {key!r} (written with --no-repa?)")
+        return list(fh.get_slice(key).get_shape())
+
+
 def cache_command(
     dataset: Annotated[str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")],
     vae: Annotated[str, typer.Option(help="gmem-vae file, converted VA-VAE, or diffusers AutoencoderKL folder",
