@@ -40,6 +40,7 @@ from training.statedict import state_dict_problems
 RELEASE_PRESETS = ("gmem-XL/1", "gmem-B/1-lightning")
 LATENT_CHANNELS = 32
 DECODER_FILE = "vae_decoder.safetensors"
+VAE_FILE = "vae.safetensors"  # encoder + decoder (+ latent stats), for `cache --vae`
 MODEL_FILE = "model.safetensors"
 BANK_FILE = "bank.safetensors"
 DINOV2_ID = "timm/vit_base_patch14_dinov2"
@@ -278,16 +279,27 @@ def import_network(path: Path, out_dir: Path, stats: Path, ema: bool = True, pre
 # ----------------------------------------------------------------------------- VA-VAE and bank
 
 
-def import_vae(path: Path, out_dir: Path) -> PartReport:
-    """VA-VAE Lightning checkpoint -> DIR/vae_decoder.safetensors (post_quant_conv + decoder only)."""
+def import_vae(path: Path, out_dir: Path, stats: Path | None = None) -> PartReport:
+    """VA-VAE Lightning checkpoint -> DIR/vae_decoder.safetensors (decoding) and DIR/vae.safetensors.
+
+    ``vae.safetensors`` is the whole autoencoder (encoder, quant convs, decoder) with the
+    release's latent mean/std when ``stats`` is given: what ``cache --vae`` encodes with.
+    """
+    from training.latent.autoencoders import save_vavae
+    from training.latent.vavae import autoencoder_state_from_checkpoint
     from training.vae import decoder_state_from_checkpoint, save_decoder
 
-    state, ignored = decoder_state_from_checkpoint(read_release_file(path, "VA-VAE"), str(path))
+    obj = read_release_file(path, "VA-VAE")
+    state, ignored = decoder_state_from_checkpoint(obj, str(path))
+    full = autoencoder_state_from_checkpoint(obj, str(path))
     save_decoder(state, out_dir / DECODER_FILE)
+    save_vavae(full, out_dir / VAE_FILE, read_latent_stats(stats) if stats is not None else None)
+    ignored = [k for k in ignored if k not in full]
     groups = sorted({k.split(".")[0] for k in ignored})
+    notes = [f"ignored {len(ignored)} tensors ({', '.join(groups)})"] if ignored else []
+    notes.append(f"encoder + decoder -> {out_dir / VAE_FILE}" + (" with the release's latent stats" if stats else ""))
     return PartReport("vae decoder", path.name, "Lightning checkpoint", len(state),
-                      sum(t.numel() for t in state.values()), str(out_dir / DECODER_FILE),
-                      [f"ignored {len(ignored)} tensors ({', '.join(groups)})"] if ignored else [])
+                      sum(t.numel() for t in state.values()), str(out_dir / DECODER_FILE), notes)
 
 
 def import_bank(path: Path, out_dir: Path, rank: int | None) -> PartReport:
@@ -353,7 +365,7 @@ def import_official_command(
             raise typer.BadParameter(f"--preset {preset!r}: choose gmem-XL/1, gmem-B/1-lightning or gmem-B/1")
         out.mkdir(parents=True, exist_ok=True)
         reports: list[PartReport] = []
-        steps = [(vae, lambda: import_vae(vae, out)),
+        steps = [(vae, lambda: import_vae(vae, out, latent_stats)),
                  (network, lambda: import_network(network, out, latent_stats, ema, preset)),
                  (bank, lambda: import_bank(bank, out, rank))]
         for given, run in steps:

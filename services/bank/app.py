@@ -173,17 +173,19 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
     async def bank_info() -> BankInfo:
         view, f = store.view(), store.factors
         return BankInfo(version=view.version, size=view.pool_size("all"), base_size=f.size, feature_dim=f.feature_dim,
-                        rank=f.rank, encoder=f.meta.encoder, format_version=f.meta.format_version)
+                        rank=f.rank, encoder=f.meta.encoder, format_version=f.meta.format_version,
+                        labels=store.has_labels)
 
     @app.post("/bank/retrieve", response_model=RetrieveResponse, responses=responses(404, 409, 413, 415, 422),
               description=_RETRIEVE_DOC, tags=["bank"])
     async def retrieve(req: RetrieveRequest) -> Response:
         if req.z is not None:
             zs = req.z if isinstance(req.z[0], list) else [req.z]
-            view, ids, snippets = store.retrieve_by_noise(zs, req.pool)  # type: ignore[arg-type]
+            view, ids, snippets = store.retrieve_by_noise(zs, req.pool, req.label)  # type: ignore[arg-type]
         else:
             view, ids, snippets = store.retrieve_by_id(req.indices or [], req.pool)
-        body = {"version": view.version, "pool_size": view.pool_size(req.pool), "indices": ids.tolist(),
+        size = view.pool_size(req.pool) if req.label is None else store.label_pool(req.label, req.pool).size
+        body = {"version": view.version, "pool_size": size, "indices": ids.tolist(),
                 "snippets": base64.b64encode(snippets.astype("<f4").tobytes()).decode("ascii")
                 if req.encoding == "b64f32" else snippets.tolist()}
         # Serialised directly: re-validating 64 x d floats through the response model would double the cost.

@@ -7,7 +7,8 @@ Where each image's snippet comes from (CONTRACT.md section 6):
   in the chosen pool (paper 4.3) and returns that snippet;
 - ``snippet_ids`` (one for all images, or one per image): the bank's snippets,
   through the Redis-fed cache when configured;
-- ``snippet``: the caller's vector, checked and L2-normalised, no bank involved.
+- ``snippet``: the caller's vector, checked and L2-normalised, no bank involved;
+- ``label``: as the first case, but the bank draws among its rows of that class label.
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ class Generator:
             rows, version = await self._pinned(ids)
             return rows, list(ids), version
         z = self.runtime.initial_noise(seeds)
-        got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="b64f32"))
+        # label: the same noise-CDF draw, restricted by the bank to that label's rows.
+        got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="b64f32", label=req.label))
         self._check_dim(got.snippets)
         return got.snippets, list(got.indices), got.version
 

@@ -47,6 +47,8 @@ class GenerateRequest(BaseModel):
         None, min_length=1, description="a raw feature of the model's snippet dimension; L2-normalised here"
     )
     pool: Pool = Field("base", description="pool the noise-CDF index draws from when no snippet is given")
+    label: int | None = Field(None, ge=0, description="draw snippets of this class label by the noise-CDF index "
+                              "among the bank's rows of that label (labelled or reduced banks only)")
     # allow_inf_nan=False: a NaN would otherwise be reported as "should be <= 50", which misleads.
     cfg_scale: float = Field(1.0, ge=0.0, le=50.0, allow_inf_nan=False,
                              description="classifier-free guidance scale; 1 = none")
@@ -67,8 +69,10 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> GenerateRequest:
-        if self.snippet_ids is not None and self.snippet is not None:
-            raise ValueError("give either snippet_ids or snippet, not both")
+        given = [k for k in ("snippet_ids", "snippet", "snippets", "label") if getattr(self, k, None) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} exclude each other: give at most one of snippet_ids, "
+                             "snippet, snippets, label")
         if self.snippet_ids is not None and len(self.snippet_ids) not in (1, self.n):
             raise ValueError(
                 f"snippet_ids has {len(self.snippet_ids)} ids for n={self.n}; give one id for all images or one per image"

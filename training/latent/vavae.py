@@ -95,3 +95,24 @@ def vavae_shapes(cfg: DecoderConfig | None = None) -> dict[str, tuple[int, ...]]
     with torch.device("meta"):
         module = VAVAE(cfg)
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def autoencoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint") -> dict[str, torch.Tensor]:
+    """``encoder.*``, ``quant_conv.*``, ``post_quant_conv.*`` and ``decoder.*`` of the release's checkpoint.
+
+    Every tensor must be there with its exact shape (the release's loader runs with
+    ``strict=False`` and would silently leave random layers); the decoder side is checked
+    by :func:`training.vae.decoder_state_from_checkpoint` first, so its messages are the same.
+    """
+    from shared.errors import IncompatibleArtifacts
+    from training.statedict import state_dict_problems
+    from training.vae import decoder_state_from_checkpoint
+
+    decoder, _ = decoder_state_from_checkpoint(obj, where)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    expected = {k: v for k, v in vavae_shapes().items() if k.startswith(("encoder.", "quant_conv."))}
+    picked = {k: v for k, v in state.items() if k.startswith(("encoder.", "quant_conv."))}
+    problems = state_dict_problems(picked, expected)
+    if problems:
+        raise IncompatibleArtifacts(f"{where}: not the VA-VAE f16d32 encoder ({'; '.join(problems)})")
+    return {**{k: picked[k].float().contiguous() for k in expected}, **decoder}
