@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-vae": ("training.latent.vae_tiny", "train_vae_command"),
     "cache": ("training.latent.cache", "cache_command"),
     "reduce-bank": ("training.latent.reduce", "reduce_bank_command"),
+    "export-official": ("training.latent.export", "export_official_command"),
 }
 
 
