@@ -190,6 +190,8 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
     net = GMemDiT(cfg).to(device)
     if init_state is not None:  # --init: fine-tune from a model file's weights (paper 5.3)
         net.load_state_dict(init_state, strict=True)
+    if cfg.repa_dim and opts.repa_weight <= 0:
+        net.projector.requires_grad_(False)  # kept for the file layout; untrained, and DDP must not wait on it
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
     start, history = 0, []
