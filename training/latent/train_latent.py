@@ -2,7 +2,7 @@
 
 - :func:`load_latent_data`: the cache (training/latent/cache.py) as training data:
   latents normalised per channel, ``x = (z - mean) / std * multiplier`` (the release's
-  ``img_latent_dataset``), each paired with its own image's snippet (as the release
+  ``img_latent_dataset``; the VA-VAE's shipped statistics when it has them, else the cache's), each paired with its own image's snippet (as the release
   trains; the bank is checked to share the encoder and dimension), the flipped copies
   as extra rows when cached (latent, snippet and REPA target of the same variant, unlike
   the release's three independent coin flips), and the REPA targets resampled to the
@@ -30,6 +30,14 @@ from training.model import GMemConfig, preset
 from training.repa import resample_tokens
 
 
+def latent_stats(manifest: dict[str, Any], ae: Autoencoder) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) the network's space is defined by: the autoencoder's own when it ships
+    them (the VA-VAE release's ``latents_stats.pt``, which its networks were trained with), else the cache's."""
+    if ae.latent_stats is not None:
+        return list(ae.latent_stats[0]), list(ae.latent_stats[1])
+    return list(manifest["latent_mean"]), list(manifest["latent_std"])
+
+
 def check_bank(bank_path: str, manifest: dict[str, Any]) -> BankMeta:
     """The bank's metadata, after checking it was made with the cache's encoder and dimension."""
     meta = load_factors(bank_path).meta
@@ -55,8 +63,9 @@ def load_latent_data(cache: str, vae: str, repa: bool, grid: int | None = None, 
     if manifest.get("flip"):
         keys += [k + "_flip" for k in keys]
     t = read_cache(cache, tuple(keys))
-    mean = torch.tensor(manifest["latent_mean"], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(manifest["latent_std"], dtype=torch.float32).view(1, -1, 1, 1)
+    stats = latent_stats(manifest, ae)
+    mean = torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1)
     both = ("", "_flip") if manifest.get("flip") else ("",)
     x = torch.cat([(t["latents" + s] - mean) / std for s in both])
     cond = torch.cat([t["snippets" + s] for s in both])
@@ -77,9 +86,10 @@ def latent_config(preset_name: str, manifest: dict[str, Any], ae: Autoencoder, b
     """Preset in the autoencoder's latent space: shape and statistics from the cache, decoder spec recorded."""
     c, h, _ = manifest["latent_shape"]
     set_ = {k: v for k, v in overrides.items() if v is not None}
+    mean, std = latent_stats(manifest, ae)
     set_.update(space="latent", input_size=int(h), in_channels=int(c), latent_multiplier=1.0,
-                latent_mean=tuple(float(v) for v in manifest["latent_mean"]),
-                latent_std=tuple(float(v) for v in manifest["latent_std"]), decoder=ae.spec(), repa_dim=repa_dim)
+                latent_mean=tuple(float(v) for v in mean), latent_std=tuple(float(v) for v in std),
+                decoder=ae.spec(), repa_dim=repa_dim)
     if bank_meta is not None:
         set_.update(snippet_dim=bank_meta.feature_dim, encoder=bank_meta.encoder)
     try:
