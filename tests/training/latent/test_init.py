@@ -44,3 +44,13 @@ def test_init_refuses_a_model_of_another_shape(cache_dir, tmp_path):
     pixel = BANK.parent / "model.safetensors"  # the embedded pixel-space model: 32x32x1, not 8x8x4 latents
     res = run_cli(*_args(cache_dir, tmp_path / "x.safetensors"), "--init", str(pixel))
     assert res.exit_code == 2 and "space: model 'pixel', this run 'latent'" in res.output
+
+
+def test_init_in_pixel_space_keeps_the_embedded_model_bit_for_bit(tmp_path):
+    pixel = BANK.parent / "model.safetensors"
+    out = tmp_path / "px.safetensors"
+    res = run_cli("train", "--dataset", "mnist-5k:train", "--bank", str(BANK), "--init", str(pixel), "--steps", "0",
+                  "--out", str(out), "--threads", "1")
+    assert res.exit_code == 0, res.output
+    src, got = load_file(str(pixel)), load_file(str(out))
+    assert set(src) == set(got) and all(np.array_equal(src[k].numpy(), got[k].numpy()) for k in src)
