@@ -147,7 +147,8 @@ def write_cache(dataset: str, vae: str, encoder_id: str, out: Path, encoder_weig
             save_file(tensors, str(tmp), metadata=meta)
         bar.update(b - a)
     bar.close()
-    return finish_manifest(out, args, n_shards, enc.feature_dim)
+    written = sum(min(rows.n, (k + 1) * shard_size) - k * shard_size for k in todo)
+    return {**finish_manifest(out, args, n_shards, enc.feature_dim), "written_now": written}
 
 
 def _shard_done(path: Path, stamp: str) -> bool:
@@ -243,4 +244,5 @@ def cache_command(
         raise typer.Exit(2) from exc
     dt = time.time() - t0
     typer.echo(f"wrote {out}: {manifest['n']} images in {manifest['shards']} shards, latents "
-               f"{manifest['latent_shape']}, {manifest['n'] / max(dt, 1e-9):.0f} images/s")
+               f"{manifest['latent_shape']}; encoded {manifest['written_now']} now, "
+               f"{manifest['written_now'] / max(dt, 1e-9):.0f} images/s")
