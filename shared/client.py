@@ -236,11 +236,13 @@ class _BankCalls:
 
     @staticmethod
     def retrieve(z: np.ndarray | Sequence[Any] | None, indices: Sequence[int] | None, pool: str,
-                 encoding: str) -> _Call[Retrieval]:
+                 encoding: str, label: int | None = None) -> _Call[Retrieval]:
         if (z is None) == (indices is None):
             raise ValueError("retrieve needs exactly one of z or indices")
         binary = encoding == "binary"  # raw float32 answer, fields in headers (services/bank/reads.py)
         body: dict[str, Any] = {"pool": pool} if binary else {"pool": pool, "encoding": encoding}
+        if label is not None:
+            body["label"] = int(label)
         if z is not None:
             za = np.asarray(z, dtype=np.float64)
             body["z"] = za.tolist() if za.ndim <= 2 else za.reshape(za.shape[0], -1).tolist()
@@ -319,8 +321,8 @@ class BankClient(_SyncSender):
             return False
 
     def retrieve(self, z: np.ndarray | Sequence[Any] | None = None, indices: Sequence[int] | None = None,
-                 pool: str = "base", encoding: str = "b64f32") -> Retrieval:
-        return self._send(_BankCalls.retrieve(z, indices, pool, encoding))
+                 pool: str = "base", encoding: str = "b64f32", label: int | None = None) -> Retrieval:
+        return self._send(_BankCalls.retrieve(z, indices, pool, encoding, label))
 
     def get_snippet(self, snippet_id: int) -> Snippet:
         return self._send(_BankCalls.get_snippet(snippet_id))
@@ -359,8 +361,8 @@ class AsyncBankClient(_AsyncSender):
             return False
 
     async def retrieve(self, z: np.ndarray | Sequence[Any] | None = None, indices: Sequence[int] | None = None,
-                       pool: str = "base", encoding: str = "b64f32") -> Retrieval:
-        return await self._send(_BankCalls.retrieve(z, indices, pool, encoding))
+                       pool: str = "base", encoding: str = "b64f32", label: int | None = None) -> Retrieval:
+        return await self._send(_BankCalls.retrieve(z, indices, pool, encoding, label))
 
     async def get_snippet(self, snippet_id: int) -> Snippet:
         return await self._send(_BankCalls.get_snippet(snippet_id))

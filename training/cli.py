@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("training.evaluate", "eval_command"),
     "import-official": ("training.official.importer", "import_official_command"),
     "train-t2s": ("training.t2s.train", "train_t2s_command"),
+    "train-vae": ("training.latent.vae_tiny", "train_vae_command"),
+    "cache": ("training.latent.cache", "cache_command"),
+    "reduce-bank": ("training.latent.reduce", "reduce_bank_command"),
+    "export-official": ("training.latent.export", "export_official_command"),
 }
 
 

@@ -11,6 +11,7 @@ as the bank label of the snippet they were drawn from.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -26,7 +27,7 @@ from shared.factors import load_factors
 from training.data import load_dataset, to_model_input
 from training.encoders.registry import load_encoder
 from training.files.modelfile import check_compatible, load_model
-from training.flow.generate import initial_noise, sample_tensor
+from training.flow.generate import decode, initial_noise, sample_tensor
 
 EVALNET_ID = "gmem/mnist-evalnet"
 EVALNET_WEIGHTS = "artifacts/mnist-5k/evalnet.safetensors"
@@ -91,7 +92,8 @@ def sample_conditions(cfg, bank, labels_pool: np.ndarray | None, seeds: list[int
 
 def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n: int, seed: int = 0,
                      steps: int | None = None, sampler: str | None = None, cfg_scale: float = 1.0,
-                     batch: int = 100, labels_pool: np.ndarray | None = None) -> EvalResult:
+                     batch: int = 100, labels_pool: np.ndarray | None = None,
+                     decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EvalResult:
     """Sample n images (seeds seed..seed+n-1) in batches and score them against ``real_feats``."""
     seeds = list(range(seed, seed + n))
     cond, labels = sample_conditions(cfg, bank, labels_pool, seeds)
@@ -99,6 +101,8 @@ def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n
     for start in tqdm(range(0, n, batch), desc="eval samples", leave=False):
         c = cond[start : start + batch] if cond is not None else None
         x = sample_tensor(net, cfg, c, seeds[start : start + batch], steps, sampler, cfg_scale)
+        if decode is not None:  # latent space: through the model's autoencoder
+            x = decode(x)
         feats.append(evalnet.features(x.clamp(-1, 1)))
     fake = np.concatenate(feats)
     consistency = None
@@ -130,7 +134,8 @@ def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed:
     if model.config.conditioning == "class":
         pool = load_dataset(dataset).labels
     result = evaluate_network(model.net, model.config, bank, evalnet, real_features(evalnet, dataset), n, seed,
-                              steps, sampler, cfg_scale, labels_pool=pool)
+                              steps, sampler, cfg_scale, labels_pool=pool,
+                              decode=(lambda x: decode(model, x)) if model.config.space == "latent" else None)
     return {"model": model.id, "dataset": dataset, **asdict(result)}
 
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +35,7 @@ from training.flow.generate import sample_tensor, to_uint8
 from training.flow.transport import PATH, flow_matching_loss, sample_time
 from training.network.config import Conditioning, GMemConfig, MaskStrategy, choices, preset
 from training.network.model import GMemDiT, count_parameters
+from training.repa import repa_loss
 from training.sample import make_grid, save_png
 
 
@@ -51,6 +53,7 @@ class TrainOptions:
     grad_clip: float = 1.0
     time_sampling: str = "logit-normal"
     cosine_loss: bool = False
+    repa_weight: float = 0.0  # lambda of the REPA loss (training/repa.py); 0 = off
     seed: int = 0
     log_every: int = 25
     sample_every: int = 500
@@ -65,6 +68,8 @@ class TrainData:
     cond: torch.Tensor | None  # [N, d] float snippets, [N] int64 labels, or None
     source: str
     preview_ids: list[int]
+    repa: torch.Tensor | None = None  # [N, T, D] encoder patch features on the token grid (REPA targets)
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # network space -> pixels (latent space)
 
 
 def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[TrainData, Any]:
@@ -108,10 +113,15 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
         eb.copy_(b)
 
 
+def step_indices(data: TrainData, opts: TrainOptions, step: int, rank: int, world: int) -> torch.Tensor:
+    """Rows of this rank's batch at ``step``."""
+    g = torch.Generator().manual_seed(opts.seed * 1_000_003 + step)
+    return torch.randint(0, data.x.shape[0], (opts.batch_size,), generator=g)[rank::world]
+
+
 def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world: int, device: torch.device):
     """This rank's (x_data, cond, t, eps) of ``step``: a pure function of (seed, step, rank)."""
-    g = torch.Generator().manual_seed(opts.seed * 1_000_003 + step)
-    idx = torch.randint(0, data.x.shape[0], (opts.batch_size,), generator=g)[rank::world]
+    idx = step_indices(data, opts, step, rank, world)
     g_rank = torch.Generator().manual_seed((opts.seed * 1_000_003 + step) * 64 + rank)
     x = data.x[idx]
     t = sample_time(len(idx), opts.time_sampling, generator=g_rank)  # type: ignore[arg-type]
@@ -127,6 +137,8 @@ def preview_grid(ema: GMemDiT, cfg: GMemConfig, data: TrainData, path: Path) -> 
     ema.eval()
     x = sample_tensor(ema, cfg, cond, list(range(len(data.preview_ids))), steps=10, sampler="heun")
     ema.train(was_training)
+    if data.decode is not None:
+        x = data.decode(x)
     save_png(make_grid(to_uint8(x)), path)
 
 
@@ -164,7 +176,8 @@ def _dist_setup() -> tuple[int, int, torch.device]:
 
 
 def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_dir: Path,
-          resume: Path | None = None, extra: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+          resume: Path | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
+          init_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Run (or continue) training to ``opts.steps``; writes checkpoints, previews and the EMA model file."""
     ckpt = load_checkpoint(resume) if resume else None  # read and checked before anything is written
     if ckpt is not None:
@@ -172,6 +185,10 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
     rank, world, device = _dist_setup()
     torch.manual_seed(opts.seed)
     net = GMemDiT(cfg).to(device)
+    if init_state is not None:  # --init: fine-tune from a model file's weights (paper 5.3)
+        net.load_state_dict(init_state, strict=True)
+    if cfg.repa_dim and opts.repa_weight <= 0:
+        net.projector.requires_grad_(False)  # kept for the file layout; untrained, and DDP must not wait on it
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
     start, history = 0, []
@@ -192,8 +209,11 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
         for group in opt.param_groups:
             group["lr"] = lr_at(step, opts)
         with autocast:
-            v = model(PATH.x_t(x_data, eps, t), t, cond)
+            v, projected = model(PATH.x_t(x_data, eps, t), t, cond, return_features=True)
         loss = flow_matching_loss(v, PATH.velocity(x_data, eps, t), cosine=opts.cosine_loss).total
+        if opts.repa_weight > 0 and data.repa is not None:
+            target = data.repa[step_indices(data, opts, step, rank, world)].to(device)
+            loss = loss + opts.repa_weight * repa_loss(projected, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip > 0:
@@ -233,7 +253,7 @@ def build_config(preset_name: str, bank_meta: Any, data: TrainData, **overrides:
     cfg = preset(preset_name)
     if cfg.space != "pixel":
         raise InvalidInput(f"preset {preset_name!r} is a latent-space network; `train` here trains pixel-space "
-                           "networks (gmem-tiny, gmem-S/2) — latent training needs pre-encoded latents")
+                           "networks (gmem-tiny, gmem-S/2); for latent space add --space latent --vae ... --cache ...")
     _, c, h, _ = data.x.shape
     set_.update(input_size=h, in_channels=c)
     if bank_meta is not None:
@@ -245,8 +265,9 @@ _OPT = TrainOptions()  # the command line's defaults are the dataclass's
 
 
 def train_command(
-    dataset: Annotated[str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")],
     out: Annotated[Path, typer.Option(help="model file to write (EMA weights)", envvar="GMEM_OUT")],
+    dataset: Annotated[str | None, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png (pixel space)",
+                                                envvar="GMEM_DATASET")] = None,
     bank: Annotated[Path | None, typer.Option(help="bank factors file built from the dataset", envvar="GMEM_BANK")] = None,
     preset_name: Annotated[str, typer.Option("--preset", help="network preset", envvar="GMEM_PRESET")] = "gmem-tiny",
     steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_TRAIN_STEPS")] = _OPT.steps,
@@ -273,6 +294,19 @@ def train_command(
     default_steps: Annotated[int | None, typer.Option(help="steps recorded in the model file",
                                                       envvar="GMEM_DEFAULT_STEPS")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads", envvar="GMEM_THREADS")] = 2,
+    space: Annotated[str, typer.Option(help="pixel, or latent (needs --vae and --cache)", envvar="GMEM_SPACE")] = "pixel",
+    vae: Annotated[str | None, typer.Option(help="autoencoder the cache was written with (latent space)",
+                                            envvar="GMEM_VAE")] = None,
+    cache: Annotated[Path | None, typer.Option(help="latent + snippet cache folder (python -m training cache)",
+                                               envvar="GMEM_CACHE")] = None,
+    init: Annotated[Path | None, typer.Option(help="model file to fine-tune from (new dataset and bank)",
+                                              envvar="GMEM_INIT")] = None,
+    repa: Annotated[str | None, typer.Option(help="REPA preset: release (block 4, lambda 0.5, DINOv2) or mnist",
+                                             envvar="GMEM_REPA")] = None,
+    repa_weight: Annotated[float | None, typer.Option(help="REPA lambda (overrides the preset)",
+                                                      envvar="GMEM_REPA_WEIGHT")] = None,
+    repa_depth: Annotated[int | None, typer.Option(help="REPA aligns the tokens after this many blocks",
+                                                   envvar="GMEM_REPA_DEPTH")] = None,
 ) -> None:
     """Train a GMem network; image i is conditioned on bank row i."""
     torch.set_num_threads(max(1, threads))
@@ -284,19 +318,38 @@ def train_command(
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(out.parent, os.W_OK):
             raise InvalidInput(f"cannot write the model file into {out.parent}; choose a writable --out")
-        data, bank_meta = load_train_data(dataset, str(bank) if bank else None, conditioning)
-        cfg = build_config(preset_name, bank_meta, data, conditioning=conditioning, mask_ratio=mask_ratio,
-                           mask_strategy=mask_strategy, default_sampler=default_sampler, default_steps=default_steps)
+        fields = dict(conditioning=conditioning, mask_ratio=mask_ratio, mask_strategy=mask_strategy,
+                      default_sampler=default_sampler, default_steps=default_steps)
+        if space == "latent" or repa:
+            from training.latent.train_latent import prepare_latent  # latent-space modules only when asked
+
+            data, bank_meta, cfg, weight = prepare_latent(space, vae, cache, bank, preset_name, repa, repa_weight,
+                                                          repa_depth, fields)
+        elif space == "pixel":
+            if dataset is None:
+                raise InvalidInput("pixel-space training needs --dataset (or --space latent --vae ... --cache ...)")
+            data, bank_meta = load_train_data(dataset, str(bank) if bank else None, conditioning)
+            cfg, weight = build_config(preset_name, bank_meta, data, **fields), 0.0
+        else:
+            raise InvalidInput(f"--space must be pixel or latent; got {space!r}")
+        init_state = None
+        if init is not None:
+            from training.latent.train_latent import init_from_model  # only for fine-tuning
+
+            cfg, init_state = init_from_model(str(init), cfg)
         opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                             time_sampling=time_sampling, cosine_loss=cosine_loss, sample_every=sample_every,
-                            ckpt_every=ckpt_every)
+                            ckpt_every=ckpt_every, repa_weight=weight)
         extra: dict[str, Any] = {"id": f"{cfg.name}/{data.source}"}
         if bank_meta is not None:
             extra["bank"] = {"source": bank_meta.source, "encoder": bank_meta.encoder,
                              "feature_dim": bank_meta.feature_dim, "rank": bank_meta.rank}
         typer.echo(f"{cfg.name}: {count_parameters(GMemDiT(cfg)) / 1e6:.2f}M parameters, "
                    f"{data.x.shape[0]} images, conditioning={cfg.conditioning}")
-        summary = train(cfg, opts, data, out, run_dir or out.parent / (out.stem + "-run"), resume, extra)
+        if init is not None:
+            extra["init"] = str(init)
+        summary = train(cfg, opts, data, out, run_dir or out.parent / (out.stem + "-run"), resume, extra,
+                        init_state=init_state)
     except (GMemError, ValueError) as exc:
         typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
         raise typer.Exit(2) from exc

@@ -97,21 +97,28 @@ def _rows(req: RetrieveRequest) -> int:
 def _answer(store: BankStore, req: RetrieveRequest, binary: bool) -> tuple[bytes, str, dict[str, str]]:
     if req.z is not None:
         zs = req.z if isinstance(req.z[0], list) else [req.z]
-        return _encode(*store.retrieve_by_noise(zs, req.pool), req, binary)  # type: ignore[arg-type]
+        return _encode(*store.retrieve_by_noise(zs, req.pool, req.label), req, binary,  # type: ignore[arg-type]
+                       _label_pool_size(store, req))
     return _encode(*store.retrieve_by_id(req.indices or [], req.pool), req, binary)
+
+
+def _label_pool_size(store: BankStore, req: RetrieveRequest) -> int | None:
+    """With ``label``, the pool the index ran over is that label's rows (CONTRACT.md section 6)."""
+    return None if req.label is None else int(store.label_pool(req.label, req.pool).size)
 
 
 def _answer_zetas(store: BankStore, req: RetrieveRequest, zetas: list[float],
                   binary: bool) -> tuple[bytes, str, dict[str, str]]:
     view = store.view()
-    if view.pool_size(req.pool) == 0:
+    if req.label is None and view.pool_size(req.pool) == 0:
         return _answer(store, req.model_copy(update={"z": [0.0]}), binary)  # raises EmptyPool, same message
-    return _encode(*store.retrieve_by_statistic(zetas, req.pool, view), req, binary)
+    return _encode(*store.retrieve_by_statistic(zetas, req.pool, view, label=req.label), req, binary,
+                   _label_pool_size(store, req))
 
 
 def _encode(view: BankView, ids: np.ndarray, snippets: np.ndarray, req: RetrieveRequest,
-            binary: bool) -> tuple[bytes, str, dict[str, str]]:
-    pool_size = view.pool_size(req.pool)
+            binary: bool, pool_size: int | None = None) -> tuple[bytes, str, dict[str, str]]:
+    pool_size = view.pool_size(req.pool) if pool_size is None else pool_size
     if binary:
         rows = np.ascontiguousarray(snippets, dtype="<f4")
         headers = {"X-GMem-Version": str(view.version), "X-GMem-Pool-Size": str(pool_size),

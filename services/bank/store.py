@@ -10,6 +10,7 @@ sees one version, whole.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from shared.errors import (
     BankFileError,
     BaseSnippetImmutable,
     EmptyPool,
+    InvalidInput,
     NonFiniteValue,
     UnknownSnippet,
 )
@@ -189,23 +191,50 @@ class BankStore:
         out[~base] = bankmath.snippets_from_coefficients(self.coefficient_rows(view, ids[~base]), f.B, f.mu)
         return out
 
-    def retrieve_by_noise(self, zs: list[list[float]], pool: str) -> tuple[BankView, np.ndarray, np.ndarray]:
-        """Paper 4.3: one snippet per noise tensor, drawn by its CDF index in ``pool``."""
-        view = self.view()
-        n = view.pool_size(pool)
-        if n == 0:
-            raise EmptyPool(f"pool {pool!r} has no snippets; insert one first or retrieve from pool 'base'")
-        return self.retrieve_by_statistic([noise_statistic(z) for z in zs], pool, view)
+    @functools.cached_property
+    def _label_rows(self) -> dict[int, np.ndarray]:
+        # Labels belong to the immutable base rows, so the grouping is computed once.
+        labels = self.factors.labels
+        if labels is None:
+            return {}
+        arr = np.asarray(labels)
+        order = np.argsort(arr, kind="stable")  # ids ascending within each label
+        values, starts = np.unique(arr[order], return_index=True)
+        groups = np.split(order.astype(np.int64), starts[1:])
+        return {int(v): g for v, g in zip(values, groups, strict=True) if v >= 0}
 
-    def retrieve_by_statistic(self, zetas: list[float], pool: str,
-                              view: BankView | None = None) -> tuple[BankView, np.ndarray, np.ndarray]:
+    @property
+    def has_labels(self) -> bool:
+        """Whether base rows carry class labels (a labelled or reduced bank)."""
+        return bool(self._label_rows)
+
+    def label_pool(self, label: int, pool: str) -> np.ndarray:
+        """Base ids of ``label`` (ascending): the pool a labelled noise-CDF draw indexes into."""
+        if not self._label_rows:
+            raise InvalidInput("this bank has no labels, so `label` cannot pick snippets; use a labelled bank "
+                               "or one reduced per label (python -m training reduce-bank)")
+        if pool == "user":
+            raise InvalidInput("run-time snippets carry no label; use `label` with pool 'base' or 'all'")
+        if label not in self._label_rows:
+            known = ", ".join(str(k) for k in sorted(self._label_rows))
+            raise InvalidInput(f"no base rows have label {label}; this bank's labels are {known}")
+        return self._label_rows[label]
+
+    def retrieve_by_noise(self, zs: list[list[float]], pool: str,
+                          label: int | None = None) -> tuple[BankView, np.ndarray, np.ndarray]:
+        """Paper 4.3: one snippet per noise tensor, drawn by its CDF index in ``pool`` (or that label's rows)."""
+        return self.retrieve_by_statistic([noise_statistic(z) for z in zs], pool, label=label)
+
+    def retrieve_by_statistic(self, zetas: list[float], pool: str, view: BankView | None = None,
+                              label: int | None = None) -> tuple[BankView, np.ndarray, np.ndarray]:
         """``retrieve_by_noise`` from each tensor's ``zeta`` (``noise_statistic``), computed elsewhere."""
         view = view or self.view()
-        n = view.pool_size(pool)
+        rows = self.label_pool(label, pool) if label is not None else None
+        n = view.pool_size(pool) if rows is None else int(rows.size)
         if n == 0:
             raise EmptyPool(f"pool {pool!r} has no snippets; insert one first or retrieve from pool 'base'")
         positions = np.asarray([bankmath.index_of_statistic(zeta, n) for zeta in zetas], dtype=np.int64)
-        ids = view.ids_at(positions, pool)
+        ids = view.ids_at(positions, pool) if rows is None else rows[positions]
         return view, ids, self.snippets(view, ids)
 
     def retrieve_by_id(self, ids: list[int], pool: str) -> tuple[BankView, np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ Where each image's snippet comes from (CONTRACT.md section 6):
   through the Redis-fed cache when configured;
 - ``snippet``: the caller's vector, checked and L2-normalised, no bank involved;
 - ``prompt``: the T2S adapter's snippet, or its bank neighbours (prompts.py).
+- ``label``: as the first case, but the bank draws among its rows of that class label.
 """
 
 from __future__ import annotations
@@ -121,8 +122,6 @@ class Generator:
             raise LimitExceeded(f"n x steps x (2 with CFG) = {work} is over this service's maximum of "
                                 f"{self.settings.max_work} per request (GMEM_GENERATOR_MAX_WORK); ask for fewer "
                                 "images or steps, or split the request")
-        if req.label is not None:
-            raise InvalidInput("this bank has no labels; label needs a labelled or reduced bank")
         ok, detail = self.model_status()
         if not ok:
             raise ModelNotReady(f"{detail}; retry shortly")
@@ -155,7 +154,8 @@ class Generator:
             row, version = await self._blend([(s.id, s.weight) for s in req.snippets])
             return np.repeat(row, req.n, axis=0), [None] * req.n, version
         z = self.runtime.initial_noise(seeds)
-        got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="binary"))
+        # label: the same noise-CDF draw, restricted by the bank to that label's rows.
+        got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="binary", label=req.label))
         self._check_dim(got.snippets)
         return got.snippets, list(got.indices), got.version
 

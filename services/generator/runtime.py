@@ -67,13 +67,17 @@ def read_model_facts(path: str | Path) -> ModelFacts:
 def facts_from_config(cfg: GMemConfig, model_id: str) -> ModelFacts:
     """The service's facts from the network config; latent models take size and channels from their decoder."""
     resolution, channels = cfg.input_size, cfg.in_channels
-    if cfg.space == "latent":
+    spec = cfg.decoder or {}
+    if cfg.space == "latent" and spec.get("scale"):
+        # Files written by `train --space latent` record the autoencoder's scale and channels (training/latent/).
+        resolution, channels = cfg.input_size * int(spec["scale"]), int(spec.get("out_channels", 3))
+    elif cfg.space == "latent":
         from training.official.vae import (  # torch, as every training import in this module
             KIND,
             decoder_config,
         )
 
-        decoder = decoder_config(str((cfg.decoder or {}).get("kind", KIND)))
+        decoder = decoder_config(str(spec.get("kind", KIND)))
         resolution, channels = cfg.input_size * decoder.resolution // decoder.latent_resolution, decoder.out_ch
     return ModelFacts(
         id=str(model_id),

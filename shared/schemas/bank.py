@@ -67,6 +67,7 @@ class BankInfo(BaseModel):
     feature_dim: int = Field(ge=1)
     rank: int = Field(ge=1)
     encoder: str
+    labels: bool = Field(False, description="base rows carry class labels: POST /bank/retrieve accepts `label`")
     format_version: str
 
 
@@ -99,11 +100,16 @@ class RetrieveRequest(_Model):
     encoding: Encoding = Field(
         "json", description="json: lists of floats; b64f32: base64 of row-major float32 little-endian [k, d]"
     )
+    label: Annotated[int, Strict()] | None = Field(
+        None, ge=0, description="with z: draw only among base rows of this class label (labelled banks only)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> RetrieveRequest:
         if (self.z is None) == (self.indices is None):
             raise ValueError("give exactly one of z (noise) or indices (snippet ids)")
+        if self.label is not None and self.z is None:
+            raise ValueError("label restricts the noise-CDF draw: give it with z, not with indices")
         return self
 
 

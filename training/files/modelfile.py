@@ -25,9 +25,9 @@ from safetensors.torch import save_file
 from shared.errors import IncompatibleArtifacts, ModelFileError
 from shared.factors import BankMeta
 from shared.fileio import atomic_path
+from training.latent.autoencoders import load_model_decoder
 from training.network.config import SAMPLING_KEYS, GMemConfig, SamplingDefaults
 from training.network.model import GMemDiT, count_parameters
-from training.official import vae
 
 FORMAT = "gmem-model"
 FORMAT_VERSION = "1"
@@ -128,7 +128,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     net.to(device).eval()
     decoder = None
     if config.space == "latent":
-        decoder = vae.load_decoder(config.decoder or {}, device=device, base_dir=Path(path).parent)
+        decoder = load_model_decoder(config.decoder, device=device, base_dir=Path(path).parent)
     return LoadedModel(net=net, config=config, meta=meta, decoder=decoder, path=str(path))
 
 

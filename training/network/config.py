@@ -127,6 +127,7 @@ class GMemConfig:
     num_classes: int = 10  # only for conditioning="class" (the comparison baseline)
     # REPA projector (train-time alignment; kept so official checkpoints load strictly)
     repa_dim: int = 0  # 0 = no projector
+    repa_hidden: int = 2048  # projector width (the release's 2048; training/repa.py)
     encoder_depth: int = 4
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
@@ -199,6 +200,10 @@ _RELEASE = _lightning(_latent_vavae(replace(_BASE, patch_size=1)))
 
 PRESETS: dict[str, GMemConfig] = {
     "gmem-tiny": replace(_BASE, name="gmem-tiny", patch_size=4, hidden_size=128, depth=6, num_heads=2),
+    # Latent space of the embedded tiny VAE (8x8x4 for mnist-5k); patch 2 (16 tokens) keeps CPU runs short.
+    "gmem-tiny-latent": replace(_BASE, name="gmem-tiny-latent", space=Space.latent, input_size=8, in_channels=4,
+                                patch_size=2, hidden_size=128, depth=6, num_heads=2, repa_hidden=256,
+                                encoder_depth=2),
     "gmem-S/2": replace(_BASE, name="gmem-S/2", patch_size=2, hidden_size=384, depth=12, num_heads=6),
     "gmem-B/1": replace(_RELEASE, name="gmem-B/1", hidden_size=768, depth=12, num_heads=12, repa_dim=768),
     "gmem-XL/1": replace(_RELEASE, name="gmem-XL/1", hidden_size=1152, depth=28, num_heads=16, repa_dim=768),

@@ -170,7 +170,8 @@ class GMemDiT(nn.Module):
         self.blocks = nn.ModuleList(GMemBlock(cfg) for _ in range(cfg.depth))
         if cfg.repa_dim:
             self.projector = nn.ModuleList([nn.Sequential(
-                nn.Linear(h, 2048), nn.SiLU(), nn.Linear(2048, 2048), nn.SiLU(), nn.Linear(2048, cfg.repa_dim)
+                nn.Linear(h, cfg.repa_hidden), nn.SiLU(), nn.Linear(cfg.repa_hidden, cfg.repa_hidden), nn.SiLU(),
+                nn.Linear(cfg.repa_hidden, cfg.repa_dim)
             )])
         self.final_layer = FinalLayer(cfg)
         self.initialize_weights()
@@ -233,8 +234,11 @@ class GMemDiT(nn.Module):
         out = self.unpatchify(self.final_layer(h, cond))
         return out[:, : self.cfg.in_channels], z
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_features(x, t, c)[0]
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
+                return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        # return_features: (v, projected tokens) for the REPA loss; through forward so DDP sees the call.
+        out = self.forward_features(x, t, c)
+        return out if return_features else out[0]
 
 
 def count_parameters(net: nn.Module) -> int:

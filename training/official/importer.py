@@ -39,6 +39,8 @@ from shared.factors import load_factors
 from training.bank.importer import DEFAULT_FULL_RANK, run_import
 from training.files.modelfile import save_model
 from training.files.statedict import state_dict_problems
+from training.latent.autoencoders import save_vavae
+from training.latent.vavae import autoencoder_state_from_checkpoint
 from training.network.config import PRESETS, SamplingDefaults, SdeSolver, preset
 from training.network.layers import AxialRoPE
 from training.network.model import GMemDiT
@@ -48,6 +50,7 @@ from training.official.vae import decoder_state_from_checkpoint, save_decoder
 RELEASE_PRESETS = ("gmem-XL/1", "gmem-B/1-lightning")
 LATENT_CHANNELS = 32
 DECODER_FILE = "vae_decoder.safetensors"
+VAE_FILE = "vae.safetensors"  # encoder + decoder (+ latent stats), for `cache --vae`
 MODEL_FILE = "model.safetensors"
 BANK_FILE = "bank.safetensors"
 DINOV2_ID = "timm/vit_base_patch14_dinov2"
@@ -276,14 +279,23 @@ def import_network(path: Path, out_dir: Path, stats: Path, ema: bool = True, pre
 # ----------------------------------------------------------------------------- VA-VAE and bank
 
 
-def import_vae(path: Path, out_dir: Path) -> PartReport:
-    """VA-VAE Lightning checkpoint -> DIR/vae_decoder.safetensors (post_quant_conv + decoder only)."""
-    state, ignored = decoder_state_from_checkpoint(read_release_file(path, "VA-VAE"), str(path))
+def import_vae(path: Path, out_dir: Path, stats: Path | None = None) -> PartReport:
+    """VA-VAE Lightning checkpoint -> DIR/vae_decoder.safetensors (decoding) and DIR/vae.safetensors.
+
+    ``vae.safetensors`` is the whole autoencoder (encoder, quant convs, decoder) with the
+    release's latent mean/std when ``stats`` is given: what ``cache --vae`` encodes with.
+    """
+    obj = read_release_file(path, "VA-VAE")
+    state, ignored = decoder_state_from_checkpoint(obj, str(path))
+    full = autoencoder_state_from_checkpoint(obj, str(path))
     save_decoder(state, out_dir / DECODER_FILE)
+    save_vavae(full, out_dir / VAE_FILE, read_latent_stats(stats) if stats is not None else None)
+    ignored = [k for k in ignored if k not in full]
     groups = sorted({k.split(".")[0] for k in ignored})
+    notes = [f"ignored {len(ignored)} tensors ({', '.join(groups)})"] if ignored else []
+    notes.append(f"encoder + decoder -> {out_dir / VAE_FILE}" + (" with the release's latent stats" if stats else ""))
     return PartReport("vae decoder", path.name, "Lightning checkpoint", len(state),
-                      sum(t.numel() for t in state.values()), str(out_dir / DECODER_FILE),
-                      [f"ignored {len(ignored)} tensors ({', '.join(groups)})"] if ignored else [])
+                      sum(t.numel() for t in state.values()), str(out_dir / DECODER_FILE), notes)
 
 
 def import_bank(path: Path, out_dir: Path, rank: int | None) -> PartReport:
@@ -346,7 +358,7 @@ def import_official_command(
         reports: list[PartReport] = []
         if vae is not None:
             typer.echo(f"importing {vae} ...", err=True)
-            reports.append(import_vae(vae, out))
+            reports.append(import_vae(vae, out, latent_stats))
         if network is not None:
             assert latent_stats is not None  # refused above without it
             typer.echo(f"importing {network} ...", err=True)
