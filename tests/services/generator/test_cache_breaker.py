@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.generator.cache import STREAM, SnippetCache
+from services.generator.cache import SnippetCache
 from services.generator.metrics import GeneratorMetrics, make_metrics
+from shared.events import DEFAULT_STREAM as STREAM
 from tests.support.services import start_redis
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from tests.official import fixtures as fx
-from tests.official import reference as ref
-from tests.official.conftest import SMALL_DEPTH
+from tests.training.official import fixtures as fx
+from tests.training.official import reference as ref
+from tests.training.official.conftest import SMALL_DEPTH
 from training.cli import build_app
 from training.files.modelfile import load_model, save_model
 from training.network.config import preset

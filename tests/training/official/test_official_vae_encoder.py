@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from shared.errors import IncompatibleArtifacts
-from tests.official import fixtures as fx
-from tests.official import reference_vae as ref
+from tests.training.official import fixtures as fx
+from tests.training.official import reference_vae as ref
 from training.latent.autoencoders import load_autoencoder
 from training.latent.vavae import autoencoder_state_from_checkpoint, vavae_shapes
 from training.official.importer import import_vae
