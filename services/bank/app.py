@@ -173,7 +173,8 @@ def create_app(settings: BankSettings, store: BankStore | None = None, encoder: 
     async def bank_info() -> BankInfo:
         view, f = store.view(), store.factors
         return BankInfo(version=view.version, size=view.pool_size("all"), base_size=f.size, feature_dim=f.feature_dim,
-                        rank=f.rank, encoder=f.meta.encoder, format_version=f.meta.format_version)
+                        rank=f.rank, encoder=f.meta.encoder, format_version=f.meta.format_version,
+                        source=f.meta.source or None)
 
     @app.post("/bank/retrieve", response_model=RetrieveResponse, responses=responses(404, 409, 413, 415, 422),
               description=_RETRIEVE_DOC, tags=["bank"])

@@ -75,6 +75,8 @@ class BankInfo(BaseModel):
     rank: int = Field(ge=1)
     encoder: str
     format_version: str
+    source: str | None = Field(None, description="dataset the base rows were built from (factors `source`); "
+                               "row i is its image i")
 
 
 class RetrieveRequest(_Model):
