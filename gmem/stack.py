@@ -27,6 +27,7 @@ ARTIFACTS = REPO_ROOT / "artifacts" / "mnist-5k"
 DEFAULT_BANK_PORT = 8001
 DEFAULT_GENERATOR_PORT = 8002
 DEFAULT_REDIS_PORT = 6379
+DEFAULT_PLAYGROUND_PORT = 8003
 
 
 class StackError(RuntimeError):
@@ -71,6 +72,7 @@ class StackConfig:
     bank_port: int | None = DEFAULT_BANK_PORT
     generator_port: int | None = DEFAULT_GENERATOR_PORT
     redis_port: int | None = DEFAULT_REDIS_PORT
+    playground_port: int | None = DEFAULT_PLAYGROUND_PORT
     use_redis: bool = True
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     python: str = sys.executable
@@ -78,6 +80,7 @@ class StackConfig:
     # Extra GMEM_* settings for the services (e.g. small maxima in tests); strings only.
     bank_env: dict[str, str] = field(default_factory=dict)
     generator_env: dict[str, str] = field(default_factory=dict)
+    playground_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -128,6 +131,7 @@ class LocalStack:
         while self.generator_port == self.bank_port:
             self.generator_port = free_port(host)
         self.redis_url: str | None = None
+        self.playground_port: int | None = None  # picked when the playground starts
 
     # ------------------------------------------------------------------ urls
     @property
@@ -137,6 +141,10 @@ class LocalStack:
     @property
     def generator_url(self) -> str:
         return f"http://{self.config.host}:{self.generator_port}"
+
+    @property
+    def playground_url(self) -> str:
+        return f"http://{self.config.host}:{self.playground_port}"
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> LocalStack:
@@ -252,6 +260,19 @@ class LocalStack:
         svc = self._spawn("generator", self.generator_argv(), env)
         svc.url = self.generator_url
         self.wait_ready("generator")
+
+    def start_playground(self) -> None:
+        """The playground page over the running bank and generator; it holds the bank token."""
+        c = self.config
+        self.playground_port = pick_port(c.playground_port, c.host)
+        while self.playground_port in (self.bank_port, self.generator_port):
+            self.playground_port = free_port(c.host)
+        self._say(f"starting the playground on {self.playground_url}")
+        argv = [c.python, "-m", "services.playground", "--bank-url", self.bank_url, "--generator-url",
+                self.generator_url, "--host", c.host, "--port", str(self.playground_port)]
+        svc = self._spawn("playground", argv, {"GMEM_BANK_TOKEN": c.token, **c.playground_env})
+        svc.url = self.playground_url
+        self.wait_ready("playground")
 
     def wait_ready(self, name: str) -> None:
         """Poll GET /readyz until 200; fail fast, with the log tail, if the process dies."""

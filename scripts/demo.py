@@ -220,12 +220,16 @@ def main(
             stack.start()
         summary = run_demo(stack, out, image, n, seed, steps, points)
         report(stack, out, summary, keep_running)
+        if keep_running:  # the page over the same stack, for looking around after the walk-through
+            stack.start_playground()
+            summary["playground_url"] = stack.playground_url
         summary["pids"] = {name: svc.proc.pid for name, svc in stack.services.items()}
         summary["token"] = cfg.token
         write_summary(out / "summary.json", summary)
         finished = True
         if keep_running:
-            console.print("[bold green]stack is up[/bold green]; press Ctrl-C to stop it")
+            console.print(f"[bold green]stack is up[/bold green]: open the playground at {stack.playground_url}/ ; "
+                          "press Ctrl-C to stop it")
             while all(svc.proc.poll() is None for svc in stack.services.values()):
                 time.sleep(0.5)
             console.print("[red]a service exited; stopping the stack[/red]")

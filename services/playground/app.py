@@ -111,6 +111,11 @@ def create_app(settings: PlaygroundSettings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> dict[str, str]:
+        """Ready as soon as it serves: the page itself shows whether the bank and the generator are."""
+        return {"status": "ready"}
+
     @app.get("/api/status", tags=["status"])
     async def status() -> dict[str, Any]:
         """Both services' state; always 200 (a service that is down is a state, not an error here)."""
