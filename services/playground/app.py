@@ -39,6 +39,7 @@ class State:
         self.runs = Runs(self.up)
         self.sources: SourceImages | None = None
         self._source_lock = asyncio.Lock()
+        self._opening: asyncio.Task | None = None
 
     async def source_images(self) -> SourceImages:
         """The source images, from GMEM_PLAYGROUND_SOURCE or else the bank's reported ``source``."""
@@ -50,6 +51,20 @@ class State:
                         source = (await self.up.bank.info()).source
                 self.sources = SourceImages(source)
             return self.sources
+
+    async def _open_sources(self, base_size: int) -> None:
+        sources = await self.source_images()
+        await asyncio.to_thread(sources.available, base_size)
+
+    def provenance(self, base_size: int) -> dict[str, Any]:
+        """Whether source images can be shown; opening the dataset (seconds) runs in the background."""
+        s = self.sources
+        if s is not None and s.loaded:
+            return {"available": s.available(base_size), "loading": False, "source": s.source, "reason": s.reason}
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.create_task(self._open_sources(base_size))
+        return {"available": False, "loading": True, "source": s.source if s else None,
+                "reason": "opening the source dataset…"}
 
 
 def state_of(request: Request) -> State:
@@ -63,11 +78,8 @@ async def _bank_status(st: State) -> dict[str, Any]:
         return {"ok": False, "ready": False, "url": st.settings.bank_url,
                 "error": f"the bank at {st.settings.bank_url} is not answering: {exc.detail}"}
     ready = await st.up.bank.ready()
-    sources = await st.source_images()
-    has_sources = await asyncio.to_thread(sources.available, info.base_size)
     return {"ok": True, "ready": ready, "url": st.settings.bank_url, **info.model_dump(),
-            "provenance": {"available": has_sources, "source": sources.source, "reason": sources.reason},
-            "token": st.up.token_configured}
+            "provenance": st.provenance(info.base_size), "token": st.up.token_configured}
 
 
 async def _generator_status(st: State) -> dict[str, Any]:

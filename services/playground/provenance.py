@@ -49,31 +49,40 @@ class SourceImages:
             return "mnist-5k"
         return "folder" if Path(self.source).is_dir() else None
 
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
     def _load(self, base_size: int) -> None:
         with self._lock:
             if self._loaded:
                 return
-            self._loaded = True
             try:
-                if self.kind == "mnist-5k":
-                    self._images = load_mnist_5k(self.source).images  # type: ignore[arg-type]
-                    n = len(self._images)
-                elif self.kind == "folder":
-                    self._files = list_image_folder(Path(self.source))[0]  # type: ignore[arg-type]
-                    n = len(self._files)
-                else:
-                    if self.source:
-                        self.reason = (f"the bank's source {self.source!r} is not mnist-5k or an image folder on "
-                                       "this machine (set GMEM_PLAYGROUND_SOURCE to point at it)")
-                    return
-            except Exception as exc:  # noqa: BLE001 - any unreadable dataset only disables provenance
-                self._images = self._files = None
-                self.reason = f"could not open the source {self.source!r}: {exc}"
+                self._open(base_size)
+            finally:
+                self._loaded = True
+
+    def _open(self, base_size: int) -> None:
+        try:
+            if self.kind == "mnist-5k":
+                self._images = load_mnist_5k(self.source).images  # type: ignore[arg-type]
+                n = len(self._images)
+            elif self.kind == "folder":
+                self._files = list_image_folder(Path(self.source))[0]  # type: ignore[arg-type]
+                n = len(self._files)
+            else:
+                if self.source:
+                    self.reason = (f"the bank's source {self.source!r} is not mnist-5k or an image folder on "
+                                   "this machine (set GMEM_PLAYGROUND_SOURCE to point at it)")
                 return
-            if n != base_size:
-                self._images = self._files = None
-                self.reason = (f"the source {self.source!r} holds {n} images but the bank has {base_size} base rows; "
-                               "they are not the same dataset")
+        except Exception as exc:  # noqa: BLE001 - any unreadable dataset only disables provenance
+            self._images = self._files = None
+            self.reason = f"could not open the source {self.source!r}: {exc}"
+            return
+        if n != base_size:
+            self._images = self._files = None
+            self.reason = (f"the source {self.source!r} holds {n} images but the bank has {base_size} base rows; "
+                           "they are not the same dataset")
 
     def available(self, base_size: int) -> bool:
         self._load(base_size)

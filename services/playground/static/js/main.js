@@ -20,7 +20,8 @@ function renderStatus(s) {
     parts.push(pill(b.ready ? "ok" : "warn", el("b", {}, b.ready ? "bank ready" : "bank not ready"),
       ` · v${b.version} · ${b.size} snippets (${b.base_size} base) · ${b.encoder} · rank ${b.rank}`,
       b.source ? ` · ${b.source}` : ""));
-    if (!b.provenance.available) parts.push(pill("warn", "no source images: ", b.provenance.reason || "unknown source"));
+    if (b.provenance.loading) parts.push(pill("warn", "opening the source dataset for provenance…"));
+    else if (!b.provenance.available) parts.push(pill("warn", "no source images: ", b.provenance.reason || "unknown source"));
   }
   if (!g.ok) parts.push(pill("bad", el("b", {}, "generator down: "), g.error));
   else {
@@ -33,6 +34,9 @@ function renderStatus(s) {
   $("#status").replaceChildren(...parts);
   $("#status").dataset.bank = b.ok ? (b.ready ? "ready" : "not-ready") : "down";
   $("#status").dataset.generator = g.ok ? (g.ready ? "ready" : "not-ready") : "down";
+  $("#status").dataset.provenance = b.ok ? (b.provenance.loading ? "loading" : String(b.provenance.available)) : "unknown";
+  // While the source dataset opens, ask again soon so the source images appear without waiting a full poll.
+  if (b.ok && b.provenance.loading) setTimeout(refreshStatus, 1000);
 }
 
 function fillSamplers(g) {
@@ -67,5 +71,5 @@ initGenerate(hooks);
 initInsert(hooks);
 initInterpolate(hooks);
 initBrowse(hooks);
-refreshStatus().then((s) => { if (s && s.bank.ok) loadBank(); });
+refreshStatus().then(() => loadBank());
 setInterval(refreshStatus, POLL_MS);
