@@ -31,6 +31,9 @@ from shared.client_types import parse_generation
 
 RUN_TTL_S = 600.0
 MAX_RUNS = 64
+# A failed job carries only the error envelope's inner object; these codes get the status that
+# POST /generate would have answered (CONTRACT.md section 6), any other the generic 422.
+FAILED_JOB_STATUS = {"unknown_snippet": 404, "empty_pool": 409, "bank_unavailable": 503, "not_ready": 503}
 
 
 @dataclass
@@ -135,7 +138,9 @@ class Runs:
         run.emit("done", {"status": "succeeded", "result": shape_generation(gen)})
 
     async def _via_jobs(self, run: Run, body: dict[str, Any]) -> None:
-        job_id = await self.up.start_job({**body, "preview_every": 1})
+        # About 20 previews per run, whatever the step count (40: the embedded model's default).
+        every = max(1, (body.get("steps") or 40) // 20)
+        job_id = await self.up.start_job({**body, "preview_every": every})
         run.emit("progress", {"step": 0, "steps": body.get("steps"), "mode": "jobs", "job": job_id})
         final: dict[str, Any] | None = None
         async with self.up.job_events(job_id) as resp:
@@ -157,6 +162,7 @@ class Runs:
             run.emit("done", {"status": "succeeded", "result": shape_generation(parse_generation(job["result"]))})
         elif status == "failed":
             err = job.get("error") or {}
-            run.fail(422, str(err.get("code", "job_failed")), f"generator: {err.get('message', 'job failed')}")
+            code = str(err.get("code", "job_failed"))
+            run.fail(FAILED_JOB_STATUS.get(code, 422), code, f"generator: {err.get('message', 'job failed')}")
         else:
             run.fail(502, "job_unfinished", f"generator job {job_id} ended with status {status!r}")

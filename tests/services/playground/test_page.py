@@ -104,7 +104,10 @@ def test_generate_grid(stack: LocalStack, tab: Tab, model: dict, shots: Path) ->
     link = page.locator("#gallery a[download]").first
     assert re.fullmatch(r"gmem-seed11-snippet\d+\.png", link.get_attribute("download") or "")
     # Provenance: the training image behind each picked base snippet sits beside the sample.
-    expect(page.locator("#gallery img.src")).to_have_count(4)
+    sources = page.locator("#gallery .src[data-source]")
+    expect(sources).to_have_count(4)
+    assert [sources.nth(k).get_attribute("data-source") for k in range(4)] == [f"/api/sources/{i}.png" for i in ids]
+    expect(page.locator("#gallery img")).to_have_count(4)  # the results only
     page.locator("#generate-view").screenshot(path=shots / "generate.png")
     assert tab.console_errors == []
 

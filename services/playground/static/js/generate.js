@@ -1,6 +1,6 @@
 // Generate: a grid from seed, n, steps, sampler, cfg and pool, with progress while it runs.
 import { api, ApiError } from "./api.js";
-import { $, busy, el, imageTile, intOrNull, showError } from "./ui.js";
+import { $, busy, imageTile, intOrNull } from "./ui.js";
 
 // Follow a run's event stream until `done`; onProgress gets each progress event.
 function follow(runId, onProgress) {
@@ -35,10 +35,10 @@ function showProgress(p) {
     bar.value = p.step;
     text.textContent = `step ${p.step} / ${p.steps}`;
   }
-  const previews = typeof p.preview === "string" ? [p.preview] : Array.isArray(p.preview) ? p.preview : [];
-  if (previews.length) {
-    $("#gallery").replaceChildren(...previews.map((b64) =>
-      el("figure", { class: "tile preview" }, el("img", { src: `data:image/png;base64,${b64}`, alt: "preview", class: "preview" }))));
+  // A preview is one PNG of the whole batch's current estimate; it stays outside #gallery, which holds results.
+  if (typeof p.preview === "string" && p.preview) {
+    $("#gen-preview-img").src = `data:image/png;base64,${p.preview}`;
+    $("#gen-preview").hidden = false;
   }
 }
 
@@ -65,6 +65,7 @@ export function initGenerate({ onPick }) {
         return await follow(run.id, showProgress);
       } finally {
         $("#gen-progress").hidden = true;
+        $("#gen-preview").hidden = true;
       }
     });
     if (result) {

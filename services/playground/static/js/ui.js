@@ -49,8 +49,10 @@ export function imageTile(img, { bankVersion, alpha, temporary, onPick } = {}) {
   const provenance = sourceUrl(sid);
   const main = el("img", { src, alt: `sample, seed ${img.seed}, snippet ${sid}`, class: "sample",
     "data-seed": img.seed, "data-snippet-id": sid ?? "" });
+  // The source image is a background, not an <img>: the view's <img> elements are exactly its results.
   const picture = provenance
-    ? el("div", { class: "pair" }, main, el("img", { src: provenance, class: "src", alt: `source image of snippet ${sid}`,
+    ? el("div", { class: "pair" }, main, el("div", { class: "src", role: "img", "data-source": provenance,
+        style: `background-image: url("${provenance}")`, "aria-label": `training image behind snippet ${sid}`,
         title: `training image behind snippet ${sid}` }))
     : main;
   const caption = el("figcaption", {},
