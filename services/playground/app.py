@@ -76,6 +76,7 @@ async def _bank_status(st: State) -> dict[str, Any]:
         info = await st.up.bank.info()
     except ClientError as exc:
         return {"ok": False, "ready": False, "url": st.settings.bank_url,
+                "state": "down" if exc.status is None else "not_ready",
                 "error": f"the bank at {st.settings.bank_url} is not answering: {exc.detail}"}
     ready = await st.up.bank.ready()
     return {"ok": True, "ready": ready, "url": st.settings.bank_url, **info.model_dump(),
@@ -86,7 +87,9 @@ async def _generator_status(st: State) -> dict[str, Any]:
     try:
         model = await st.up.generator.model_info()
     except ClientError as exc:
+        # No status: nothing answered (down); a status (503 while the model loads): up but not ready.
         return {"ok": False, "ready": False, "url": st.settings.generator_url,
+                "state": "down" if exc.status is None else "not_ready",
                 "error": f"the generator at {st.settings.generator_url} is not answering: {exc.detail}"}
     ready = await st.up.generator.ready()
     return {"ok": True, "ready": ready, "url": st.settings.generator_url, "jobs": await st.up.has_jobs(),

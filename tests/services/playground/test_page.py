@@ -117,7 +117,7 @@ def test_insert_style(stack: LocalStack, tab: Tab, model: dict, digit_png: Path,
     page = tab.page
     page.fill("#insert-n", "3")
     page.fill("#seed", "5")
-    page.fill("#steps", str(STEPS))  # the insert previews use the model's default steps
+    page.fill("#steps", str(STEPS))  # the insert previews use the Generate form's seed and steps
     page.set_input_files("#upload", str(digit_png))
     result = page.locator("#insert-result")
     expect(result).to_contain_text("Inserted snippet")
@@ -136,8 +136,8 @@ def test_insert_style(stack: LocalStack, tab: Tab, model: dict, digit_png: Path,
     imgs = page.locator("#insert-gallery img.sample")
     check_images(imgs, model, 3)
     assert {imgs.nth(k).get_attribute("data-snippet-id") for k in range(3)} == {str(new_id)}
-    direct = httpx.post(stack.generator_url + "/generate", json={"n": 3, "seed": 5, "snippet_ids": [new_id]},
-                        timeout=120).json()
+    direct = httpx.post(stack.generator_url + "/generate",
+                        json={"n": 3, "seed": 5, "steps": STEPS, "snippet_ids": [new_id]}, timeout=120).json()
     assert [png_bytes(imgs.nth(k)) for k in range(3)] == [base64.b64decode(s) for s in direct["images"]]
     page.locator("#insert-view").screenshot(path=shots / "insert.png")
     assert tab.console_errors == []

@@ -31,8 +31,12 @@ async function insert(file, { onPick, onChange }) {
     const n = intOrNull($("#insert-n")) ?? 0;
     if (n > 0) {
       $("#insert-gallery").textContent = "generating…";
-      const gen = await api("/api/generate", { method: "POST",
-        json: { n, seed: intOrNull($("#seed")) ?? 0, snippet_ids: [created.id] } });
+      // The Generate form's seed, steps and sampler, so the previews compare with the grid above.
+      const body = { n, seed: intOrNull($("#seed")) ?? 0, snippet_ids: [created.id] };
+      const steps = intOrNull($("#steps"));
+      if (steps !== null) body.steps = steps;
+      if ($("#sampler").value) body.sampler = $("#sampler").value;
+      const gen = await api("/api/generate", { method: "POST", json: body });
       $("#insert-gallery").replaceChildren(...gen.images.map((img) => imageTile(img, { bankVersion: gen.bank_version })));
     }
   } catch (err) {

@@ -15,7 +15,8 @@ function pill(kind, ...content) {
 function renderStatus(s) {
   const parts = [];
   const b = s.bank, g = s.generator;
-  if (!b.ok) parts.push(pill("bad", el("b", {}, "bank down: "), b.error));
+  const trouble = (name, x) => (x.state === "not_ready" ? `${name} not ready: ` : `${name} down: `);
+  if (!b.ok) parts.push(pill("bad", el("b", {}, trouble("bank", b)), b.error));
   else {
     parts.push(pill(b.ready ? "ok" : "warn", el("b", {}, b.ready ? "bank ready" : "bank not ready"),
       ` · v${b.version} · ${b.size} snippets (${b.base_size} base) · ${b.encoder} · rank ${b.rank}`,
@@ -23,7 +24,7 @@ function renderStatus(s) {
     if (b.provenance.loading) parts.push(pill("warn", "opening the source dataset for provenance…"));
     else if (!b.provenance.available) parts.push(pill("warn", "no source images: ", b.provenance.reason || "unknown source"));
   }
-  if (!g.ok) parts.push(pill("bad", el("b", {}, "generator down: "), g.error));
+  if (!g.ok) parts.push(pill(g.state === "not_ready" ? "warn" : "bad", el("b", {}, trouble("generator", g)), g.error));
   else {
     const m = g.model;
     parts.push(pill(g.ready ? "ok" : "warn", el("b", {}, g.ready ? "generator ready" : "generator not ready"),
