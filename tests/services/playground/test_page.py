@@ -66,6 +66,12 @@ def check_images(imgs: Locator, model: dict, count: int) -> list[Image.Image]:
     return out
 
 
+def snap(tab: Tab, selector: str, path: Path) -> None:
+    """Screenshot one view; the sticky header is unstuck first so it does not cover the view."""
+    tab.page.add_style_tag(content="header.top { position: static !important; }")
+    tab.page.locator(selector).screenshot(path=path)
+
+
 def png_bytes(img: Locator) -> bytes:
     return base64.b64decode((img.get_attribute("src") or "").split(",", 1)[1])
 
@@ -77,7 +83,7 @@ def test_status_shows_both_services(stack: LocalStack, tab: Tab, model: dict, sh
     expect(status).to_contain_text("generator ready")
     expect(status).to_contain_text(model["id"])
     expect(status).to_contain_text("4500 base")
-    tab.page.locator("header").screenshot(path=shots / "status.png")
+    snap(tab, "header", shots / "status.png")
     assert tab.console_errors == []
 
 
@@ -108,7 +114,7 @@ def test_generate_grid(stack: LocalStack, tab: Tab, model: dict, shots: Path) ->
     expect(sources).to_have_count(4)
     assert [sources.nth(k).get_attribute("data-source") for k in range(4)] == [f"/api/sources/{i}.png" for i in ids]
     expect(page.locator("#gallery img")).to_have_count(4)  # the results only
-    page.locator("#generate-view").screenshot(path=shots / "generate.png")
+    snap(tab, "#generate-view", shots / "generate.png")
     assert tab.console_errors == []
 
 
@@ -139,7 +145,7 @@ def test_insert_style(stack: LocalStack, tab: Tab, model: dict, digit_png: Path,
     direct = httpx.post(stack.generator_url + "/generate",
                         json={"n": 3, "seed": 5, "steps": STEPS, "snippet_ids": [new_id]}, timeout=120).json()
     assert [png_bytes(imgs.nth(k)) for k in range(3)] == [base64.b64decode(s) for s in direct["images"]]
-    page.locator("#insert-view").screenshot(path=shots / "insert.png")
+    snap(tab, "#insert-view", shots / "insert.png")
     assert tab.console_errors == []
 
 
@@ -165,7 +171,7 @@ def test_interpolation_strip(stack: LocalStack, tab: Tab, model: dict, shots: Pa
     expect(page.locator("#interp-single")).to_contain_text("α 0.30")
     # Without "keep", the temporary interpolated snippets are removed again.
     assert httpx.get(stack.bank_url + "/bank", timeout=10).json()["size"] == size_before
-    page.locator("#interp-view").screenshot(path=shots / "interpolate.png")
+    snap(tab, "#interp-view", shots / "interpolate.png")
     assert tab.console_errors == []
 
 
@@ -184,7 +190,7 @@ def test_browse_provenance_and_delete(stack: LocalStack, tab: Tab, shots: Path) 
     assert np.array_equal(served, load_dataset("mnist-5k:train").images[0][..., 0])
     label = httpx.get(stack.bank_url + "/bank/snippets/0", timeout=10).json()["label"]
     expect(tiles.first).to_contain_text(f"label {label}")
-    page.locator("#bank-view").screenshot(path=shots / "bank.png")
+    snap(tab, "#bank-view", shots / "bank.png")
     # A run-time snippet appears in the user pool and can be deleted from the page.
     made = httpx.post(stack.bank_url + "/bank/interpolate", json={"i": 3, "j": 9, "alpha": 0.5, "name": "to delete"},
                       headers=AUTH, timeout=10).json()
@@ -241,10 +247,22 @@ def test_bank_down(playground_without_bank, tab: Tab, digit_png: Path, shots: Pa
     page.set_input_files("#upload", str(digit_png))
     expect(page.locator("#insert-message")).to_contain_text("bank")
     expect(page.locator("#insert-message")).to_contain_text("HTTP 503")
-    page.locator("main").screenshot(path=shots / "bank-down.png")
+    snap(tab, "main", shots / "bank-down.png")
     for resp in (httpx.get(url + "/api/snippets/1"), httpx.get(url + "/api/snippets?pool=base"),
                  httpx.post(url + "/api/snippets", files={"image": ("seven.png", digit_png.read_bytes(), "image/png")})):
         assert resp.status_code == 503, resp.text
         assert "unreachable" in resp.json()["error"]["message"]
     status = httpx.get(url + "/api/status").json()
     assert status["bank"]["ok"] is False and status["generator"]["ok"] is True
+
+
+def test_narrow_screen_has_no_sideways_scroll(stack: LocalStack, browser, shots: Path) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.goto(stack.playground_url + "/")
+        expect(page.locator("#browse figure").first).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        page.screenshot(path=shots / "narrow.png")
+    finally:
+        context.close()
