@@ -56,7 +56,7 @@ def write_features(path: Path, n: int, d: int, seed: int = 0, chunk: int = 65536
 
 def child_run(features: str, out: str, rank: int, batches: int) -> None:
     """Runs in a fresh process (with the BLAS thread limit) so that its peak RSS is the build's alone."""
-    from training.bankbuild import run_build
+    from training.bank.build import run_build
 
     baseline = _status_mib("VmRSS")
     t0 = time.perf_counter()

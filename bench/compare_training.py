@@ -33,7 +33,7 @@ VARIANTS = {  # name -> (conditioning, mask_ratio)
 def ema_net(ckpt_path: Path, cfg):
     from safetensors.torch import load_file
 
-    from training.model import GMemDiT
+    from training.network.model import GMemDiT
 
     net = GMemDiT(cfg)
     tensors = load_file(str(ckpt_path))

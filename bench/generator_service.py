@@ -2,7 +2,7 @@
 
 CPU (default): starts the real bank and generator processes on loopback and prints
 
-1. images/s of POST /generate with n = --batch against ``training.generate.generate``
+1. images/s of POST /generate with n = --batch against ``training.flow.generate.generate``
    in this process on the same model, batch, sampler and steps (ratio; target >= 0.9);
 2. images/s at 1, 4 and 16 concurrent clients (n = 1 each) with dynamic batching
    (max batch 16) and without (GMEM_GENERATOR_MAX_BATCH_SIZE=1), as ratios to 1 client unbatched.
@@ -83,8 +83,8 @@ def in_process_rate(model_path: Path, batch: int, steps: int, sampler: str, thre
     import torch
 
     from shared.factors import load_factors
-    from training.generate import generate
-    from training.modelfile import load_model
+    from training.files.modelfile import load_model
+    from training.flow.generate import generate
 
     torch.set_num_threads(threads)
     model = load_model(model_path)
@@ -180,7 +180,8 @@ def gpu_bench(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.model import GMemDiT, preset
+    from training.network.config import preset
+    from training.network.model import GMemDiT
 
     cfg = preset(args.preset)
     net = GMemDiT(cfg).to("cuda").eval()

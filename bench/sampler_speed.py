@@ -24,14 +24,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from training.generate import generate, image_shape
-    from training.modelfile import load_model
-    from training.samplers import network_calls
+    from training.files.modelfile import load_model
+    from training.flow.generate import generate, image_shape
+    from training.flow.samplers import network_calls
 
     model = load_model(args.model)
     cfg = model.config
-    nfe = network_calls(cfg.default_sampler, cfg.default_steps, cfg.sde_solver)
-    print(f"{model.id}: sampler {cfg.default_sampler}, {cfg.default_steps} steps = {nfe} NFE, "
+    nfe = network_calls(cfg.sampling.sampler, cfg.sampling.steps, cfg.sampling.sde_solver)
+    print(f"{model.id}: sampler {cfg.sampling.sampler}, {cfg.sampling.steps} steps = {nfe} NFE, "
           f"{args.threads} threads")
     rng = np.random.default_rng(0)
     for n in (int(b) for b in args.batches.split(",")):

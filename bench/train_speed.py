@@ -24,8 +24,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from training.model import GMemDiT, preset
-    from training.transport import PATH, flow_matching_loss, sample_time
+    from training.flow.transport import PATH, flow_matching_loss, sample_time
+    from training.network.config import preset
+    from training.network.model import GMemDiT
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setups = {}

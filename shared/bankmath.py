@@ -120,12 +120,23 @@ def _check_alpha(alpha: float) -> float:
 
 
 def interpolate(
-    c_i: np.ndarray, c_j: np.ndarray, alpha: float, method: InterpolationMethod = "linear"
+    c_i: np.ndarray,
+    c_j: np.ndarray,
+    alpha: float,
+    method: InterpolationMethod = "linear",
+    *,
+    mu: np.ndarray | None = None,
+    B: np.ndarray | None = None,
+    S: np.ndarray | None = None,
+    normalized: bool = True,
 ) -> np.ndarray:
     """Eq. 11: ``c = alpha * C[i] + (1 - alpha) * C[j]``; ``alpha = 1`` gives snippet i.
 
-    ``slerp`` moves along the great circle between the two coefficient directions
-    and interpolates their lengths linearly, with the same endpoint rule.
+    ``slerp`` interpolates the unit snippets ``s_i``, ``s_j`` on the sphere instead
+    (weight ``alpha`` on ``s_i``) and returns the eq. 10 projection of the result, so
+    it needs the bank's ``mu``, ``B`` and ``S``. Interpolating the coefficients
+    spherically would not do: S stretches the coefficient space, so angles there are
+    not the angles between snippets. Both methods return the endpoints exactly.
     """
     alpha = _check_alpha(alpha)
     a = np.asarray(c_i, dtype=np.float64)
@@ -134,30 +145,32 @@ def interpolate(
         raise DimensionMismatch(f"coefficient vectors differ in shape: {a.shape} vs {b.shape}")
     if method not in ("linear", "slerp"):
         raise InvalidInput(f"unknown interpolation method {method!r}; use 'linear' or 'slerp'")
-    # The endpoints exactly, not up to round-off: slerp's (sin(theta) u_i / sin(theta)) |c_i| is not
-    # bit-equal to c_i, and the contract promises that alpha = 1 gives snippet i.
+    # The endpoints exactly, not up to round-off (a projection of s_i is not bit-equal to c_i),
+    # since the contract promises that alpha = 1 gives snippet i.
     if alpha == 1.0:
         return a.copy()
     if alpha == 0.0:
         return b.copy()
     if method == "linear":
         return alpha * a + (1.0 - alpha) * b
-    if method == "slerp":
-        return _slerp(a, b, alpha)
-    raise InvalidInput(f"unknown interpolation method {method!r}; use 'linear' or 'slerp'")
+    if mu is None or B is None or S is None:
+        raise InvalidInput("slerp needs the bank's mu, B and S to turn coefficients into snippets and back")
+    s_i, s_j = (normalize(reconstruct(c, B, mu), what="snippet")[0] for c in (a, b))
+    return project(slerp(s_i, s_j, alpha), mu, B, S, normalized).coefficients[0]
 
 
-def _slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na <= _EPS or nb <= _EPS:
-        return alpha * a + (1.0 - alpha) * b
-    ua, ub = a / na, b / nb
-    theta = math.acos(min(1.0, max(-1.0, float(ua @ ub))))
+def slerp(s_i: np.ndarray, s_j: np.ndarray, alpha: float) -> np.ndarray:
+    """The unit vector a fraction ``1 - alpha`` of the way along the great circle from s_i to s_j."""
+    alpha = _check_alpha(alpha)
+    theta = math.acos(min(1.0, max(-1.0, float(s_i @ s_j))))
     if math.sin(theta) < 1e-6:
-        # Parallel (or opposite) directions: the arc is not unique, the chord is.
-        return alpha * a + (1.0 - alpha) * b
-    direction = (math.sin(alpha * theta) * ua + math.sin((1.0 - alpha) * theta) * ub) / math.sin(theta)
-    return direction * (alpha * na + (1.0 - alpha) * nb)
+        if theta < 1.0:
+            # (Nearly) the same direction: the arc has no length, the chord is as good.
+            return normalize(alpha * s_i + (1.0 - alpha) * s_j, what="interpolated snippet")
+        raise InvalidInput("the two snippets point in opposite directions, so no unique great circle joins "
+                           "them; use method 'linear' or pick another pair")
+    mixed = (math.sin(alpha * theta) * s_i + math.sin((1.0 - alpha) * theta) * s_j) / math.sin(theta)
+    return mixed / np.linalg.norm(mixed)
 
 
 def std_normal_cdf(x: float) -> float:

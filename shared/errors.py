@@ -14,8 +14,13 @@ Class tree::
     ├── EmptyPool               retrieval from a pool with no snippets (409)
     ├── EncoderUnavailable      image input without an encoder configured (422)
     ├── IncompatibleArtifacts   model/bank/encoder/checkpoint that do not fit together
-    └── BankFileError           unreadable, truncated or unknown-format files
-        └── UnknownFormat       a `format` / `format_version` this reader does not know
+    ├── BankFileError           unreadable, truncated or unknown-format bank files
+    │   └── UnknownFormat       a `format` / `format_version` this reader does not know
+    └── ArtifactFileError       unreadable, truncated or unknown-format files other than banks
+        ├── ModelFileError      a model file (training/files/modelfile.py)
+        ├── CheckpointFileError a training checkpoint (training/files/checkpoint.py)
+        ├── EncoderFileError    encoder weights (training/encoders/registry.py)
+        └── VAEFileError        a latent decoder file (training/official/vae.py)
 
 Services map these to status codes in one table each (see their `errors.py`).
 """
@@ -83,3 +88,25 @@ class BankFileError(GMemError):
 
 class UnknownFormat(BankFileError):
     code = "unknown_format"
+
+
+class ArtifactFileError(GMemError):
+    """A model, checkpoint, encoder, decoder or release file that cannot be read as what it claims to be."""
+
+    code = "artifact_file_error"
+
+
+class ModelFileError(ArtifactFileError):
+    code = "model_file_error"
+
+
+class CheckpointFileError(ArtifactFileError):
+    code = "checkpoint_file_error"
+
+
+class EncoderFileError(ArtifactFileError):
+    code = "encoder_file_error"
+
+
+class VAEFileError(ArtifactFileError):
+    code = "vae_file_error"

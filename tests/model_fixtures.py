@@ -54,8 +54,9 @@ def make_bank(path: Path, dataset: str, dim: int = 8, rank: int = 4, encoder: st
 
 def make_model(path: Path, seed: int = 0, **overrides) -> Path:
     """A randomly initialised (xavier, so outputs are non-trivial) tiny model file for 16x16 grey images."""
-    from training.model import GMemDiT, preset
-    from training.modelfile import save_model
+    from training.files.modelfile import save_model
+    from training.network.config import preset
+    from training.network.model import GMemDiT
 
     torch.manual_seed(seed)
     cfg = preset("gmem-tiny", **{**TINY, "input_size": 16, "encoder": "test/bars", "init": "xavier",

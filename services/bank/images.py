@@ -1,6 +1,6 @@
 """Image inserts: safe decoding and the (optional) representation encoder.
 
-The encoder is imported lazily from ``training.encoders`` only when one is
+The encoder is imported lazily from ``training.encoders.registry`` only when one is
 configured, so a bank that serves features runs without torch.
 """
 
@@ -35,7 +35,7 @@ def load_configured_encoder(encoder_id: str | None, weights: Path | None, factor
             f"GMEM_BANK_ENCODER is {encoder_id!r} but the bank {factors.path} was built with encoder "
             f"{factors.meta.encoder!r}; configure {factors.meta.encoder!r} (or leave it unset to accept features only)"
         )
-    from training.encoders import load_encoder  # noqa: PLC0415 - torch only when an encoder is configured
+    from training.encoders.registry import load_encoder  # noqa: PLC0415 - torch only when an encoder is configured
 
     encoder = load_encoder(encoder_id, str(weights) if weights else None)
     if encoder.feature_dim != factors.feature_dim:

@@ -278,7 +278,9 @@ class BankStore:
             for sid in (i, j):
                 rec = self.record(view, sid)
                 ends.append(np.asarray(self.factors.C[sid], dtype=np.float64) if rec is None else rec.coefficients)
-            c = bankmath.interpolate(ends[0], ends[1], alpha, method)  # type: ignore[arg-type]
+            f = self.factors
+            c = bankmath.interpolate(ends[0], ends[1], alpha, method,  # type: ignore[arg-type]
+                                     mu=f.mu, B=f.B, S=f.S, normalized=f.meta.normalized)
             payload = {"op": "interpolate", "id": self.factors.size + len(self._records),
                        "coefficients": c.tolist(), "parents": [i, j], "alpha": float(alpha), "method": method,
                        "name": name, "created_at": _now()}

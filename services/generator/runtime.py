@@ -34,15 +34,12 @@ from services.generator.settings import GeneratorSettings
 from shared.bankmath import as_vectors, normalize
 from shared.errors import DimensionMismatch, IncompatibleArtifacts
 from shared.schemas.generator import SAMPLERS, ModelInfo
+from training.network.config import GMemConfig
 
 log = logging.getLogger("gmem.generator")
 
 # Rows per network call when batch invariance must be forced by padding.
 FALLBACK_MICRO_BATCH = 4
-
-# Downsampling of the latent decoders a model file can name (training/vae.py).
-_DECODER_SCALE = {"vavae-f16d32": 16, "sd-vae-ft-ema": 8, "sd-vae-ft-mse": 8}
-
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -60,26 +57,32 @@ class ModelFacts:
 
 def read_model_facts(path: str | Path) -> ModelFacts:
     """Read the model file's header only (cheap even for XL): snippet dimension, encoder, sizes."""
-    from training.modelfile import read_model_meta
+    from training.files.modelfile import config_from_json, read_model_meta
 
-    cfg = read_model_meta(path)
-    return facts_from_config(cfg, str(cfg.get("id") or Path(path).parent.name or Path(path).stem))
+    meta = read_model_meta(path)
+    return facts_from_config(config_from_json(meta), str(meta.get("id") or Path(path).parent.name or Path(path).stem))
 
 
-def facts_from_config(cfg: dict[str, Any], model_id: str) -> ModelFacts:
-    space = str(cfg.get("space", "pixel"))
-    size = int(cfg["input_size"])
-    decoder = cfg.get("decoder") or {}
-    scale = _DECODER_SCALE.get(str(decoder.get("kind")), 1) if space == "latent" else 1
+def facts_from_config(cfg: GMemConfig, model_id: str) -> ModelFacts:
+    """The service's facts from the network config; latent models take size and channels from their decoder."""
+    resolution, channels = cfg.input_size, cfg.in_channels
+    if cfg.space == "latent":
+        from training.official.vae import (  # torch, as every training import in this module
+            KIND,
+            decoder_config,
+        )
+
+        decoder = decoder_config(str((cfg.decoder or {}).get("kind", KIND)))
+        resolution, channels = cfg.input_size * decoder.resolution // decoder.latent_resolution, decoder.out_ch
     return ModelFacts(
         id=str(model_id),
-        feature_dim=int(cfg["snippet_dim"]),
-        encoder=str(cfg["encoder"]),
-        resolution=size * scale,
-        channels=int(cfg["in_channels"]) if space == "pixel" else 3,
-        default_steps=int(cfg["default_steps"]),
-        default_sampler=str(cfg["default_sampler"]),
-        space=space,
+        feature_dim=cfg.snippet_dim,
+        encoder=cfg.encoder,
+        resolution=resolution,
+        channels=channels,
+        default_steps=cfg.sampling.steps,
+        default_sampler=cfg.sampling.sampler,
+        space=str(cfg.space),
     )
 
 
@@ -148,7 +151,7 @@ class Runtime:
         """Load the weights (blocking; the app calls it in a worker thread)."""
         import torch
 
-        from training.modelfile import load_model
+        from training.files.modelfile import load_model
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -204,7 +207,7 @@ class Runtime:
 
     def initial_noise(self, seeds: list[int]) -> np.ndarray:
         """Flattened initial noise of each seed: the z the bank's noise-CDF index reads (paper 4.3)."""
-        from training.generate import initial_noise
+        from training.flow.generate import initial_noise
 
         return np.stack([initial_noise(self.model, s).reshape(-1).cpu().numpy() for s in seeds])
 
@@ -220,8 +223,8 @@ class Runtime:
         """PNG bytes of each (snippet, seed), computed in fixed-size micro-batches (see module docstring)."""
         import torch
 
-        from training.generate import generate, to_png
-        from training.samplers import network_calls
+        from training.flow.generate import generate, to_png
+        from training.flow.samplers import network_calls
 
         m = self.micro_batch or len(seeds)
         out: list[bytes] = []
@@ -238,7 +241,7 @@ class Runtime:
                 if self._nfe_observer is not None:
                     # generate() returns host arrays, so the device has finished: wall time / NFE is honest
                     # (it includes the per-chunk noise draw and decode, small next to the network).
-                    nfe = network_calls(sampler, steps, self.model.config.sde_solver)
+                    nfe = network_calls(sampler, steps, self.model.config.sampling.sde_solver)
                     self._nfe_observer((time.perf_counter() - t0) / max(1, nfe))
                 out.extend(to_png(images[i]) for i in range(real))
         return out

@@ -173,7 +173,11 @@ class ProjectResponse(BaseModel):
 
 
 class InterpolateRequest(_Model):
-    """POST /bank/interpolate: eq. 11, ``c = alpha C[i] + (1 - alpha) C[j]``."""
+    """POST /bank/interpolate: eq. 11, ``c = alpha C[i] + (1 - alpha) C[j]``, or ``slerp``.
+
+    ``slerp`` interpolates the unit snippets s_i, s_j on the sphere and stores the
+    eq. 10 projection of the result.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
@@ -182,7 +186,8 @@ class InterpolateRequest(_Model):
     i: SnippetId
     j: SnippetId
     alpha: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="1 gives snippet i, 0 snippet j")
-    method: Method = "linear"
+    method: Method = Field("linear", description="linear: eq. 11 on the coefficients; slerp: on the unit "
+                           "snippets, then projected back (eq. 10)")
     name: Name | None = None
 
 

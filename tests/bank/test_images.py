@@ -113,7 +113,7 @@ def test_embedded_mnist_encoder_inserts_a_digit_near_its_class(tmp_path: Path) -
         labels = [int(factors.labels[h["id"]]) for h in hits]
         assert labels.count(int(y[9])) >= 6, (int(y[9]), labels)
         # same numbers as projecting the encoder's feature in-process (eq. 10)
-        from training.encoders import load_encoder
+        from training.encoders.registry import load_encoder
 
         f = load_encoder("gmem/mnist-cnn").encode_pil([Image.fromarray(digit)])
         want = bankmath.project(f, factors.mu, factors.B, factors.S).coefficients[0]

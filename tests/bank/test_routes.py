@@ -256,3 +256,20 @@ def test_noise_of_a_256px_rgb_image_is_accepted(client: TestClient) -> None:
     r = client.post("/bank/retrieve", json={"z": z.tolist()})
     assert r.status_code == 200, r.text[:300]
     assert r.json()["indices"] == [bankmath.cdf_index(z, N0)]
+
+
+def test_slerp_route_stores_the_projection_of_the_slerp_of_the_unit_snippets(
+    client: TestClient, bank: SyntheticBank
+) -> None:
+    """CONTRACT.md section 2: slerp runs on s_i, s_j (weight alpha on s_i), then eq. 10 projects it."""
+    i, j, alpha = 5, 17, 0.35
+    s_i, s_j = (np.asarray(client.get(f"/bank/snippets/{k}").json()["snippet"], dtype=np.float64) for k in (i, j))
+    theta = np.arccos(np.clip(s_i @ s_j, -1.0, 1.0))
+    want = (np.sin(alpha * theta) * s_i + np.sin((1 - alpha) * theta) * s_j) / np.sin(theta)
+    projected = client.post("/bank/project", json={"feature": want.tolist()}).json()
+    made = client.post("/bank/interpolate", json={"i": i, "j": j, "alpha": alpha, "method": "slerp"}, headers=AUTH)
+    assert made.status_code == 201, made.text
+    got = client.get(f"/bank/snippets/{made.json()['id']}").json()
+    # float32 snippets on the wire: agreement to float32 round-off, not bit-equality.
+    np.testing.assert_allclose(got["coefficients"], projected["coefficients"], atol=1e-4)
+    np.testing.assert_allclose(got["snippet"], projected["snippet"], atol=1e-5)

@@ -106,7 +106,7 @@ def test_readyz_against_a_hanging_bank_answers_within_one_bank_timeout():
 
 
 def test_the_shipped_model_file_config_has_every_section_5_item():
-    from training.modelfile import read_model_meta
+    from training.files.modelfile import read_model_meta
 
     cfg = read_model_meta(DEFAULT_MODEL)
     for key in ("name", "depth", "hidden_size", "patch_size", "input_size", "in_channels", "snippet_dim", "encoder",

@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 
 from shared.bankmath import cdf_index
-from training.generate import initial_noise
-from training.model import GMemConfig
-from training.modelfile import config_from_json, read_model_meta
+from training.files.modelfile import config_from_json, read_model_meta
+from training.flow.generate import initial_noise
+from training.network.config import GMemConfig
 
 from .conftest import DEFAULT_MODEL
 
@@ -105,7 +105,7 @@ def test_model_endpoint_describes_the_network(gen_url: str):
     info = httpx.get(gen_url + "/model").json()
     cfg = model_config()
     assert info["feature_dim"] == cfg.snippet_dim and info["channels"] == cfg.in_channels
-    assert info["resolution"] == cfg.input_size and info["default_steps"] == cfg.default_steps
+    assert info["resolution"] == cfg.input_size and info["default_steps"] == cfg.sampling.steps
     assert set(info["samplers"]) == {"sde", "euler", "heun"} and info["parameters"] > 0
 
 

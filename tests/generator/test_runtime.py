@@ -15,8 +15,9 @@ from services.generator.runtime import (
 )
 from services.generator.settings import GeneratorSettings
 from shared.errors import DimensionMismatch, IncompatibleArtifacts, NonFiniteValue, ZeroVector
-from training.model import GMemDiT, preset
-from training.modelfile import load_model, save_model
+from training.files.modelfile import load_model, save_model
+from training.network.config import preset
+from training.network.model import GMemDiT
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from shared.factors import load_factors
-from training.encoders import load_encoder
+from training.encoders.registry import load_encoder
 
 from .conftest import DEFAULT_BANK
 
