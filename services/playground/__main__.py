@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import typer
 import uvicorn
@@ -28,7 +29,7 @@ def serve(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    given = dict(bank_url=bank_url, generator_url=generator_url, host=host, port=port, source=source)
+    given: dict[str, Any] = dict(bank_url=bank_url, generator_url=generator_url, host=host, port=port, source=source)
     try:
         settings = PlaygroundSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:

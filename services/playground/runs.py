@@ -59,7 +59,7 @@ class Run:
 
 async def sse_messages(resp: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """(event, data) pairs of a text/event-stream body (the WHATWG format: blank line ends a message)."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     async for line in resp.aiter_lines():
         if not line:
             if data:

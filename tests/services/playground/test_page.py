@@ -40,6 +40,11 @@ def digit_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The rendered width of an <img>, once it has loaded (it may still be decoding when first found).
+NATURAL_WIDTH = ("i => i.complete && i.naturalWidth ? i.naturalWidth : new Promise(done => "
+                 "i.addEventListener('load', () => done(i.naturalWidth), {once: true}))")
+
+
 def open_page(tab: Tab, url: str) -> None:
     tab.page.goto(url + "/")
     expect(tab.page.locator("#status .pill").first).to_be_visible()
@@ -58,7 +63,7 @@ def check_images(imgs: Locator, model: dict, count: int) -> list[Image.Image]:
     for k in range(count):
         img = imgs.nth(k)
         expect(img).to_be_visible()
-        assert img.evaluate("i => i.complete && i.naturalWidth") == model["resolution"]
+        assert img.evaluate(NATURAL_WIDTH) == model["resolution"]
         pil = png_of(img)
         assert pil.size == (model["resolution"], model["resolution"])
         assert pil.mode == ("L" if model["channels"] == 1 else "RGB")
@@ -185,7 +190,7 @@ def test_browse_provenance_and_delete(stack: LocalStack, tab: Tab, shots: Path) 
     # The source image behind base row 0 is image 0 of the bank's source dataset (mnist-5k:train).
     src = tiles.first.locator("img.src")
     expect(src).to_have_attribute("src", "/api/sources/0.png")
-    assert src.evaluate("i => i.complete && i.naturalWidth") == 32
+    assert src.evaluate(NATURAL_WIDTH) == 32
     served = np.asarray(Image.open(io.BytesIO(httpx.get(stack.playground_url + "/api/sources/0.png").content)))
     assert np.array_equal(served, load_dataset("mnist-5k:train").images[0][..., 0])
     label = httpx.get(stack.bank_url + "/bank/snippets/0", timeout=10).json()["label"]
