@@ -18,7 +18,8 @@ from pydantic_settings import BaseSettings
 
 # Modules holding one settings class each; listed, not discovered, so importing this
 # module never imports torch.
-SETTINGS_MODULES: tuple[str, ...] = ("services.bank.settings", "services.generator.settings", "gmem.settings")
+SETTINGS_MODULES: tuple[str, ...] = ("services.bank.settings", "services.generator.settings",
+                                     "services.playground.settings", "gmem.settings")
 
 
 @dataclass(frozen=True)

@@ -203,3 +203,13 @@ def generator_process(model: Path, bank_url: str, log_path: Path, port: int | No
     argv = [python, "-m", "services.generator", "--model", str(model), "--bank-url", bank_url,
             "--host", host, "--port", str(port)]
     return Process("generator", argv, log_path, port, host, dict(env or {}))
+
+
+def playground_process(bank_url: str, generator_url: str, log_path: Path, port: int | None = None,
+                       host: str = "127.0.0.1", env: dict[str, str] | None = None,
+                       python: str = sys.executable) -> Process:
+    """``python -m services.playground`` over a running bank and generator."""
+    port = port or free_port(host)
+    argv = [python, "-m", "services.playground", "--bank-url", bank_url, "--generator-url", generator_url,
+            "--host", host, "--port", str(port)]
+    return Process("playground", argv, log_path, port, host, dict(env or {}))

@@ -23,6 +23,7 @@ from gmem.launch import (
     free_port,
     generator_process,
     pick_port,
+    playground_process,
     port_is_free,
     redis_process,
 )
@@ -33,6 +34,7 @@ ARTIFACTS = REPO_ROOT / "artifacts" / "mnist-5k"
 DEFAULT_BANK_PORT = 8001
 DEFAULT_GENERATOR_PORT = 8002
 DEFAULT_REDIS_PORT = 6379
+DEFAULT_PLAYGROUND_PORT = 8003
 
 
 class StackError(LaunchError):
@@ -52,6 +54,7 @@ class StackConfig:
     bank_port: int | None = DEFAULT_BANK_PORT
     generator_port: int | None = DEFAULT_GENERATOR_PORT
     redis_port: int | None = DEFAULT_REDIS_PORT
+    playground_port: int | None = DEFAULT_PLAYGROUND_PORT
     use_redis: bool = True
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     python: str = sys.executable
@@ -59,6 +62,7 @@ class StackConfig:
     # Extra GMEM_* settings for the services (e.g. small maxima in tests); strings only.
     bank_env: dict[str, str] = field(default_factory=dict)
     generator_env: dict[str, str] = field(default_factory=dict)
+    playground_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -92,6 +96,7 @@ class LocalStack:
         while self.generator_port == self.bank_port:
             self.generator_port = free_port(host)
         self.redis_url: str | None = None
+        self.playground_port: int | None = None  # picked when the playground starts
 
     # ------------------------------------------------------------------ urls
     @property
@@ -101,6 +106,10 @@ class LocalStack:
     @property
     def generator_url(self) -> str:
         return f"http://{self.config.host}:{self.generator_port}"
+
+    @property
+    def playground_url(self) -> str:
+        return f"http://{self.config.host}:{self.playground_port}"
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> LocalStack:
@@ -196,6 +205,17 @@ class LocalStack:
         env.update(c.generator_env)
         self._run(generator_process(c.model, self.bank_url, c.log_dir / "generator.log", self.generator_port,
                                     c.host, env, python=c.python), "/readyz")
+
+    def start_playground(self) -> None:
+        """The playground page over the running bank and generator; it holds the bank token."""
+        c = self.config
+        self.playground_port = pick_port(c.playground_port, c.host)
+        while self.playground_port in (self.bank_port, self.generator_port):
+            self.playground_port = free_port(c.host)
+        self._say(f"starting the playground on {self.playground_url}")
+        env = {"GMEM_BANK_TOKEN": c.token, **c.playground_env}
+        self._run(playground_process(self.bank_url, self.generator_url, c.log_dir / "playground.log",
+                                     self.playground_port, c.host, env, python=c.python), "/readyz")
 
     def stop_service(self, name: str, timeout_s: float = 15.0) -> None:
         """SIGTERM (graceful shutdown), then SIGKILL after ``timeout_s``."""

@@ -35,6 +35,7 @@ from gmem.stack import (
     ARTIFACTS,
     DEFAULT_BANK_PORT,
     DEFAULT_GENERATOR_PORT,
+    DEFAULT_PLAYGROUND_PORT,
     DEFAULT_REDIS_PORT,
     LocalStack,
     StackConfig,
@@ -200,6 +201,8 @@ def main(
     bank_port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")] = DEFAULT_BANK_PORT,
     generator_port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")] = DEFAULT_GENERATOR_PORT,
     redis_port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")] = DEFAULT_REDIS_PORT,
+    playground_port: Annotated[int, typer.Option(min=0, max=65535, help="with --keep-running; 0: any free port")]
+    = DEFAULT_PLAYGROUND_PORT,
 ) -> None:
     """Run the GMem stack locally and exercise it end to end."""
     # Ctrl-C must reach us even when started from a shell that ignores SIGINT in background jobs.
@@ -210,7 +213,7 @@ def main(
     cfg = StackConfig(out_dir=out, factors=factors, model=model, encoder=encoder, encoder_weights=encoder_weights,
                       use_redis=redis,
                       bank_port=bank_port or None, generator_port=generator_port or None,
-                      redis_port=redis_port or None, generator_env={"GMEM_GENERATOR_MAX_N": str(max(n, 16))})
+                      redis_port=redis_port or None, playground_port=playground_port or None, generator_env={"GMEM_GENERATOR_MAX_N": str(max(n, 16))})
     if fresh and cfg.data_dir.exists():
         shutil.rmtree(cfg.data_dir)
     stack = LocalStack(cfg, on_status=lambda msg: console.log(msg))
@@ -220,12 +223,16 @@ def main(
             stack.start()
         summary = run_demo(stack, out, image, n, seed, steps, points)
         report(stack, out, summary, keep_running)
+        if keep_running:  # the page over the same stack, for looking around after the walk-through
+            stack.start_playground()
+            summary["playground_url"] = stack.playground_url
         summary["pids"] = {name: svc.popen.pid for name, svc in stack.services.items() if svc.popen}
         summary["token"] = cfg.token
         write_summary(out / "summary.json", summary)
         finished = True
         if keep_running:
-            console.print("[bold green]stack is up[/bold green]; press Ctrl-C to stop it")
+            console.print(f"[bold green]stack is up[/bold green]: open the playground at {stack.playground_url}/ ; "
+                          "press Ctrl-C to stop it")
             while all(svc.running for svc in stack.services.values()):
                 time.sleep(0.5)
             console.print("[red]a service exited; stopping the stack[/red]")

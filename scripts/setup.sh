@@ -5,11 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "[setup] installing redis-server"
+# chromium: the playground's browser test drives Debian's build (Playwright cannot download one here).
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ -n "$missing" ]; then
+  echo "[setup] installing$missing"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  # shellcheck disable=SC2086 # one word per package
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
 stamp=.venv/.requirements.sha256
@@ -20,7 +25,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   # pip's own warnings about absent local index folders are noise; real errors still fail the script.
   .venv/bin/pip install -q -r requirements-dev.txt 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -c "import torch, torchvision, timm, fastapi, faiss, mlxtend, safetensors" 
+  .venv/bin/python -c "import torch, torchvision, timm, fastapi, faiss, mlxtend, safetensors, playwright"
   echo "$want" > "$stamp"
 fi
 echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

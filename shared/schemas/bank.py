@@ -69,6 +69,8 @@ class BankInfo(BaseModel):
     encoder: str
     labels: bool = Field(False, description="base rows carry class labels: POST /bank/retrieve accepts `label`")
     format_version: str
+    source: str | None = Field(None, description="dataset the base rows were built from (factors `source`); "
+                               "row i is its image i")
 
 
 class RetrieveRequest(_Model):

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,7 +77,7 @@ def demo(tmp_path_factory) -> Demo:
     env.update(GMEM_GENERATOR_TORCH_THREADS="2", COLUMNS="200")
     argv = [sys.executable, "-m", "scripts.demo", "--out", str(out), "--n", str(N), "--steps", str(STEPS),
             "--points", str(POINTS), "--model", str(ARTIFACTS / "model.safetensors"), "--keep-running",
-            "--bank-port", "0", "--generator-port", "0", "--redis-port", "0"]
+            "--bank-port", "0", "--generator-port", "0", "--redis-port", "0", "--playground-port", "0"]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
     summary_path = out / "summary.json"
@@ -251,8 +252,16 @@ def test_cli_errors_are_one_clear_line_not_a_traceback(demo):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "404" in r.stderr
 
 
-# ---------------------------------------------------------------- Ctrl-C, then a restart keeps the edits
+def test_keep_running_serves_the_playground(demo):
+    url = demo.summary["playground_url"]
+    page = httpx.get(url + "/", timeout=10)
+    assert page.status_code == 200 and 'id="gallery"' in page.text and 'id="strip"' in page.text
+    status = httpx.get(url + "/api/status", timeout=30).json()
+    assert status["bank"]["ok"] and status["generator"]["ok"] and status["playground"]["token_configured"]
+    assert status["bank"]["version"] == demo.bank().info().version
 
+
+# ---------------------------------------------------------------- Ctrl-C, then a restart keeps the edits
 
 def test_ctrl_c_stops_the_stack_and_the_bank_restarts_with_its_edits(demo, tmp_path):
     bank = demo.bank()

@@ -29,7 +29,7 @@ async def bank_info(bank: Bank) -> BankInfo:
     view, f = bank.store.view(), bank.store.factors
     return BankInfo(version=view.version, size=view.pool_size("all"), base_size=f.size, feature_dim=f.feature_dim,
                     rank=f.rank, encoder=f.meta.encoder, format_version=f.meta.format_version,
-                    labels=bank.store.has_labels)
+                    labels=bank.store.has_labels, source=f.meta.source or None)
 
 
 @router.post("/bank/retrieve", response_model=RetrieveResponse, responses=responses(404, 409, 413, 415, 422),

@@ -32,7 +32,7 @@ def test_health_ready_and_bank_info(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["detail"]["redis"] == "disabled"
     info = client.get("/bank").json()
     assert info == {"version": 0, "size": N0, "base_size": N0, "feature_dim": D, "rank": R,
-                    "encoder": ENCODER_ID, "format_version": "1", "labels": True}
+                    "encoder": ENCODER_ID, "format_version": "1", "labels": True, "source": "synthetic"}
     assert client.get("/healthz").headers["x-request-id"]
     assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
 
