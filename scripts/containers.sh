@@ -160,6 +160,10 @@ wheelhouse() {
     rm -f "$WHEELS"/common/gmem_serving-*.whl
     quiet_pip "${dl[@]}" -d "$WHEELS/torch" --find-links "$WHEELS/common" "$own[bank,generator,encoder,training]" \
       || die "pip download (torch) failed"
+    # Debian bookworm's python is 3.11.2, and pip evaluates markers for the running interpreter only:
+    # add what a marker on the full version asks for there (redis wants async-timeout below 3.11.3).
+    quiet_pip "${dl[@]}" -d "$WHEELS/common" "async-timeout>=4.0.3" || die "pip download (3.11.2 extras) failed"
+    rm -f "$WHEELS"/common/gmem_serving-*.whl
     (cd "$WHEELS/common" && for f in *.whl; do rm -f "../torch/$f"; done)
     rm -f "$WHEELS"/torch/gmem_serving-*.whl
     echo "$deps" >"$WHEELS/.deps"
