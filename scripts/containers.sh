@@ -39,7 +39,8 @@ export DOCKER_BUILDKIT=1
 
 compose() {
   local files=(-f docker-compose.yml)
-  [ -n "$HOSTNET" ] && files+=(-f deploy/compose.hostnet.yml)
+  # A service on the host network cannot publish ports: the host-network file replaces the ports file.
+  if [ -n "$HOSTNET" ]; then files+=(-f deploy/compose.hostnet.yml); else files+=(-f docker-compose.override.yml); fi
   if command -v docker-compose >/dev/null 2>&1; then
     docker-compose -p "$PROJECT" "${files[@]}" "$@"
   else

@@ -34,6 +34,10 @@ from tests.deploy.containers import (
     wait_ready,
 )
 
+# The first test pays for the engine, the base image, the wheelhouse and the builds (about 15 minutes
+# on a fresh 2-core machine); the suite-wide 600 s per test is too short for that.
+pytestmark = pytest.mark.timeout(3600)
+
 ENV_FILE = ROOT / "deploy" / "bank.env"
 GENERATE = {"n": 2, "seed": 11, "steps": 4}
 TORCH_DISTS = ("torch", "torchvision", "timm", "triton")
