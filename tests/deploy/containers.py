@@ -20,14 +20,16 @@ SCRIPT = ROOT / "scripts" / "containers.sh"
 BANK_URL = "http://127.0.0.1:8001"
 GENERATOR_URL = "http://127.0.0.1:8002"
 LOCAL_BASE = "gmem/base:bookworm"
-# (script name, image tag suffix): what the test builds; the GPU Dockerfile is built on the local base to
-# prove its steps (its CUDA runtime is only exercised where a GPU is lent).
+# script name -> image tag: what the test builds; the GPU Dockerfiles are built on the local base to
+# prove their steps (its CUDA runtime is only exercised where a GPU is lent).
 IMAGES = {
     "bank": "gmem/bank:{tag}",
     "bank-encoder": "gmem/bank:{tag}-encoder",
     "generator": "gmem/generator:{tag}-cpu",
     "generator-gpu": "gmem/generator:{tag}-cuda",
+    "train": "gmem/train:{tag}-cuda",
 }
+SERVICES = ("bank", "bank-encoder", "generator", "generator-gpu")
 
 
 class CommandFailed(AssertionError):
