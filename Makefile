@@ -2,7 +2,7 @@
 # and `make test` (the whole test suite, as CI runs it).
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test test-containers lint bench images compose-up compose-down
 
 setup:
 	bash scripts/setup.sh
@@ -24,3 +24,24 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench
+
+# ---- containers (scripts/containers.sh; README "Deployment")
+# `make compose-up [HOSTNET=1]` builds missing images (offline on a local Debian base when no registry
+# answers), starts redis, bank and generator and waits for /readyz; `make compose-down [ARGS=-v]`.
+HOSTNET ?=
+ARGS ?=
+NAMES ?=
+export HOSTNET
+
+images: setup
+	bash scripts/containers.sh images $(NAMES)
+
+compose-up: setup
+	bash scripts/containers.sh up $(ARGS)
+
+compose-down:
+	bash scripts/containers.sh down $(ARGS)
+
+# The images and the compose stack for real (needs root to start dockerd); CI runs it after `make test`.
+test-containers: setup
+	$(PY) -m pytest -q tests/deploy/test_containers.py

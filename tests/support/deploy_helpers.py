@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -37,8 +38,15 @@ def arg_after(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
 
 
+# The package's console scripts (pyproject.toml [project.scripts]) and the modules they run.
+CONSOLE_SCRIPTS = {"gmem-bank": "services.bank", "gmem-generator": "services.generator",
+                   "gmem-train": "training", "gmem": "gmem"}
+
+
 def service_module(argv: list[str]) -> str:
-    assert argv[:2] == ["python", "-m"], f"expected `python -m <service> ...`, got {argv[:3]}"
+    if argv and argv[0] in CONSOLE_SCRIPTS:
+        return CONSOLE_SCRIPTS[argv[0]]
+    assert argv[:2] == ["python", "-m"], f"expected `python -m <service> ...` or a console script, got {argv[:3]}"
     return argv[2]
 
 
@@ -68,3 +76,21 @@ def requirement_names(path: Path) -> set[str]:
         if line and not line.startswith("-"):
             names.add(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower().replace("_", "-"))
     return names
+
+
+def requirement_names_of(lines: list[str]) -> set[str]:
+    """Distribution names of requirement strings (``uvicorn[standard]>=0.29`` -> ``uvicorn``)."""
+    return {re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower().replace("_", "-") for line in lines}
+
+
+@cache
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def project_dependencies() -> list[str]:
+    return list(_pyproject()["project"]["dependencies"])
+
+
+def project_extras() -> dict[str, list[str]]:
+    return {k: list(v) for k, v in _pyproject()["project"]["optional-dependencies"].items()}
