@@ -29,6 +29,7 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
 TAG=${IMAGE_TAG:-$VERSION}
 BANK_URL=http://127.0.0.1:8001
 GENERATOR_URL=http://127.0.0.1:8002
+PLAYGROUND_URL=http://127.0.0.1:8003
 
 say() { echo "[containers] $*" >&2; }
 die() { echo "[containers] error: $*" >&2; exit 1; }
@@ -261,9 +262,11 @@ up() {
   compose up -d "$@"
   wait_ready bank "$BANK_URL"
   wait_ready generator "$GENERATOR_URL"
-  say "stack is up: bank $BANK_URL  generator $GENERATOR_URL  (token in deploy/bank.env)"
-  echo "bank:      $BANK_URL"
-  echo "generator: $GENERATOR_URL"
+  wait_ready playground "$PLAYGROUND_URL"
+  say "stack is up: bank $BANK_URL  generator $GENERATOR_URL  playground $PLAYGROUND_URL  (token in deploy/bank.env)"
+  echo "bank:       $BANK_URL"
+  echo "generator:  $GENERATOR_URL"
+  echo "playground: $PLAYGROUND_URL"
 }
 
 down() {

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "containers.sh"
 BANK_URL = "http://127.0.0.1:8001"
 GENERATOR_URL = "http://127.0.0.1:8002"
+PLAYGROUND_URL = "http://127.0.0.1:8003"
 LOCAL_BASE = "gmem/base:bookworm"
 # script name -> image tag: what the test builds; the GPU Dockerfiles are built on the local base to
 # prove their steps (its CUDA runtime is only exercised where a GPU is lent).

@@ -26,6 +26,7 @@ from tests.deploy.containers import (
     GENERATOR_URL,
     IMAGES,
     LOCAL_BASE,
+    PLAYGROUND_URL,
     ROOT,
     SERVICES,
     CommandFailed,
@@ -123,7 +124,8 @@ def stack(env: Env, images: dict[str, str], request) -> dict[str, str]:
     t0 = time.monotonic()
     out = run(["make", "-o", "setup", "compose-up"], env.vars, 900)
     env.figures["compose_up_s"] = round(time.monotonic() - t0, 1)
-    assert f"bank:      {BANK_URL}" in out.stdout and f"generator: {GENERATOR_URL}" in out.stdout, out.stdout
+    for line in (f"bank:       {BANK_URL}", f"generator:  {GENERATOR_URL}", f"playground: {PLAYGROUND_URL}"):
+        assert line in out.stdout, out.stdout
     text = ENV_FILE.read_text()
     token = re.search(r"^GMEM_BANK_TOKEN=(\S+)$", text, re.M)
     assert token and len(token.group(1)) >= 32, "deploy/bank.env needs a GMEM_BANK_TOKEN of 32+ characters"
@@ -208,6 +210,16 @@ def test_generate_through_containers_matches_the_venv_services(env, stack, tmp_p
     assert got["indices"] == local["indices"]
     assert got["images"] == local["images"], "containers and venv must give the same PNG bytes"
     env.figures["png_bytes_compared"] = sum(len(x) for x in got["images"])
+
+
+def test_playground_container_serves_the_page_over_both_services(env, stack):
+    cid = env.container("playground")
+    assert env.docker("exec", cid, "id", "-u").stdout.strip() == "10001", "playground runs as root"
+    page = httpx.get(PLAYGROUND_URL + "/", timeout=30)
+    assert page.status_code == 200 and 'id="gallery"' in page.text and 'id="upload"' in page.text
+    status = httpx.get(PLAYGROUND_URL + "/api/status", timeout=60).json()
+    assert status["bank"]["ok"] and status["generator"]["ok"], status
+    assert status["playground"]["token_configured"], "the playground must hold the bank token from deploy/bank.env"
 
 
 def _digit_png() -> bytes:

@@ -55,11 +55,11 @@ def compose_gpu() -> dict:
     return yaml.safe_load((DEPLOY / "compose.gpu.yml").read_text())
 
 
-def test_compose_has_the_three_services_with_healthchecks(compose):
+def test_compose_has_the_four_services_with_healthchecks(compose):
     services = compose["services"]
     override = yaml.safe_load((ROOT / "docker-compose.override.yml").read_text())
-    assert set(services) == {"redis", "bank", "generator"}
-    for name in ("bank", "generator"):
+    assert set(services) == {"redis", "bank", "generator", "playground"}
+    for name in ("bank", "generator", "playground"):
         svc = services[name]
         port = arg_after(svc["command"], "--port")
         probe = " ".join(svc["healthcheck"]["test"])
@@ -70,10 +70,12 @@ def test_compose_has_the_three_services_with_healthchecks(compose):
     assert services["generator"]["depends_on"]["bank"]["condition"] == "service_healthy"
     assert arg_after(services["bank"]["command"], "--port") == "8001"
     assert arg_after(services["generator"]["command"], "--port") == "8002"
+    assert arg_after(services["playground"]["command"], "--port") == "8003"
+    assert services["playground"]["env_file"] == ["deploy/bank.env"], "the playground holds the bank token"
 
 
 def test_compose_commands_use_only_flags_the_services_accept(compose):
-    for name in ("bank", "generator"):
+    for name in ("bank", "generator", "playground"):
         argv = compose["services"][name]["command"]
         module = service_module(argv)
         unknown = set(flags_of(argv)) - cli_flags(module)

@@ -36,7 +36,7 @@ def name(req: str) -> str:
 def test_runtime_dependencies_are_exactly_requirements_txt():
     extras = PROJECT["optional-dependencies"]
     declared = set(PROJECT["dependencies"])
-    for extra in ("bank", "generator", "encoder", "training"):
+    for extra in ("bank", "generator", "encoder", "training", "playground"):
         declared |= set(extras[extra])
     assert {r.replace(" ", "") for r in declared} == requirement_lines(ROOT / "requirements.txt")
 
@@ -44,7 +44,7 @@ def test_runtime_dependencies_are_exactly_requirements_txt():
 def test_dev_extra_is_requirements_dev_txt_plus_every_runtime_extra():
     dev = PROJECT["optional-dependencies"]["dev"]
     own = [r for r in dev if name(r) == name(PROJECT["name"])]
-    assert own == ["gmem-serving[bank,generator,encoder,training]"]
+    assert own == ["gmem-serving[bank,generator,encoder,training,playground]"]
     assert {r for r in dev if r not in own} == requirement_lines(ROOT / "requirements-dev.txt")
 
 
