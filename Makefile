@@ -16,7 +16,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# ruff (lint rules and formatting) over the tree, mypy over shared/ (strict) and services/ (pyproject.toml).
+# ruff (lint rules and formatting) over the tree, mypy over shared/ (strict), services/ and training/ (pyproject.toml).
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
