@@ -25,7 +25,7 @@ class JobEvent:
     data: dict[str, Any]
 
 
-def _body(kwargs: dict[str, Any]) -> dict:
+def _body(kwargs: dict[str, Any]) -> dict[str, Any]:
     try:
         req = JobRequest(**{k: v for k, v in kwargs.items() if v is not None})
     except ValueError as exc:

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from services.bank.deps import BankState
 from services.bank.errors import PayloadTooLarge, UnsupportedMediaType
 from services.bank.images import decode_image
-from services.bank.store import BankView
+from services.bank.view import BankView
 from shared.errors import InvalidImage, InvalidInput
 from shared.schemas.bank import MAX_NAME, FeatureInput, SnippetInfo
 from shared.schemas.enums import Pool

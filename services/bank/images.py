@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from shared.errors import EncoderUnavailable, IncompatibleArtifacts, InvalidImage
 from shared.factors import BankFactors
@@ -90,7 +90,7 @@ def decode_image(data: bytes, max_pixels: int, max_aspect: float = float("inf"),
             return to_canonical(image, background)
     except InvalidImage:
         raise
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         raise InvalidImage("the upload is not a PNG, JPEG or WebP image (the formats the bank decodes); "
                            "convert it to PNG first") from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError...) for bad bytes

@@ -35,7 +35,8 @@ from starlette.responses import Response
 from services.bank.errors import UnsupportedMediaType
 from services.bank.parsing import parse, parse_in_worker, watch_parent
 from services.bank.settings import BankSettings
-from services.bank.store import BankStore, BankView
+from services.bank.store import BankStore
+from services.bank.view import BankView
 from shared.factors import BankFactors
 from shared.schemas.bank import MAX_BATCH, RetrieveRequest
 

@@ -99,7 +99,8 @@ class RowCache:
         slots = self.slot_of[ids]
         hit = slots >= 0
         if hit.all():
-            return self.rows[slots]
+            rows: np.ndarray = self.rows[slots]
+            return rows
         out = np.empty((ids.shape[0], f.feature_dim), dtype=np.float32)
         out[hit] = self.rows[slots[hit]]
         missing = ids[~hit]

@@ -55,6 +55,7 @@ class BankView:
         if pool == "base":
             return positions
         if pool == "user":
-            return self.user_ids[positions]
+            user: np.ndarray = self.user_ids[positions]
+            return user
         return np.where(positions < self.base_size, positions,
                         self.user_ids[np.maximum(positions - self.base_size, 0)] if self.user_ids.size else positions)

@@ -55,6 +55,7 @@ def _lifespan(gen: Generator) -> Callable[[FastAPI], AbstractAsyncContextManager
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert gen.jobs is not None, "build_generator wires the job service in"
         await gen.jobs.start()
         if gen.cache is not None:
             gen.cache.start()

@@ -37,7 +37,7 @@ class Job:
     snippets: np.ndarray  # [n, d] float32 unit rows
     seeds: list[int]
     gone: Callable[[], Awaitable[bool]] | None = None
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[list[bytes]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
@@ -58,7 +58,7 @@ class Batcher:
         self._waiting: list[Job] = []
         self._incoming = 0  # requests announced by expect() and not yet submitted
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         # One thread: the model is one device's worth of compute; batches run back to back.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmem-forward")
 
@@ -128,7 +128,8 @@ class Batcher:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), remaining)
-        taken, total = [], 0
+        taken: list[Job] = []
+        total = 0
         for job in list(self._waiting):
             if job.key != head.key:
                 continue

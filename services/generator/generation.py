@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from services.generator.settings import GeneratorSettings
 from shared import client as bc
 from shared.errors import EmptyPool, IncompatibleArtifacts, InvalidInput, UnknownSnippet
 from shared.schemas.generator import GenerateRequest, GenerateResponse
+
+if TYPE_CHECKING:  # jobs/service.py is wired in by build_generator; imported here for its type only
+    from services.generator.jobs.service import JobService
 
 T = TypeVar("T")
 
@@ -63,7 +66,7 @@ class Generator:
         self.metrics = metrics
         self.cache = cache
         self.prompts = prompts
-        self.jobs: Any = None  # the JobService, set by build_generator
+        self.jobs: JobService | None = None  # the JobService, set by build_generator
         self.load_error: str | None = None
         self.last_bank_version: int | None = None
         self._ready_at = 0.0

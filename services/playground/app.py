@@ -39,7 +39,7 @@ class State:
         self.runs = Runs(self.up)
         self.sources: SourceImages | None = None
         self._source_lock = asyncio.Lock()
-        self._opening: asyncio.Task | None = None
+        self._opening: asyncio.Task[None] | None = None
 
     async def source_images(self) -> SourceImages:
         """The source images, from GMEM_PLAYGROUND_SOURCE or else the bank's reported ``source``."""
@@ -68,7 +68,8 @@ class State:
 
 
 def state_of(request: Request) -> State:
-    return request.app.state.playground
+    state: State = request.app.state.playground
+    return state
 
 
 async def _bank_status(st: State) -> dict[str, Any]:

@@ -27,7 +27,8 @@ FETCH_CONCURRENCY = 8
 
 
 def _state(request: Request) -> State:
-    return request.app.state.playground
+    state: State = request.app.state.playground
+    return state
 
 
 def _summary(s: Snippet, has_source: bool) -> dict[str, Any]:

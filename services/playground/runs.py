@@ -43,7 +43,7 @@ class Run:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     finished_at: float | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         self.events.append((event, data))

@@ -25,7 +25,7 @@ class Sampling(_Body):
 
 class GenerateBody(Sampling):
     n: int = Field(4, ge=1)
-    pool: Pool = "base"
+    pool: Pool = Pool.BASE
     snippet_ids: list[int] | None = Field(None, min_length=1)
 
     def generator_kwargs(self) -> dict[str, Any]:

@@ -119,7 +119,8 @@ class Upstreams:
                 raise Unavailable(f"GET /jobs/{job_id}: {exc}", code="unavailable") from exc
             if resp.status_code >= 400:
                 raise error_from_response(resp)
-            return resp.json()
+            job: dict[str, Any] = resp.json()
+            return job
 
     async def aclose(self) -> None:
         await self.bank.aclose()

@@ -31,7 +31,8 @@ class StepExecutor:
         return self.runtime.model
 
     def _device(self) -> torch.device:
-        return next(self._model.net.parameters()).device
+        device: torch.device = next(self._model.net.parameters()).device
+        return device
 
     def begin(self, work: Work) -> None:
         cfg = self._model.config
@@ -89,7 +90,8 @@ class StepExecutor:
         chunk = micro or max(1, 2 * self.runtime.settings.max_batch_size)
         total = x.shape[0]
         if not micro and total <= chunk:
-            return net(x, t, c)
+            out: torch.Tensor = net(x, t, c)
+            return out
         outs = []
         for start in range(0, total, chunk):
             xs, ts = x[start:start + chunk], t[start:start + chunk]

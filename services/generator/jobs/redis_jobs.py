@@ -28,11 +28,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, StreamIdT
 
 from services.generator.errors import ModelNotReady
 from services.generator.jobs.scheduler import Work
@@ -55,14 +56,14 @@ def _key(job_id: str) -> str:
     return f"gmem:job:{job_id}"
 
 
-def _rows(arr: np.ndarray | None) -> dict | None:
+def _rows(arr: np.ndarray | None) -> dict[str, Any] | None:
     if arr is None:
         return None
     a = np.ascontiguousarray(arr, dtype="<f4")
     return {"shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
-def _unrows(d: dict | None) -> np.ndarray | None:
+def _unrows(d: dict[str, Any] | None) -> np.ndarray | None:
     if d is None:
         return None
     return np.frombuffer(base64.b64decode(d["b64"]), dtype="<f4").reshape(d["shape"]).copy()
@@ -78,7 +79,7 @@ def load_spec(text: str) -> JobSpec:
     d = json.loads(text)
     return JobSpec(snippets=_unrows(d["snippets"]), seeds=d["seeds"], steps=d["steps"],  # type: ignore[arg-type]
                    sampler=d["sampler"], cfg_scale=d["cfg_scale"], negative=_unrows(d["negative"]),
-                   interval=tuple(d["interval"]) if d["interval"] else None,  # type: ignore[arg-type]
+                   interval=tuple(d["interval"]) if d["interval"] else None,
                    preview_every=d["preview_every"], head=d["head"])
 
 
@@ -90,7 +91,7 @@ class _Local:
     written: int = -1
     preview: str | None = None
     preview_step: int = -1
-    tasks: set = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class RedisJobs:
@@ -102,7 +103,7 @@ class RedisJobs:
         self.r = aioredis.from_url(url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=2.0)
         self.consumer = f"gen-{uuid.uuid4().hex[:12]}"
         self.local: dict[str, _Local] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def _ensure_group(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another replica created it
@@ -152,7 +153,9 @@ class RedisJobs:
         for g in await self.r.xinfo_groups(STREAM):
             if g["name"] == GROUP:
                 last = g["last-delivered-id"]
-                ahead = await self.r.xrange(STREAM, min=f"({last}", max=entry, count=self.settings.max_queue_jobs + 1)
+                # redis-py types replies for both decode modes (and None); decode_responses=True gives str.
+                ahead = cast("list[tuple[str, dict[str, str]]]", await self.r.xrange(
+                    STREAM, min=f"({last}", max=entry, count=self.settings.max_queue_jobs + 1))
                 return max(0, len(ahead) - 1) if any(e == entry for e, _ in ahead) else None
         return None
 
@@ -166,14 +169,14 @@ class RedisJobs:
             await self.r.hset(key, mapping={"spec": dump_spec(spec), "status": "queued", "step": 0,
                                             "steps": spec.steps, "created_at": time.time()})
             await self.r.expire(key, _RUNNING_TTL_S)
-            entry = await self.r.xadd(STREAM, {"id": job_id})
+            entry = cast(str, await self.r.xadd(STREAM, {"id": job_id}))  # decode_responses=True: a str
             await self.r.hset(key, "entry", entry)
             return await self._position(entry)
 
         return job_id, await self._guard(put())
 
     async def _hash(self, job_id: str) -> dict[str, str]:
-        h = await self._guard(self.r.hgetall(_key(job_id)))
+        h: dict[str, str] = await self._guard(self.r.hgetall(_key(job_id)))
         if not h:
             raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired after "
                              f"{self.settings.job_ttl_s:g} s, GMEM_GENERATOR_JOB_TTL_S)")
@@ -188,7 +191,7 @@ class RedisJobs:
         def num(k: str) -> float | None:
             return float(h[k]) if h.get(k) else None
 
-        return JobInfo(id=job_id, status=h["status"], step=int(h.get("step", 0)), steps=int(h["steps"]),  # type: ignore[arg-type]
+        return JobInfo(id=job_id, status=h["status"], step=int(h.get("step", 0)), steps=int(h["steps"]),
                        position=position, created_at=float(h["created_at"]), started_at=num("started_at"),
                        finished_at=num("finished_at"), result=json.loads(h["result"]) if h.get("result") else None,
                        error=json.loads(h["error"]) if h.get("error") else None)
@@ -201,7 +204,7 @@ class RedisJobs:
                 self.svc.scheduler.cancel(self.local[job_id].work)
         return job_id, h["status"]
 
-    async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+    async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         steps = int((await self._hash(job_id))["steps"])
         sent = 0
         while True:
@@ -240,10 +243,13 @@ class RedisJobs:
                 if not self._room():
                     await asyncio.sleep(_POLL_S)
                     continue
+                # redis-py types the XREADGROUP reply as a union over both decode modes; with
+                # decode_responses=True it is [[stream, [(entry, fields), ...]]] of str.
                 claimed = await self.r.xautoclaim(STREAM, GROUP, self.consumer, idle_ms, "0-0", count=1)
-                entries = claimed[1] if claimed else []
+                entries: list[tuple[str, dict[str, str] | None]] = claimed[1] if claimed else []
                 if not entries:
-                    got = await self.r.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=1, block=200)
+                    got = cast("list[Any]", await self.r.xreadgroup(GROUP, self.consumer, {STREAM: ">"},
+                                                                    count=1, block=200))
                     entries = got[0][1] if got else []
                 for entry, fields in entries:
                     if fields and "id" in fields:
@@ -263,7 +269,7 @@ class RedisJobs:
 
     async def _take(self, entry: str, job_id: str) -> None:
         key = _key(job_id)
-        h = await self.r.hgetall(key)
+        h = cast("dict[str, str]", await self.r.hgetall(key))  # decode_responses=True: str fields
         if not h or h.get("status") in FINISHED:
             await self._ack(entry)
             return
@@ -282,7 +288,7 @@ class RedisJobs:
             if preview is not None:
                 loc.preview, loc.preview_step = base64.b64encode(preview).decode("ascii"), step
 
-        def done(result: dict | None, err: BaseException | None) -> None:
+        def done(result: dict[str, Any] | None, err: BaseException | None) -> None:
             status, error = outcome(result, err)
             task = asyncio.create_task(self._finish(job_id, entry, result, status, error))
             loc.tasks.add(task)
@@ -296,9 +302,10 @@ class RedisJobs:
         await self.r.xack(STREAM, GROUP, entry)
         await self.r.xdel(STREAM, entry)
 
-    async def _finish(self, job_id: str, entry: str, result: dict | None, status: str, error: dict | None) -> None:
+    async def _finish(self, job_id: str, entry: str, result: dict[str, Any] | None, status: str,
+                      error: dict[str, Any] | None) -> None:
         key = _key(job_id)
-        fields: dict[str, Any] = {"status": status, "finished_at": time.time()}
+        fields: dict[EncodableT, EncodableT] = {"status": status, "finished_at": time.time()}
         if result is not None:
             fields["result"] = json.dumps(result)
             fields["step"] = result["steps"]
@@ -307,8 +314,11 @@ class RedisJobs:
         for attempt in range(20):  # the result must reach Redis; a brief outage is retried
             try:
                 async with self.r.pipeline(transaction=True) as p:
-                    p.hset(key, mapping=fields).expire(key, int(self.settings.job_ttl_s) or 1)
-                    p.xack(STREAM, GROUP, entry).xdel(STREAM, entry)
+                    # one command a statement: redis-py types a pipeline's commands as awaitables, not the pipeline
+                    p.hset(key, mapping=fields)
+                    p.expire(key, int(self.settings.job_ttl_s) or 1)
+                    p.xack(STREAM, GROUP, entry)
+                    p.xdel(STREAM, entry)
                     await p.execute()
                 break
             except RedisError:
@@ -324,7 +334,7 @@ class RedisJobs:
                 for job_id, loc in list(self.local.items()):
                     key = _key(job_id)
                     if loc.step != loc.written:
-                        mapping: dict[str, Any] = {"step": loc.step}
+                        mapping: dict[EncodableT, EncodableT] = {"step": loc.step}
                         if loc.preview is not None:
                             mapping.update(preview=loc.preview, preview_step=loc.preview_step)
                         await self.r.hset(key, mapping=mapping)
@@ -332,7 +342,7 @@ class RedisJobs:
                     if await self.r.hget(key, "cancel"):
                         self.svc.scheduler.cancel(loc.work)
                 if self.local and time.monotonic() - last_claim > self.settings.job_claim_idle_s / 4:
-                    entries = [loc.entry for loc in self.local.values()]
+                    entries: list[StreamIdT] = [loc.entry for loc in self.local.values()]
                     await self.r.xclaim(STREAM, GROUP, self.consumer, 0, entries, justid=True)
                     last_claim = time.monotonic()
             except asyncio.CancelledError:

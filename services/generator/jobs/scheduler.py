@@ -238,7 +238,8 @@ class StepScheduler:
 
     def _safe_preview(self, work: Work) -> bytes | None:
         try:
-            return self.runtime.preview(work)
+            preview: bytes | None = self.runtime.preview(work)
+            return preview
         except Exception:  # noqa: BLE001 - a preview never fails a job
             log.exception("preview of job %s failed", work.id)
             return None

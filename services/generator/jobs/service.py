@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,12 +32,15 @@ from shared.errors import GMemError, UnknownSnippet
 from shared.schemas.generator import GenerateRequest, GenerateResponse
 from shared.schemas.jobs import FINISHED, JobInfo, JobRequest
 
+if TYPE_CHECKING:  # redis_jobs imports this module
+    from services.generator.jobs.redis_jobs import RedisJobs
+
 _DRAWN_SEED_LIMIT = 2**31
 # How often a waiting POST /generate checks whether its client is still there.
 _GONE_POLL_S = 0.1
 
 
-def outcome(result: dict | None, err: BaseException | None) -> tuple[str, dict[str, str] | None]:
+def outcome(result: dict[str, Any] | None, err: BaseException | None) -> tuple[str, dict[str, str] | None]:
     """(status, error body) of a finished job."""
     if result is not None:
         return "succeeded", None
@@ -83,14 +86,14 @@ class JobRecord:
     exception: BaseException | None = None
     work: Work | None = None
     expires_at: float | None = None
-    listeners: set[asyncio.Queue] = field(default_factory=set)
+    listeners: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = field(default_factory=set)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     def info(self, position: int | None) -> JobInfo:
-        return JobInfo(id=self.id, status=self.status, step=self.step, steps=self.steps,  # type: ignore[arg-type]
+        return JobInfo(id=self.id, status=self.status, step=self.step, steps=self.steps,
                        position=position if self.status == "queued" else None, created_at=self.created_at,
                        started_at=self.started_at, finished_at=self.finished_at, result=self.result,
-                       error=self.error)  # type: ignore[arg-type]
+                       error=self.error)
 
 
 class JobService:
@@ -104,7 +107,7 @@ class JobService:
         self.records: dict[str, JobRecord] = {}
         self._preparing = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.remote: Any = None  # RedisJobs when GMEM_REDIS_URL is set (jobs/redis_jobs.py)
+        self.remote: RedisJobs | None = None  # RedisJobs when GMEM_REDIS_URL is set (jobs/redis_jobs.py)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -137,7 +140,7 @@ class JobService:
         rec = self.cancel(job_id)
         return rec.id, rec.status
 
-    async def stream(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+    async def stream(self, job_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """The job's events; raises UnknownJob (404) before the first one for an unknown id."""
         await self.read(job_id)
         source = self.remote.events(job_id) if self.remote is not None else self.events(job_id)
@@ -168,7 +171,7 @@ class JobService:
 
     def work(self, job_id: str, spec: JobSpec, on_start: Callable[[], None],
              on_progress: Callable[[int, int, bytes | None], None],
-             on_done: Callable[[dict | None, BaseException | None], None]) -> Work:
+             on_done: Callable[[dict[str, Any] | None, BaseException | None], None]) -> Work:
         """A scheduler ``Work`` for ``spec`` whose callbacks run on the event loop; on_done gets the result body."""
         loop = self._loop or asyncio.get_running_loop()
         t0 = time.perf_counter()
@@ -183,13 +186,21 @@ class JobService:
                 ).model_dump()
             on_done(result, err)
 
+        # the scheduler's thread hands each callback to the event loop (named: the callbacks return None)
+        def started() -> None:
+            loop.call_soon_threadsafe(on_start)
+
+        def progressed(s: int, n: int, p: bytes | None) -> None:
+            loop.call_soon_threadsafe(on_progress, s, n, p)
+
+        def finished(pngs: list[bytes] | None, err: BaseException | None, saved: int) -> None:
+            loop.call_soon_threadsafe(done, pngs, err, saved)
+
         return Work(
             id=job_id, snippets=spec.snippets, seeds=spec.seeds, steps=spec.steps, sampler=spec.sampler,
             cfg_scale=spec.cfg_scale, negative=spec.negative, interval=spec.interval,
             preview_every=spec.preview_every,
-            on_start=lambda: loop.call_soon_threadsafe(on_start),
-            on_progress=lambda s, n, p: loop.call_soon_threadsafe(on_progress, s, n, p),
-            on_done=lambda pngs, err, saved: loop.call_soon_threadsafe(done, pngs, err, saved),
+            on_start=started, on_progress=progressed, on_done=finished,
         )
 
     async def submit(self, req: GenerateRequest, preview_every: int | None = None) -> JobRecord:
@@ -205,7 +216,7 @@ class JobService:
 
     # ------------------------------------------------------------ callbacks (event loop)
 
-    def _publish(self, rec: JobRecord, event: str, data: dict) -> None:
+    def _publish(self, rec: JobRecord, event: str, data: dict[str, Any]) -> None:
         for q in rec.listeners:
             q.put_nowait((event, data))
 
@@ -220,7 +231,7 @@ class JobService:
             data["preview"] = base64.b64encode(preview).decode("ascii")
         self._publish(rec, "progress", data)
 
-    def _done(self, rec: JobRecord, result: dict | None, err: BaseException | None) -> None:
+    def _done(self, rec: JobRecord, result: dict[str, Any] | None, err: BaseException | None) -> None:
         rec.finished_at = time.time()
         rec.expires_at = time.monotonic() + self.settings.job_ttl_s
         rec.status, rec.error = outcome(result, err)
@@ -257,13 +268,13 @@ class JobService:
             self.scheduler.cancel(rec.work)
         return rec
 
-    async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict]]:
+    async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``progress`` events from now on, then one ``done`` with the job's body."""
         rec = self.get(job_id)
         if rec.status in FINISHED:
             yield "done", self.info(rec).model_dump()
             return
-        q: asyncio.Queue = asyncio.Queue()
+        q: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         rec.listeners.add(q)
         try:
             if rec.step:
