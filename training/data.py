@@ -159,7 +159,7 @@ def load_image_folder(root: str | Path, mode: str | None = None, size: int | Non
     return ImageDataset(images=images, labels=labels, class_names=classes, source=str(root))
 
 
-def to_model_input(images: np.ndarray):
+def to_model_input(images: np.ndarray) -> torch.Tensor:
     """uint8 ``[N, H, W, C]`` (or one ``[H, W, C]``) -> float tensor ``[N, C, H, W]`` in [-1, 1]."""
     arr = np.asarray(images)
     if arr.ndim == 3:

@@ -23,11 +23,13 @@ from tqdm import tqdm
 
 from shared.bankmath import cdf_index
 from shared.errors import GMemError, InvalidInput
-from shared.factors import load_factors
+from shared.factors import BankFactors, load_factors
 from training.data import load_dataset, to_model_input
 from training.encoders.registry import load_encoder
 from training.files.modelfile import check_compatible, load_model
 from training.flow.generate import decode, initial_noise, sample_tensor
+from training.network.config import GMemConfig
+from training.network.model import GMemDiT
 
 EVALNET_ID = "gmem/mnist-evalnet"
 EVALNET_WEIGHTS = "artifacts/mnist-5k/evalnet.safetensors"
@@ -71,14 +73,16 @@ class EvalNet:
         head = cast(torch.nn.Module, self.encoder.net.head)
         with torch.no_grad():
             logits = head(torch.from_numpy(feats).to(self.encoder.device))
-        return logits.argmax(1).cpu().numpy()
+        return cast(np.ndarray, logits.argmax(1).cpu().numpy())
 
 
-def sample_conditions(cfg, bank, labels_pool: np.ndarray | None, seeds: list[int]):
+def sample_conditions(cfg: GMemConfig, bank: BankFactors | None, labels_pool: np.ndarray | None,
+                      seeds: list[int]) -> tuple[torch.Tensor | None, np.ndarray | None]:
     """The condition of each seed: the bank snippet its noise picks (snippet), its label (class) or None."""
     if cfg.conditioning == "none":
         return None, None
     if cfg.conditioning == "snippet":
+        bank = cast(BankFactors, bank)  # run_eval loads a bank for every snippet-conditioned model
         ids = [cdf_index(initial_noise(cfg, s).numpy(), bank.size) for s in seeds]
         labels = None if bank.labels is None else np.asarray(bank.labels)[ids]
         return torch.from_numpy(bank.snippets(ids)), labels
@@ -90,7 +94,7 @@ def sample_conditions(cfg, bank, labels_pool: np.ndarray | None, seeds: list[int
     return torch.from_numpy(picks.astype(np.int64)), picks
 
 
-def evaluate_network(net, cfg, bank, evalnet: EvalNet, real_feats: np.ndarray, n: int, seed: int = 0,
+def evaluate_network(net: GMemDiT, cfg: GMemConfig, bank: BankFactors | None, evalnet: EvalNet, real_feats: np.ndarray, n: int, seed: int = 0,
                      steps: int | None = None, sampler: str | None = None, cfg_scale: float = 1.0,
                      batch: int = 100, labels_pool: np.ndarray | None = None,
                      decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EvalResult:

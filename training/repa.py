@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ def patch_features(encoder: Encoder, x: torch.Tensor, batch_size: int = 256) -> 
             fmap = net.stages(xb)  # [N, D, 4, 4]
             tokens = fmap.flatten(2).transpose(1, 2)
         elif hasattr(net, "forward_features"):  # timm ViT: drop CLS / register tokens
-            tokens = net.forward_features(xb)[:, getattr(net, "num_prefix_tokens", 1):]
+            tokens = cast(Any, net).forward_features(xb)[:, getattr(net, "num_prefix_tokens", 1):]
         else:
             raise IncompatibleArtifacts(f"encoder {encoder.id!r} exposes no patch features for REPA")
         out.append(tokens.float().cpu())

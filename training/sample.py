@@ -18,7 +18,7 @@ import typer
 from shared.bankmath import cdf_index
 from shared.errors import GMemError, InvalidInput
 from shared.factors import load_factors
-from training.files.modelfile import check_compatible, load_model
+from training.files.modelfile import LoadedModel, check_compatible, load_model
 from training.flow.generate import generate, initial_noise, to_png
 
 GRID_PAD = 2
@@ -44,7 +44,7 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     Path(path).write_bytes(to_png(image))
 
 
-def choose_snippet_ids(model, bank_size: int, seeds: list[int], snippet_ids: list[int] | None) -> list[int]:
+def choose_snippet_ids(model: LoadedModel, bank_size: int, seeds: list[int], snippet_ids: list[int] | None) -> list[int]:
     """Pinned ids (1 or one per image) or the noise-CDF index of each seed's initial noise."""
     if snippet_ids:
         if len(snippet_ids) not in (1, len(seeds)):

@@ -119,7 +119,8 @@ def step_indices(data: TrainData, opts: TrainOptions, step: int, rank: int, worl
     return torch.randint(0, data.x.shape[0], (opts.batch_size,), generator=g)[rank::world]
 
 
-def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world: int, device: torch.device):
+def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world: int, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """This rank's (x_data, cond, t, eps) of ``step``: a pure function of (seed, step, rank)."""
     idx = step_indices(data, opts, step, rank, world)
     g_rank = torch.Generator().manual_seed((opts.seed * 1_000_003 + step) * 64 + rank)
@@ -215,7 +216,7 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
             target = data.repa[step_indices(data, opts, step, rank, world)].to(device)
             loss = loss + opts.repa_weight * repa_loss(projected, target)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         if opts.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), opts.grad_clip)
         opt.step()

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -177,7 +178,7 @@ def factorise(
                          explained_variance=explained)
 
 
-def write_bank(out: str | os.PathLike, fac: Factorisation, encoder: str, source: str, normalized: bool = True,
+def write_bank(out: str | os.PathLike[str], fac: Factorisation, encoder: str, source: str, normalized: bool = True,
                labels: np.ndarray | None = None, extra: dict[str, str] | None = None) -> BankMeta:
     """Save a factorisation as a factors file (atomic); returns its metadata."""
     meta = BankMeta(encoder=encoder, feature_dim=int(fac.B.shape[0]), rank=int(fac.B.shape[1]), source=source,
@@ -186,7 +187,7 @@ def write_bank(out: str | os.PathLike, fac: Factorisation, encoder: str, source:
     return meta
 
 
-def open_features(path: str | os.PathLike) -> np.ndarray:
+def open_features(path: str | os.PathLike[str]) -> np.ndarray:
     """An N x d ``.npy`` array, memory-mapped (never pickled)."""
     try:
         X = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -199,14 +200,14 @@ def open_features(path: str | os.PathLike) -> np.ndarray:
     return X
 
 
-def load_labels(path: str | os.PathLike, n: int) -> np.ndarray:
+def load_labels(path: str | os.PathLike[str], n: int) -> np.ndarray:
     try:
         labels = np.load(path, allow_pickle=False)
     except (FileNotFoundError, ValueError, OSError, EOFError) as exc:
         raise BankFileError(f"{path}: not a readable .npy array of labels ({exc})") from exc
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
         raise DimensionMismatch(f"{path}: labels must be {n} integers (one per row); got {labels.dtype} {labels.shape}")
-    return labels.astype(np.int64)
+    return cast(np.ndarray, labels.astype(np.int64))
 
 
 def dataset_features(dataset: str, encoder_id: str, weights: str | None, batch_size: int = 256,

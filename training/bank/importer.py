@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ DEFAULT_FULL_RANK = 64
 _ORTHO_TOLERANCE = 1e-3
 
 
-def read_official(path: str | Path):
+def read_official(path: str | Path) -> Any:
     """The object inside an official ``.pth``: a state dict or a tensor (weights-only unpickling)."""
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -43,7 +44,7 @@ def read_official(path: str | Path):
         ) from exc
 
 
-def _array(obj, name: str, path: str | Path) -> np.ndarray:
+def _array(obj: object, name: str, path: str | Path) -> np.ndarray:
     if not isinstance(obj, torch.Tensor):
         raise BankFileError(f"{path}: entry {name!r} is {type(obj).__name__}, expected a tensor")
     if not obj.is_floating_point():
@@ -51,7 +52,7 @@ def _array(obj, name: str, path: str | Path) -> np.ndarray:
     return obj.detach().to(torch.float32).numpy()
 
 
-def import_svd_dict(obj: dict, path: str | Path, rank: int | None = None) -> tuple[np.ndarray, ...]:
+def import_svd_dict(obj: dict[str, Any], path: str | Path, rank: int | None = None) -> tuple[np.ndarray, ...]:
     """Validate the authors' SVD dict and return ``mu, B, S, C`` (optionally truncated to ``rank``)."""
     missing = [k for k in SVD_KEYS if k not in obj]
     if missing:

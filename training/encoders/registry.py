@@ -69,7 +69,7 @@ class MnistCNN(nn.Module):
         self.to_feature = nn.Linear(4 * width * 16, feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_feature(self.stages(x).flatten(1))
+        return cast(torch.Tensor, self.to_feature(self.stages(x).flatten(1)))
 
 
 class MnistEvalNet(nn.Module):
@@ -85,7 +85,7 @@ class MnistEvalNet(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return cast(torch.Tensor, self.head(self.body(x)))
 
 
 class EncoderKind(StrEnum):
@@ -141,7 +141,7 @@ class Encoder:
             out.append(self._features(self._preprocess(xb)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.feature_dim)
 
-    def encode_pil(self, images: Sequence) -> np.ndarray:
+    def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Raw features [N, d] of PIL images, converted to the encoder's mode and resolution."""
         mode = "L" if self.channels == 1 else "RGB"
         arrays = []
@@ -153,7 +153,7 @@ class Encoder:
         return self.encode(to_model_input(np.stack(arrays))).numpy()
 
 
-def center_crop(im, size: int):
+def center_crop(im: Image.Image, size: int) -> Image.Image:
     """Square centre crop at ``size`` without stretching (the ADM crop the paper's bank used).
 
     Cut the centre square first, then halve it with a box filter while its side is at least
@@ -167,9 +167,9 @@ def center_crop(im, size: int):
     left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
     im = im.crop((left, top, left + side, top + side))
     while min(im.size) >= 2 * size:
-        im = im.resize(tuple(x // 2 for x in im.size), resample=Image.Resampling.BOX)
+        im = im.resize((im.size[0] // 2, im.size[1] // 2), resample=Image.Resampling.BOX)
     scale = size / min(im.size)
-    im = im.resize(tuple(round(x * scale) for x in im.size), resample=Image.Resampling.BICUBIC)
+    im = im.resize((round(im.size[0] * scale), round(im.size[1] * scale)), resample=Image.Resampling.BICUBIC)
     left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
     return im.crop((left, top, left + size, top + size))
 
@@ -193,7 +193,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- embedded weights files
 
 
-def save_embedded(path: str | Path, encoder_id: str, net: nn.Module, feature_dim: int, extra: dict | None = None) -> None:
+def save_embedded(path: str | Path, encoder_id: str, net: nn.Module, feature_dim: int, extra: dict[str, Any] | None = None) -> None:
     """Weights of an embedded encoder as safetensors with self-describing metadata."""
     meta = {
         "format": ENCODER_FORMAT,
@@ -317,7 +317,7 @@ def _load_timm(encoder_id: str, weights: str | None, device: str | torch.device)
     def features(x: torch.Tensor) -> torch.Tensor:
         # With num_classes=0 the forward is pooled pre-logits: the CLS token after the
         # final norm for DINOv2 / ViTs with token pooling, the global pool otherwise.
-        return net(x)
+        return cast(torch.Tensor, net(x))
 
     image_size = 256 if encoder_id == DINOV2_ID else resolution
     return Encoder(encoder_id, net, cast(int, net.num_features), channels, resolution, preprocess, features, device,

@@ -14,7 +14,9 @@ penultimate activations are the features of the Frechet distance.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -63,16 +65,16 @@ class SnippetDecoder(nn.Module):
                                   nn.Conv2d(width, channels, 3, padding=1), nn.Tanh())
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        return self.body(self.from_feature(s).view(-1, 4 * self.width, 4, 4))
+        return cast(torch.Tensor, self.body(self.from_feature(s).view(-1, 4 * self.width, 4, 4)))
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=gen)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
 
 
-def train_snippet_encoder(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> tuple[MnistCNN, dict]:
+def train_snippet_encoder(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> tuple[MnistCNN, dict[str, Any]]:
     """Train ``gmem/mnist-cnn`` with classification + reconstruction on the unit-norm feature."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -83,7 +85,7 @@ def train_snippet_encoder(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainCon
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     steps = cfg.epochs * ((len(x) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    stats: dict = {}
+    stats: dict[str, Any] = {}
     bar = tqdm(range(cfg.epochs), desc="train gmem/mnist-cnn", unit="epoch")
     for _ in bar:
         ce_sum = rec_sum = correct = 0.0
@@ -96,7 +98,7 @@ def train_snippet_encoder(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainCon
             rec = F.mse_loss(decoder(s), xb)
             loss = ce + cfg.recon_weight * rec
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             opt.step()
             sched.step()
             ce_sum += ce.item() * len(idx)
@@ -107,7 +109,7 @@ def train_snippet_encoder(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainCon
     return net.eval(), stats
 
 
-def train_evalnet(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> tuple[MnistEvalNet, dict]:
+def train_evalnet(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> tuple[MnistEvalNet, dict[str, Any]]:
     """Train the evaluation classifier (cross-entropy only)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -115,7 +117,7 @@ def train_evalnet(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps = cfg.epochs * ((len(x) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    stats: dict = {}
+    stats: dict[str, Any] = {}
     bar = tqdm(range(cfg.epochs), desc="train gmem/mnist-evalnet", unit="epoch")
     for _ in bar:
         ce_sum = correct = 0.0
@@ -123,7 +125,7 @@ def train_evalnet(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> 
             logits = net(x[idx])
             ce = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
-            ce.backward()
+            ce.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             opt.step()
             sched.step()
             ce_sum += ce.item() * len(idx)
@@ -134,7 +136,7 @@ def train_evalnet(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> 
 
 
 def run_training(out: str, dataset: str, kind: EncoderKind, epochs: int | None = None,
-                 seed: int | None = None, threads: int = 2) -> dict:
+                 seed: int | None = None, threads: int = 2) -> dict[str, Any]:
     """Train one embedded network on ``dataset`` and write its weights to ``out``; returns final stats."""
     torch.set_num_threads(threads)
     kind = EncoderKind(kind)

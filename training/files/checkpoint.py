@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,16 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
 
 
-def json_path(path: str | os.PathLike) -> Path:
+def json_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _atomic(target: Path, write) -> None:
+def _atomic(target: Path, write: Callable[[Path], object]) -> None:
     with atomic_path(target) as tmp:
         write(tmp)
 
 
-def save_checkpoint(path: str | os.PathLike, step: int, net: torch.nn.Module, ema: torch.nn.Module,
+def save_checkpoint(path: str | os.PathLike[str], step: int, net: torch.nn.Module, ema: torch.nn.Module,
                     opt: torch.optim.Optimizer, config: GMemConfig, state: dict[str, Any]) -> None:
     """Write ``path`` (.safetensors) and its .json companion."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
@@ -63,7 +64,7 @@ def save_checkpoint(path: str | os.PathLike, step: int, net: torch.nn.Module, em
     _atomic(json_path(target), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint and its JSON; unreadable or half-written ones raise CheckpointFileError."""
     p = Path(path)
     if not p.is_file() or not json_path(p).is_file():

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -84,7 +84,7 @@ def config_from_json(data: dict[str, Any]) -> GMemConfig:
         raise ModelFileError(f"model config is not a valid GMem network: {exc}") from exc
 
 
-def save_model(path: str | os.PathLike, net: torch.nn.Module, config: GMemConfig,
+def save_model(path: str | os.PathLike[str], net: torch.nn.Module, config: GMemConfig,
                extra: dict[str, Any] | None = None) -> None:
     """Write weights + metadata atomically and durably (shared.fileio); ``extra`` goes into the config JSON."""
     meta = {"id": config.name, **config_to_json(config), "normalization": normalization(config), **(extra or {})}
@@ -94,7 +94,7 @@ def save_model(path: str | os.PathLike, net: torch.nn.Module, config: GMemConfig
                                           "config": json.dumps(meta, sort_keys=True)})
 
 
-def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
+def read_model_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The config JSON of a model file, after checking format and version (no weights read)."""
     p = Path(path)
     if not p.is_file():
@@ -109,12 +109,12 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{p}: format={fmt!r} format_version={ver!r}; this reader knows "
                             f"format={FORMAT!r} format_version={FORMAT_VERSION!r}")
     try:
-        return json.loads(md["config"])
+        return cast("dict[str, Any]", json.loads(md["config"]))
     except (KeyError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{p}: missing or unreadable 'config' metadata ({exc})") from exc
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedModel:
     """Open a model file: check format, build the network from its config, load weights strictly."""
     meta = read_model_meta(path)
     config = config_from_json(meta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from PIL import Image
 from shared.errors import DimensionMismatch, InvalidInput, NonFiniteValue
 from training.files.modelfile import LoadedModel
 from training.flow.samplers import SAMPLER_NAMES, guided, run_sampler
+from training.flow.samplers import SdeSolver as SamplerSdeSolver
 from training.network.config import GMemConfig
 from training.network.model import GMemDiT
 
@@ -64,10 +66,13 @@ def sample_tensor(
     if cond is not None:
         cond = cond.to(device)
     scale = float(cfg_scale) if config.conditioning == "snippet" else 1.0
-    velocity = guided(net, cond, scale, config.sampling.cfg_interval_start)
+    # cond is None only for unconditioned networks: their scale is 1, so guided passes it through untouched.
+    velocity = guided(net, cond, scale, config.sampling.cfg_interval_start)  # type: ignore[arg-type]
+    # The config's SdeSolver is a StrEnum: each member is the very string the sampler's Literal names.
+    solver = cast(SamplerSdeSolver, config.sampling.sde_solver)
     with torch.inference_mode():
         return run_sampler(sampler, velocity, x, steps, generators, time_shift=config.sampling.time_shift,
-                           diffusion_norm=config.sampling.diffusion_norm, sde_solver=config.sampling.sde_solver,
+                           diffusion_norm=config.sampling.diffusion_norm, sde_solver=solver,
                            last_step_size=config.sampling.last_step_size)
 
 
@@ -85,10 +90,10 @@ def decode(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(cfg.latent_mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(cfg.latent_std, device=x.device).view(1, -1, 1, 1)
     with torch.inference_mode():
-        return model.decoder(x * std / cfg.latent_multiplier + mean)
+        return cast(torch.Tensor, model.decoder(x * std / cfg.latent_multiplier + mean))
 
 
-def check_snippets(snippets: np.ndarray, n: int, dim: int) -> torch.Tensor:
+def check_snippets(snippets: np.ndarray | None, n: int, dim: int) -> torch.Tensor:
     arr = np.asarray(snippets, dtype=np.float32)
     if arr.ndim != 2 or arr.shape != (n, dim):
         raise DimensionMismatch(f"snippets have shape {arr.shape}; expected ({n}, {dim}): one unit vector of "

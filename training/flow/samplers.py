@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -81,7 +81,7 @@ def _t(value: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(value), device=x.device, dtype=x.dtype)
 
 
-def _pairs(grid: torch.Tensor) -> zip:
+def _pairs(grid: torch.Tensor) -> zip[tuple[float, float]]:
     return zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True)
 
 
@@ -257,7 +257,7 @@ def _drive(program: Program, velocity_fn: VelocityFn) -> torch.Tensor:
         while True:
             x, t = program.send(velocity_fn(x, _t(t, x)))
     except StopIteration as stop:
-        return stop.value
+        return cast(torch.Tensor, stop.value)
 
 
 def euler(velocity_fn: VelocityFn, x: torch.Tensor, grid: torch.Tensor,

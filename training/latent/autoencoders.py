@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -145,7 +145,7 @@ def _diffusers(folder: Path) -> Autoencoder:
     from diffusers import AutoencoderKL
 
     try:
-        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)  # type: ignore[no-untyped-call]  # unannotated in diffusers
     except (OSError, ValueError) as exc:
         raise BankFileError(f"{folder}: not a loadable diffusers AutoencoderKL folder ({exc})") from exc
     vae.eval().requires_grad_(False)
@@ -153,17 +153,17 @@ def _diffusers(folder: Path) -> Autoencoder:
     down = 2 ** (len(cfg.block_out_channels) - 1)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return vae.encode(x).latent_dist.mean
+        return cast(torch.Tensor, vae.encode(x).latent_dist.mean)
 
     def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(z).sample
+        return cast(torch.Tensor, vae.decode(z).sample)
 
     return Autoencoder(DIFFUSERS_KIND, vae, int(cfg.in_channels), int(cfg.latent_channels), down, str(folder),
                        encode, decode, scaling_factor=float(cfg.scaling_factor or 1.0),
                        shift_factor=float(getattr(cfg, "shift_factor", None) or 0.0))
 
 
-def resolve(spec: str | os.PathLike | Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> Path:
+def resolve(spec: str | os.PathLike[str] | Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> Path:
     """The file or folder a ``--vae`` value or a model file's decoder spec names.
 
     A relative path is taken relative to ``base_dir`` (the model file's folder); an absolute
@@ -173,7 +173,7 @@ def resolve(spec: str | os.PathLike | Mapping[str, Any], base_dir: str | os.Path
         if not spec.get("weights"):
             raise IncompatibleArtifacts(f"the model's decoder spec {dict(spec)} names no weights file")
         spec = spec["weights"]
-    path = Path(spec)
+    path = Path(cast("str | os.PathLike[str]", spec))
     if base_dir is not None and not path.is_absolute():
         return Path(base_dir) / path
     if base_dir is not None and not path.exists() and (Path(base_dir) / path.name).exists():
@@ -181,8 +181,8 @@ def resolve(spec: str | os.PathLike | Mapping[str, Any], base_dir: str | os.Path
     return path
 
 
-def load_autoencoder(spec: str | os.PathLike | Mapping[str, Any], device: str | torch.device = "cpu",
-                     base_dir: str | os.PathLike | None = None) -> Autoencoder:
+def load_autoencoder(spec: str | os.PathLike[str] | Mapping[str, Any], device: str | torch.device = "cpu",
+                     base_dir: str | os.PathLike[str] | None = None) -> Autoencoder:
     """Open a tiny-VAE file, a converted VA-VAE (full or decoder-only) or a local diffusers folder."""
     path = resolve(spec, base_dir)
     if path.is_dir():
@@ -206,7 +206,7 @@ def load_autoencoder(spec: str | os.PathLike | Mapping[str, Any], device: str | 
                                 f"(format 'gmem-vae' version {vae_tiny.FORMAT_VERSION}, or a diffusers folder)")
 
 
-def save_vavae(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+def save_vavae(state: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
                stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """The converted VA-VAE (encoder + decoder, and the release's latent mean/std when given), atomically."""
     from safetensors.torch import save_file
@@ -224,7 +224,7 @@ def save_vavae(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
 
 
 def load_model_decoder(spec: Mapping[str, Any] | None, device: str | torch.device = "cpu",
-                       base_dir: str | os.PathLike | None = None) -> Any:
+                       base_dir: str | os.PathLike[str] | None = None) -> Any:
     """The decoder a latent model file names: the release's decoder-only VA-VAE as before, else an Autoencoder."""
     if spec is None:
         raise IncompatibleArtifacts("this latent-space model names no decoder; its config needs "

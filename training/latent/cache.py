@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ def _fingerprint(args: dict[str, Any]) -> str:
     return json.dumps(args, sort_keys=True)
 
 
-def encode_shard(images: np.ndarray, labels: np.ndarray, start: int, ae, encoder, flip: bool,
+def encode_shard(images: np.ndarray, labels: np.ndarray, start: int, ae: Any, encoder: Any, flip: bool,
                  repa: bool) -> dict[str, torch.Tensor]:
     """All tensors of one shard (see the module docstring)."""
     from training.data import to_model_input
@@ -135,13 +135,13 @@ def write_cache(dataset: str, vae: str, encoder_id: str, out: Path, encoder_weig
             bar.close()
             return {**args, "complete": False}
         a, b = k * shard_size, min(rows.n, (k + 1) * shard_size)
-        tensors: dict[str, torch.Tensor] = {}
+        parts: dict[str, list[torch.Tensor]] = {}
         for s in range(a, b, batch_size):  # encode in batches, write the shard once
             e = min(b, s + batch_size)
             part = encode_shard(rows.read(s, e), rows.labels[s:e], s, ae, enc, flip, repa)
             for key, v in part.items():
-                tensors.setdefault(key, []).append(v)  # type: ignore[arg-type]
-        tensors = {key: torch.cat(v) for key, v in tensors.items()}  # type: ignore[arg-type]
+                parts.setdefault(key, []).append(v)
+        tensors = {key: torch.cat(v) for key, v in parts.items()}
         meta = {"fingerprint": stamp, "start": str(a), "stop": str(b), **_channel_sums(tensors["latents"])}
         with atomic_path(out / shard_name(k)) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -177,15 +177,15 @@ def finish_manifest(out: Path, args: dict[str, Any], n_shards: int, feature_dim:
         count += int(md["count"])
         total = s if total is None else total + s
         total_sq = sq if total_sq is None else total_sq + sq
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    mean = cast(np.ndarray, total) / count
+    std = np.sqrt(np.maximum(cast(np.ndarray, total_sq) / count - mean**2, 0.0))
     manifest = {**args, "complete": True, "shards": n_shards, "latent_shape": shape, "feature_dim": feature_dim,
                 "latent_mean": mean.tolist(), "latent_std": std.tolist(), "written_unix": int(time.time())}
     write_atomic(out / MANIFEST, [(json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()])
     return manifest
 
 
-def read_manifest(cache: str | os.PathLike) -> dict[str, Any]:
+def read_manifest(cache: str | os.PathLike[str]) -> dict[str, Any]:
     """``cache.json`` of a finished cache, format and version checked."""
     path = Path(cache) / MANIFEST
     if not path.is_file():
@@ -195,10 +195,10 @@ def read_manifest(cache: str | os.PathLike) -> dict[str, Any]:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise IncompatibleArtifacts(f"{path}: format={manifest.get('format')!r} format_version="
                                     f"{manifest.get('format_version')!r}; expected {FORMAT!r} {FORMAT_VERSION!r}")
-    return manifest
+    return cast("dict[str, Any]", manifest)
 
 
-def read_cache(cache: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def read_cache(cache: str | os.PathLike[str], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Concatenate the named tensors over all shards, in dataset order (keys absent from the cache are skipped)."""
     manifest = read_manifest(cache)
     parts: dict[str, list[torch.Tensor]] = {}
@@ -210,7 +210,7 @@ def read_cache(cache: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, tor
     return {key: torch.cat(v) for key, v in parts.items()}
 
 
-def tensor_shape(cache: str | os.PathLike, key: str) -> list[int]:
+def tensor_shape(cache: str | os.PathLike[str], key: str) -> list[int]:
     """Shape of ``key`` in the first shard (no data read)."""
     read_manifest(cache)
     with safe_open(str(Path(cache) / shard_name(0)), framework="pt") as fh:

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from training.latent.autoencoders import Autoencoder, load_autoencoder
 from training.latent.cache import read_cache, read_manifest, tensor_shape
 from training.network.config import GMemConfig, preset
 from training.repa import resample_tokens
+
+if TYPE_CHECKING:  # for annotations only: training.train imports this module at run time
+    from training.train import TrainData
 
 
 def latent_stats(manifest: dict[str, Any], ae: Autoencoder) -> tuple[list[float], list[float]]:
@@ -48,7 +51,8 @@ def check_bank(bank_path: str, manifest: dict[str, Any]) -> BankMeta:
     return meta
 
 
-def load_latent_data(cache: str, vae: str, repa: bool, grid: int | None = None, ae: Autoencoder | None = None):
+def load_latent_data(cache: str, vae: str, repa: bool, grid: int | None = None, ae: Autoencoder | None = None
+                     ) -> tuple[TrainData, dict[str, Any], Autoencoder]:
     """(TrainData, manifest, autoencoder) from a finished cache; ``grid`` is the network's token grid for REPA."""
     from training.train import TrainData
 
@@ -124,7 +128,8 @@ def init_from_model(path: str, cfg: GMemConfig) -> tuple[GMemConfig, dict[str, t
 
 
 def prepare_latent(space: str, vae: str | None, cache: Any, bank: Any, preset_name: str, repa: str | None,
-                   repa_weight: float | None, repa_depth: int | None, fields: dict[str, Any]):
+                   repa_weight: float | None, repa_depth: int | None, fields: dict[str, Any]
+                   ) -> tuple[TrainData, BankMeta | None, GMemConfig, float]:
     """(data, bank meta, config, REPA lambda) of a `train --space latent` run."""
     from training.repa import REPA_PRESETS
 

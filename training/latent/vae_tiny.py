@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ class TinyVAE(nn.Module):
         return self.posterior(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        return cast(torch.Tensor, self.decoder(z))
 
 
 def vae_loss(vae: TinyVAE, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, float]:
@@ -112,7 +112,7 @@ def train_tiny_vae(x: torch.Tensor, steps: int, batch_size: int = 64, lr: float 
         idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
         loss, mse = vae_loss(vae, x[idx], g)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         opt.step()
         sched.step()
         history.append(mse)
@@ -129,7 +129,7 @@ def reconstruction_mse(vae: TinyVAE, x: torch.Tensor, batch: int = 500) -> float
     return total / x.numel()
 
 
-def save_tiny_vae(path: str | os.PathLike, vae: TinyVAE, extra: dict | None = None) -> None:
+def save_tiny_vae(path: str | os.PathLike[str], vae: TinyVAE, extra: dict[str, Any] | None = None) -> None:
     """Weights + ``format = gmem-vae`` metadata, written atomically and durably."""
     from safetensors.torch import save_file
 

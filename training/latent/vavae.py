@@ -14,6 +14,8 @@ and ``quant_conv.*`` keys. The decoder half is :class:`training.official.vae.VAE
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +40,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(c, c, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return cast(torch.Tensor, self.conv(F.pad(x, (0, 1, 0, 1))))
 
 
 class _DownLevel(nn.Module):
@@ -79,7 +81,7 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         for level in self.down:
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        return cast(torch.Tensor, self.conv_out(F.silu(self.norm_out(self.mid(h)))))
 
 
 class VAVAE(VAEDecoder):

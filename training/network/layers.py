@@ -105,7 +105,7 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.frequency_embedding(t, self.freq_dim).to(cast(nn.Linear, self.mlp[0]).weight.dtype))
+        return cast(torch.Tensor, self.mlp(self.frequency_embedding(t, self.freq_dim).to(cast(nn.Linear, self.mlp[0]).weight.dtype)))
 
 
 class PatchEmbed(nn.Module):
@@ -116,7 +116,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden, patch, stride=patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return cast(torch.Tensor, self.proj(x).flatten(2).transpose(1, 2))
 
 
 #################################################################################
@@ -144,7 +144,7 @@ class AxialRoPE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (x_2k, x_2k+1) -> (x_2k cos - x_2k+1 sin, x_2k+1 cos + x_2k sin)
-        pairs = x.unflatten(-1, (-1, 2))
+        pairs = x.unflatten(-1, (-1, 2))  # type: ignore[no-untyped-call]  # torch leaves Tensor.unflatten unannotated
         rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
         return x * self.freqs_cos.to(x.dtype) + rotated * self.freqs_sin.to(x.dtype)
 
@@ -167,7 +167,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = rope(q), rope(k)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(n, t, h))
+        return cast(torch.Tensor, self.proj(out.transpose(1, 2).reshape(n, t, h)))
 
 
 class SwiGLU(nn.Module):
@@ -180,7 +180,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(x1) * x2)
+        return cast(torch.Tensor, self.w3(F.silu(x1) * x2))
 
 
 class GeluMLP(nn.Module):
@@ -192,4 +192,4 @@ class GeluMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return cast(torch.Tensor, self.fc2(F.gelu(self.fc1(x), approximate="tanh")))

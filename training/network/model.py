@@ -94,7 +94,7 @@ class SnippetAdapter(nn.Module):
         return _MASKS[self.strategy](c, self.ratio)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return self.get_submodule(self.kind.value)(self.mask(c))
+        return cast(torch.Tensor, self.get_submodule(self.kind.value)(self.mask(c)))
 
 
 class LabelEmbedder(nn.Module):
@@ -110,7 +110,7 @@ class LabelEmbedder(nn.Module):
         y[y < 0] = self.num_classes
         if self.training and self.drop > 0:
             y = torch.where(torch.rand(y.shape, device=y.device) < self.drop, self.num_classes, y)
-        return self.embedding_table(y)
+        return cast(torch.Tensor, self.embedding_table(y))
 
 
 #################################################################################
@@ -133,7 +133,7 @@ class GMemBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: AxialRoPE | None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(cond).chunk(6, -1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return cast(torch.Tensor, x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
 class FinalLayer(nn.Module):
@@ -148,7 +148,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return cast(torch.Tensor, self.linear(modulate(self.norm_final(x), shift, scale)))
 
 
 
@@ -182,20 +182,20 @@ class GMemDiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        proj = cast(nn.Conv2d, self.x_embedder.proj)
+        proj = self.x_embedder.proj
         w = proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(cast(torch.Tensor, proj.bias))
         table = torch.from_numpy(sincos_2d(self.cfg.hidden_size, self.cfg.grid_size)).float()[None]
         with torch.no_grad():
             self.pos_embed.copy_(table.to(self.pos_embed.device))
-        t_mlp = cast(nn.Sequential, self.t_embedder.mlp)
+        t_mlp = self.t_embedder.mlp
         nn.init.normal_(cast(nn.Linear, t_mlp[0]).weight, std=0.02)
         nn.init.normal_(cast(nn.Linear, t_mlp[2]).weight, std=0.02)
         if hasattr(self, "y_embedder"):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         if self.cfg.init == "adaln-zero":
-            zeroed = [cast(nn.Sequential, cast(GMemBlock, b).adaLN_modulation)[-1] for b in self.blocks]
+            zeroed = [cast(GMemBlock, b).adaLN_modulation[-1] for b in self.blocks]
             zeroed += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
             for layer in zeroed:
                 nn.init.zeros_(cast(nn.Linear, layer).weight)
@@ -203,7 +203,7 @@ class GMemDiT(nn.Module):
 
     def condition(self, t: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """``cond = t_emb + adapter(mask(c))`` (or + label embedding for the class baseline)."""
-        cond = self.t_embedder(t)
+        cond: torch.Tensor = self.t_embedder(t)
         if self.cfg.conditioning == "snippet":
             if c is None:
                 raise ValueError("this network is snippet-conditioned: pass c [N, snippet_dim] (zeros = null)")

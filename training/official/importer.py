@@ -41,7 +41,7 @@ from training.files.modelfile import save_model
 from training.files.statedict import state_dict_problems
 from training.latent.autoencoders import save_vavae
 from training.latent.vavae import autoencoder_state_from_checkpoint
-from training.network.config import PRESETS, SamplingDefaults, SdeSolver, preset
+from training.network.config import PRESETS, GMemConfig, SamplingDefaults, SdeSolver, preset
 from training.network.layers import AxialRoPE
 from training.network.model import GMemDiT
 from training.official.vae import decoder_state_from_checkpoint, save_decoder
@@ -206,7 +206,7 @@ def check_rope_tables(state: Mapping[str, torch.Tensor], head_dim: int, grid: in
 
 
 def release_config(preset_name: str, mean: torch.Tensor, std: torch.Tensor, decoder_path: str | Path = DECODER_FILE,
-                   **overrides: Any):
+                   **overrides: Any) -> GMemConfig:
     """Our GMemConfig for a release network: latent 16x16x32, decoding through the VA-VAE at ``decoder_path``."""
     return preset(
         preset_name,
@@ -221,7 +221,8 @@ def release_config(preset_name: str, mean: torch.Tensor, std: torch.Tensor, deco
     )
 
 
-def convert_network(state: Mapping[str, torch.Tensor], config, where: str = "network"):
+def convert_network(state: Mapping[str, torch.Tensor], config: GMemConfig,
+                    where: str = "network") -> tuple[GMemDiT, list[str], float]:
     """Load release weights into our GMemDiT for ``config`` (strict); returns (net, ignored keys, rope deviation)."""
     with torch.device("meta"):
         net = GMemDiT(config)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ class DecoderConfig:
 
     @property
     def latent_resolution(self) -> int:
-        return self.resolution // 2 ** (len(self.ch_mult) - 1)
+        return cast(int, self.resolution // 2 ** (len(self.ch_mult) - 1))
 
 
 # The latent decoders a model file can name (its config's ``decoder.kind``), by kind.
@@ -83,7 +83,7 @@ class ResnetBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
         skip = self.nin_shortcut(x) if self.nin_shortcut is not None else x
-        return skip + h
+        return cast(torch.Tensor, skip + h)
 
 
 class AttnBlock(nn.Module):
@@ -103,7 +103,7 @@ class AttnBlock(nn.Module):
         # [N, C, H, W] -> [N, 1, HW, C]: one head over all H*W positions, scale C^-1/2.
         q, k, v = (m(y).reshape(n, 1, c, h * w).transpose(2, 3) for m in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj_out(out.transpose(2, 3).reshape(n, c, h, w))
+        return cast(torch.Tensor, x + self.proj_out(out.transpose(2, 3).reshape(n, c, h, w)))
 
 
 class Upsample(nn.Module):
@@ -114,7 +114,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return cast(torch.Tensor, self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
 
 
 class _Mid(nn.Module):
@@ -125,7 +125,7 @@ class _Mid(nn.Module):
         self.block_2 = ResnetBlock(c, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
+        return cast(torch.Tensor, self.block_2(self.attn_1(self.block_1(x))))
 
 
 class _UpLevel(nn.Module):
@@ -169,7 +169,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return cast(torch.Tensor, self.conv_out(F.silu(self.norm_out(h))))
 
 
 class VAEDecoder(nn.Module):
@@ -188,7 +188,7 @@ class VAEDecoder(nn.Module):
             raise IncompatibleArtifacts(
                 f"VA-VAE decoder takes latents [N, {expect[0]}, {expect[1]}, {expect[2]}], got {list(z.shape)}"
             )
-        return self.decoder(self.post_quant_conv(z))
+        return cast(torch.Tensor, self.decoder(self.post_quant_conv(z)))
 
     forward = decode
 
@@ -205,8 +205,8 @@ def decoder_shapes(cfg: DecoderConfig | None = None) -> dict[str, tuple[int, ...
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def resolve_decoder_path(spec: str | os.PathLike | Mapping[str, Any],
-                         base_dir: str | os.PathLike | None = None) -> Path:
+def resolve_decoder_path(spec: str | os.PathLike[str] | Mapping[str, Any],
+                         base_dir: str | os.PathLike[str] | None = None) -> Path:
     """The weights file a model config's decoder spec names.
 
     ``spec`` is a path or ``{"kind": "vavae-f16d32", "weights": PATH}``. A relative path
@@ -230,8 +230,8 @@ def resolve_decoder_path(spec: str | os.PathLike | Mapping[str, Any],
     return path
 
 
-def load_decoder(spec: str | os.PathLike | Mapping[str, Any], device: str | torch.device = "cpu",
-                 base_dir: str | os.PathLike | None = None) -> VAEDecoder:
+def load_decoder(spec: str | os.PathLike[str] | Mapping[str, Any], device: str | torch.device = "cpu",
+                 base_dir: str | os.PathLike[str] | None = None) -> VAEDecoder:
     """Load a decoder written by ``import-official`` (safetensors of post_quant_conv.* and decoder.*).
 
     ``spec``: a path or the model config's decoder dict (see ``resolve_decoder_path``).
@@ -258,7 +258,7 @@ def load_decoder(spec: str | os.PathLike | Mapping[str, Any], device: str | torc
 _NOT_DECODER = ("encoder.", "quant_conv.", "loss.", "foundation_model.", "linear_proj.")
 
 
-def decoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint") -> tuple[dict, list[str]]:
+def decoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint") -> tuple[dict[str, torch.Tensor], list[str]]:
     """Pick ``post_quant_conv.*`` and ``decoder.*`` out of the release's ``{"state_dict": ...}``.
 
     Every decoder tensor must be present with its exact shape; unknown ``decoder.*``
@@ -282,7 +282,7 @@ def decoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint")
     return {k: picked[k].float().contiguous() for k in expected}, ignored
 
 
-def save_decoder(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+def save_decoder(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
     """Write decoder weights to safetensors atomically (temp file in the same folder, then rename)."""
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "gmem-vae-decoder", "format_version": "1", "kind": KIND})

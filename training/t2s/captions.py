@@ -22,6 +22,7 @@ seven") is in the training distribution too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def measure(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = np.asarray(images, dtype=np.float64)[..., 0] / 255.0
     n, h, w = x.shape
     mass = x.sum(axis=(1, 2))
-    rows_with_ink = (np.asarray(images)[..., 0] >= INK).any(axis=2)
+    rows_with_ink = cast(np.ndarray, (np.asarray(images)[..., 0] >= INK).any(axis=2))  # numpy types .any() as maybe-scalar
     first = np.where(rows_with_ink.any(1), rows_with_ink.argmax(1), 0)
     last = np.where(rows_with_ink.any(1), h - 1 - rows_with_ink[:, ::-1].argmax(1), -1)
     height = np.maximum(last - first + 1, 1).astype(np.float64)
@@ -108,7 +109,8 @@ def training_captions(labels: np.ndarray, props: Properties, variants: int, seed
     for v in range(variants):
         for i, y in enumerate(labels):
             # Variant 0 is the bare digit half of the time, so short prompts are well covered.
-            keep = tuple(bool(k) for k in rng.random(3) < (0.0 if v == 0 and i % 2 == 0 else 0.5))
+            keep = cast(tuple[bool, bool, bool],
+                        tuple(bool(k) for k in rng.random(3) < (0.0 if v == 0 and i % 2 == 0 else 0.5)))
             template = int(rng.integers(len(TEMPLATES)))
             texts.append(caption(int(y), props.buckets[i], template, keep))
             rows.append(i)

@@ -78,12 +78,13 @@ class HFTextEncoder(TextEncoder):
         # transformers is imported here: it is heavy and only needed for foreign encoders.
         import transformers
 
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
         model_type = _model_type(folder)
         cls = transformers.CLIPTextModel if model_type in CLIP_TYPES else transformers.T5EncoderModel
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            self.model = cls.from_pretrained(str(folder), local_files_only=True).to(device).eval()
+            # transformers types from_pretrained through a decorator whose stub expects a model, not a path.
+            self.model = cls.from_pretrained(str(folder), local_files_only=True).to(device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as exc:
             raise EncoderUnavailable(f"{folder}: cannot load a {cls.__name__} and its tokenizer "
                                      f"from this folder ({exc})") from exc

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import cast
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ class TinyTextNet(nn.Module):
         h = self.embed(ids) + self.pos[: ids.shape[1]]
         h = self.norm(self.blocks(h, src_key_padding_mask=~mask))
         m = mask.unsqueeze(-1).to(h.dtype)
-        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return cast(torch.Tensor, (h * m).sum(1) / m.sum(1).clamp_min(1.0))
 
 
 def tokenize(texts: list[str], vocab: list[str], max_tokens: int = MAX_TOKENS) -> tuple[
@@ -96,9 +97,10 @@ def train_tiny_text(texts: list[str], targets: np.ndarray, steps: int = 300, bat
     for _ in range(steps):
         pick = torch.randint(0, len(texts), (min(batch, len(texts)),), generator=gen)
         pooled = net(ids[pick], mask[pick])
-        loss = sum(nn.functional.cross_entropy(h(pooled), y[pick, k]) for k, h in enumerate(heads))
+        # sum() starts from int 0; with four heads the result is always a tensor.
+        loss = cast(torch.Tensor, sum(nn.functional.cross_entropy(h(pooled), y[pick, k]) for k, h in enumerate(heads)))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         opt.step()
     net.eval()
     with torch.no_grad():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,7 +28,14 @@ from shared.errors import DimensionMismatch, GMemError, InvalidInput
 from shared.factors import load_factors
 from training.data import load_dataset
 from training.t2s.adapter import Adapter, save_t2s
-from training.t2s.captions import DIGIT_WORDS, canonical_captions, digit_prompt, properties, training_captions
+from training.t2s.captions import (
+    DIGIT_WORDS,
+    Properties,
+    canonical_captions,
+    digit_prompt,
+    properties,
+    training_captions,
+)
 from training.t2s.metrics import nearest_rows, retrieval_accuracy, wilson
 from training.t2s.text_encoders import TextEncoder, TinyTextEncoder, load_text_encoder
 from training.t2s.tiny_text import TINY_TEXT_ID, train_tiny_text
@@ -64,7 +72,7 @@ def fit_adapter(x: np.ndarray, s: np.ndarray, steps: int, hidden: int = 256, bat
 
 def run_train_t2s(bank_path: str, dataset: str, out: str, text_encoder: str | None = None, steps: int = 2000,
                   text_steps: int = 300, variants: int = 4, hidden: int = 256, seed: int = 0,
-                  device: str = "cpu") -> dict:
+                  device: str = "cpu") -> dict[str, Any]:
     """Train (and, for the default, first train the tiny text encoder), write ``out``, return the report."""
     bank = load_factors(bank_path, mmap=False)
     ds = load_dataset(dataset)
@@ -82,13 +90,13 @@ def run_train_t2s(bank_path: str, dataset: str, out: str, text_encoder: str | No
     train_rows = np.flatnonzero(~held)
     texts, rows, targets = training_captions(labels[train_rows], _subset(props, train_rows), variants, seed)
     rows = train_rows[rows]
-    report: dict = {"objective": OBJECTIVE, "steps": steps, "pairs": len(texts)}
+    report: dict[str, Any] = {"objective": OBJECTIVE, "steps": steps, "pairs": len(texts)}
     if text_encoder in (None, TINY_TEXT_ID):
         net, vocab, acc = train_tiny_text(texts, targets, steps=text_steps, seed=seed)
         text: TextEncoder = TinyTextEncoder(net, vocab)
         report["text_encoder_digit_accuracy"] = acc
     else:
-        text = load_text_encoder(text_encoder, device)
+        text = load_text_encoder(cast(str, text_encoder), device)
     x = encode_unique(text, texts)
     snippets = bank.snippets(np.arange(bank.size)).astype(np.float32)
     adapter = fit_adapter(x, snippets[rows], steps, hidden, seed=seed)
@@ -101,13 +109,13 @@ def run_train_t2s(bank_path: str, dataset: str, out: str, text_encoder: str | No
     return report
 
 
-def _subset(props, rows: np.ndarray):
+def _subset(props: Properties, rows: np.ndarray) -> Properties:
     return type(props)(props.thickness[rows], props.slant[rows], props.size[rows], props.buckets[rows])
 
 
 @torch.no_grad()
-def _evaluate(adapter: Adapter, text: TextEncoder, snippets: np.ndarray, labels: np.ndarray, props,
-              held: np.ndarray) -> dict:
+def _evaluate(adapter: Adapter, text: TextEncoder, snippets: np.ndarray, labels: np.ndarray, props: Properties,
+              held: np.ndarray) -> dict[str, Any]:
     """Held-out retrieval accuracy (canonical captions) and the digit-only prompts' nearest labels."""
     rows = np.flatnonzero(held)
     caps = canonical_captions(labels[rows], _subset(props, rows))
