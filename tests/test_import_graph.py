@@ -1,7 +1,8 @@
 """The import graph of our packages: no cycles, services never import each other, shared stays light.
 
 Read from the source with ``ast`` (nothing is imported), counting imports anywhere in a module,
-function-level ones included: a cycle hidden inside a function is still a cycle.
+function-level ones included: a cycle hidden inside a function is still a cycle. Imports under
+``if TYPE_CHECKING:`` are left out: they never run, so they are annotations, not dependencies.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ def imports_of(path: Path) -> set[str]:
     this = module_name(path)
     package = this if path.name == "__init__.py" else this.rpartition(".")[0]
     out: set[str] = set()
+    typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block)
+                   for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -45,6 +50,26 @@ def imports_of(path: Path) -> set[str]:
             out.add(prefix)
             out.update(f"{prefix}.{alias.name}" for alias in node.names)
     return out
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def test_type_checking_imports_are_not_dependencies(tmp_path: Path) -> None:
+    mod = ROOT / "shared" / "__init__.py"  # any file under ROOT works for module_name()
+    src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import services.bank\nimport training\n"
+    probe = mod.with_name("_probe_import_graph.py")
+    try:
+        probe.write_text(src)
+        found = imports_of(probe)
+    finally:
+        probe.unlink(missing_ok=True)
+    assert "training" in found and "services.bank" not in found
 
 
 def graph() -> dict[str, set[str]]:

@@ -16,6 +16,7 @@ canonical float input in [-1, 1], NCHW.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,3 +169,15 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
         raise InvalidInput(f"images must be uint8 [N, H, W, C]; got shape {arr.shape}")
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
+
+
+@dataclass
+class TrainData:
+    """Images in [-1, 1] and the condition of each row (snippets, labels or nothing)."""
+
+    x: torch.Tensor  # [N, C, H, W]
+    cond: torch.Tensor | None  # [N, d] float snippets, [N] int64 labels, or None
+    source: str
+    preview_ids: list[int]
+    repa: torch.Tensor | None = None  # [N, T, D] encoder patch features on the token grid (REPA targets)
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # network space -> pixels (latent space)

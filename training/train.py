@@ -15,7 +15,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from shared.errors import GMemError, IncompatibleArtifacts, InvalidInput
 from shared.factors import load_factors
-from training.data import load_dataset, to_model_input
+from training.data import TrainData, load_dataset, to_model_input
 from training.files.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
 from training.files.modelfile import save_model
 from training.flow.generate import sample_tensor, to_uint8
@@ -58,18 +57,6 @@ class TrainOptions:
     log_every: int = 25
     sample_every: int = 500
     ckpt_every: int = 500
-
-
-@dataclass
-class TrainData:
-    """Images in [-1, 1] and the condition of each row (snippets, labels or nothing)."""
-
-    x: torch.Tensor  # [N, C, H, W]
-    cond: torch.Tensor | None  # [N, d] float snippets, [N] int64 labels, or None
-    source: str
-    preview_ids: list[int]
-    repa: torch.Tensor | None = None  # [N, T, D] encoder patch features on the token grid (REPA targets)
-    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # network space -> pixels (latent space)
 
 
 def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[TrainData, Any]:

@@ -29,8 +29,10 @@ from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from shared.errors import BankFileError, IncompatibleArtifacts
+from shared.fileio import atomic_path
 from training.files.statedict import state_dict_problems
 from training.latent import vae_tiny
 from training.latent.vavae import VAVAE, vavae_shapes
@@ -209,9 +211,7 @@ def load_autoencoder(spec: str | os.PathLike[str] | Mapping[str, Any], device: s
 def save_vavae(state: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
                stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """The converted VA-VAE (encoder + decoder, and the release's latent mean/std when given), atomically."""
-    from safetensors.torch import save_file
 
-    from shared.fileio import atomic_path
 
     tensors = {k: v.float().contiguous() for k, v in state.items()}
     if stats is not None:

@@ -33,11 +33,17 @@ from typing import Annotated, Any, cast
 import numpy as np
 import torch
 import typer
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from shared.errors import GMemError, IncompatibleArtifacts, InvalidInput
 from shared.fileio import atomic_path, write_atomic
+from training.data import MNIST_NAME, list_image_folder, load_dataset, read_image, to_model_input
+from training.encoders.registry import load_encoder
+from training.latent.autoencoders import load_autoencoder
+from training.repa import patch_features
 
 FORMAT = "gmem-latent-cache"
 FORMAT_VERSION = "1"
@@ -56,9 +62,7 @@ class Rows:
 
 def open_rows(dataset: str) -> Rows:
     """mnist-5k (already in memory) or an image folder read lazily, shard by shard."""
-    from PIL import Image
 
-    from training.data import MNIST_NAME, list_image_folder, load_dataset, read_image
 
     if dataset == MNIST_NAME or dataset.startswith(MNIST_NAME + ":"):
         ds = load_dataset(dataset)
@@ -85,8 +89,6 @@ def _fingerprint(args: dict[str, Any]) -> str:
 def encode_shard(images: np.ndarray, labels: np.ndarray, start: int, ae: Any, encoder: Any, flip: bool,
                  repa: bool) -> dict[str, torch.Tensor]:
     """All tensors of one shard (see the module docstring)."""
-    from training.data import to_model_input
-    from training.repa import patch_features
 
     x = to_model_input(images)
     variants = [("", x)] + ([("_flip", torch.flip(x, dims=[3]))] if flip else [])
@@ -112,10 +114,7 @@ def write_cache(dataset: str, vae: str, encoder_id: str, out: Path, encoder_weig
                 shard_size: int = 1000, flip: bool = False, repa: bool = False, batch_size: int = 256,
                 progress: bool = True, limit_shards: int | None = None) -> dict[str, Any]:
     """Write (or finish) the cache; returns the manifest. ``limit_shards`` stops early (tests of resume)."""
-    from tqdm import tqdm
 
-    from training.encoders.registry import load_encoder
-    from training.latent.autoencoders import load_autoencoder
 
     if shard_size < 1:
         raise InvalidInput(f"--shard-size must be at least 1; got {shard_size}")

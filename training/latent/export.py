@@ -16,9 +16,11 @@ from typing import Annotated
 
 import torch
 import typer
+from safetensors.torch import load_file
 
 from shared.errors import GMemError, IncompatibleArtifacts
 from shared.fileio import atomic_path
+from training.files.modelfile import config_from_json, read_model_meta
 from training.network.config import GMemConfig
 
 # Field -> value every release network has (facts 2a, 2b); anything else cannot load into their code.
@@ -39,10 +41,6 @@ def check_release_layout(cfg: GMemConfig, where: str) -> None:
 
 def export_official(model: Path, out: Path, stats_out: Path | None = None) -> tuple[int, Path]:
     """Write the release-layout state dict (and latent stats); returns (tensor count, stats path)."""
-    from safetensors.torch import load_file
-
-    from training.files.modelfile import config_from_json, read_model_meta
-
     cfg = config_from_json(read_model_meta(model))
     check_release_layout(cfg, str(model))
     state = {k: v.float().contiguous() for k, v in load_file(str(model)).items()}

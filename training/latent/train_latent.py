@@ -17,20 +17,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from shared.errors import IncompatibleArtifacts, InvalidInput
 from shared.factors import BankMeta, load_factors
+from training.data import TrainData
+from training.files.modelfile import config_from_json, read_model_meta
 from training.latent.autoencoders import Autoencoder, load_autoencoder
 from training.latent.cache import read_cache, read_manifest, tensor_shape
 from training.network.config import GMemConfig, preset
-from training.repa import resample_tokens
-
-if TYPE_CHECKING:  # for annotations only: training.train imports this module at run time
-    from training.train import TrainData
+from training.repa import REPA_PRESETS, resample_tokens
 
 
 def latent_stats(manifest: dict[str, Any], ae: Autoencoder) -> tuple[list[float], list[float]]:
@@ -54,7 +54,6 @@ def check_bank(bank_path: str, manifest: dict[str, Any]) -> BankMeta:
 def load_latent_data(cache: str, vae: str, repa: bool, grid: int | None = None, ae: Autoencoder | None = None
                      ) -> tuple[TrainData, dict[str, Any], Autoencoder]:
     """(TrainData, manifest, autoencoder) from a finished cache; ``grid`` is the network's token grid for REPA."""
-    from training.train import TrainData
 
     manifest = read_manifest(cache)
     ae = ae or load_autoencoder(vae)
@@ -108,9 +107,7 @@ def init_from_model(path: str, cfg: GMemConfig) -> tuple[GMemConfig, dict[str, t
     Shape, snippet dimension and encoder must match; the run's data-space fields
     (latent statistics, decoder, REPA projector when the model has one) are taken from the run.
     """
-    from safetensors.torch import load_file
 
-    from training.files.modelfile import config_from_json, read_model_meta
 
     old = config_from_json(read_model_meta(path))
     problems = [f"{k}: model {getattr(old, k)!r}, this run {getattr(cfg, k)!r}"
@@ -131,7 +128,6 @@ def prepare_latent(space: str, vae: str | None, cache: Any, bank: Any, preset_na
                    repa_weight: float | None, repa_depth: int | None, fields: dict[str, Any]
                    ) -> tuple[TrainData, BankMeta | None, GMemConfig, float]:
     """(data, bank meta, config, REPA lambda) of a `train --space latent` run."""
-    from training.repa import REPA_PRESETS
 
     if space != "latent":
         raise InvalidInput("--repa needs --space latent: the REPA targets come from the cache")

@@ -25,10 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import typer
+from safetensors.torch import save_file
 from torch import nn
+from tqdm import tqdm
 
 from shared.errors import GMemError, InvalidInput
 from shared.fileio import atomic_path
+from training.data import load_dataset, to_model_input
 
 FORMAT = "gmem-vae"
 FORMAT_VERSION = "1"
@@ -99,7 +102,6 @@ def vae_loss(vae: TinyVAE, x: torch.Tensor, generator: torch.Generator) -> tuple
 def train_tiny_vae(x: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                    cfg: TinyVAEConfig | None = None, progress: bool = True) -> tuple[TinyVAE, list[float]]:
     """Train on images [N, C, 32, 32] in [-1, 1]; every batch and noise draw derives from (seed, step)."""
-    from tqdm import tqdm
 
     torch.manual_seed(seed)
     cfg = cfg or TinyVAEConfig(image_channels=x.shape[1], resolution=x.shape[-1])
@@ -131,7 +133,6 @@ def reconstruction_mse(vae: TinyVAE, x: torch.Tensor, batch: int = 500) -> float
 
 def save_tiny_vae(path: str | os.PathLike[str], vae: TinyVAE, extra: dict[str, Any] | None = None) -> None:
     """Weights + ``format = gmem-vae`` metadata, written atomically and durably."""
-    from safetensors.torch import save_file
 
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND,
             "arch": json.dumps(asdict(vae.cfg), sort_keys=True), **{k: str(v) for k, v in (extra or {}).items()}}
@@ -159,7 +160,6 @@ def train_vae_command(
     threads: Annotated[int, typer.Option(help="CPU threads", envvar="GMEM_THREADS")] = 1,
 ) -> None:
     """Train the embedded tiny VAE (32x32 -> 8x8 latents) and report its reconstruction error."""
-    from training.data import load_dataset, to_model_input
 
     torch.set_num_threads(max(1, threads))
     try:

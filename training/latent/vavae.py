@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.errors import IncompatibleArtifacts
 from training.files.statedict import state_dict_problems
 from training.official.vae import (
     AttnBlock,
@@ -115,7 +116,6 @@ def autoencoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoi
     ``strict=False`` and would silently leave random layers); the decoder side is checked
     by :func:`training.official.vae.decoder_state_from_checkpoint` first, so its messages are the same.
     """
-    from shared.errors import IncompatibleArtifacts
 
     decoder, _ = decoder_state_from_checkpoint(obj, where)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}

@@ -212,7 +212,7 @@ def test_blend_negative_snippet_and_guidance_interval(jobs_gen: Proc, stack: Sta
         _generate(url, {**base, "snippets": [{"id": 3, "weight": 5.0}]})["images"]  # re-normalised weights
     for bad in ({"snippets": [{"id": 3, "weight": 1.0}, {"id": 4, "weight": -1.0}]},
                 {"snippets": [{"id": 3, "weight": 1.0}], "snippet_ids": [3]},
-                {"snippet": [1.0] * 128, "label": 1}, {"label": 1},
+                {"snippet": [1.0] * 128, "label": 1}, {"label": 99},  # mnist-5k has labels 0..9
                 {"negative_snippet_id": 3, "negative_snippet": [1.0] * 128},
                 {"guidance_interval": [0.8, 0.2]}, {"guidance_interval": [0.0, 1.5]}):
         r = httpx.post(url + "/generate", json={**base, **bad})

@@ -70,5 +70,5 @@ def test_any_replica_answers_and_a_killed_replicas_job_completes_elsewhere_with_
     victim.stop(kill=True)
     info = _wait(survivor.url, job, timeout=120)
     assert info["status"] == "succeeded", info
-    assert "running it again from the start" in survivor.log.read_text()  # it was re-run, not finished by the victim
+    assert "running it again from the start" in survivor.log_path.read_text()  # it was re-run, not finished by the victim
     assert info["result"]["images"] == _generate(survivor.url, body)["images"]
