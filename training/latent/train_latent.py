@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -101,16 +102,19 @@ def latent_config(preset_name: str, manifest: dict[str, Any], ae: Autoencoder, b
         raise InvalidInput(f"preset {preset_name!r} does not fit latents {manifest['latent_shape']}: {exc}") from exc
 
 
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, StrEnum) else value
+
+
 def init_from_model(path: str, cfg: GMemConfig) -> tuple[GMemConfig, dict[str, torch.Tensor]]:
     """(config to train, weights) for ``--init MODEL``: the model's network on this run's data and bank.
 
     Shape, snippet dimension and encoder must match; the run's data-space fields
     (latent statistics, decoder, REPA projector when the model has one) are taken from the run.
     """
-
-
     old = config_from_json(read_model_meta(path))
-    problems = [f"{k}: model {getattr(old, k)!r}, this run {getattr(cfg, k)!r}"
+    # str() first: the options are StrEnums, whose repr would show the class, not the value.
+    problems = [f"{k}: model {_plain(getattr(old, k))!r}, this run {_plain(getattr(cfg, k))!r}"
                 for k in ("space", "input_size", "in_channels", "snippet_dim", "encoder", "conditioning")
                 if getattr(old, k) != getattr(cfg, k)]
     if problems:

@@ -71,7 +71,7 @@ def test_extreme_aspect_strip_is_refused_before_any_resize(grey_client: TestClie
 
 def test_center_crop_never_resizes_the_long_side(monkeypatch: pytest.MonkeyPatch) -> None:
     """The encoders' crop: no intermediate image larger than the crop square (a spy on resize)."""
-    from training.encoders import center_crop
+    from training.encoders.registry import center_crop
 
     sizes: list[tuple[int, int]] = []
     real = Image.Image.resize

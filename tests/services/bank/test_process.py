@@ -177,7 +177,7 @@ def test_cli_refuses_a_different_factors_file_and_missing_settings(bank: Synthet
     (tmp_path / "d" / "edits.log").write_bytes(bytes(blob))
     run = subprocess.run([sys.executable, "-m", "services.bank", "--factors", str(bank.path), "--data-dir",
                           str(tmp_path / "d")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "refusing to drop acknowledged edits" in run.stderr
+    assert run.returncode == 2 and "acknowledged edits would be lost" in run.stderr and "--accept-data-loss" in run.stderr
     assert (tmp_path / "d" / "edits.log").read_bytes() == bytes(blob)
 
 

@@ -45,7 +45,7 @@ def test_label_draws_snippets_of_that_label_from_a_reduced_bank(tmp_path):
             for k in range(3)]
     assert body["indices"] == want and all(labels[i] == 7 for i in body["indices"])
     assert len(body["images"]) == 3
-    assert mixed.status_code == 422 and "exclude each other" in mixed.json()["error"]["message"]
+    assert mixed.status_code == 422 and "give at most one of" in mixed.json()["error"]["message"]
     assert missing.status_code == 422 and "label 12" in missing.json()["error"]["message"]
 
 

@@ -81,7 +81,9 @@ def playground_without_bank(stack: LocalStack, tmp_path: Path) -> Iterator[Playg
         log.close()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in the main thread
+# while it is open, and later tests call asyncio.run() (which refuses to run inside a running loop).
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     assert exe, "Debian's chromium is required for the browser test: apt-get install -y chromium (scripts/setup.sh)"
