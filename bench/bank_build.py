@@ -62,8 +62,12 @@ def child_run(features: str, out: str, rank: int, batches: int) -> None:
     t0 = time.perf_counter()
     meta = run_build(Path(out), rank, Path(features), None, "synthetic", None, None, "bench")
     wall = time.perf_counter() - t0
-    result = {"wall_s": wall, "peak_rss_mib": _status_mib("VmHWM"), "baseline_rss_mib": baseline,
-              "explained_variance": meta.explained_variance}
+    result = {
+        "wall_s": wall,
+        "peak_rss_mib": _status_mib("VmHWM"),
+        "baseline_rss_mib": baseline,
+        "explained_variance": meta.explained_variance,
+    }
     result.update(retrieval(Path(out), batches))
     print(json.dumps(result))
 
@@ -98,8 +102,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads of the build and the retrieval")
     parser.add_argument("--batches", type=int, default=2000, help="retrieval batches of 64 ids")
-    parser.add_argument("--dir", default=None, help="work directory (default: a temporary one, removed after)")
-    parser.add_argument("--child", nargs=4, metavar=("FEATURES", "OUT", "RANK", "BATCHES"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--dir", default=None, help="work directory (default: a temporary one, removed after)"
+    )
+    parser.add_argument(
+        "--child", nargs=4, metavar=("FEATURES", "OUT", "RANK", "BATCHES"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         child_run(args.child[0], args.child[1], int(args.child[2]), int(args.child[3]))
@@ -109,22 +117,43 @@ def main() -> None:
         features, out = work / "features.npy", work / "bank.safetensors"
         write_features(features, args.n, args.d)
         input_mib = args.n * args.d * 4 / 2**20
-        env = {**os.environ, **{v: str(args.threads) for v in
-                                ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
-        proc = subprocess.run([sys.executable, "-m", "bench.bank_build", "--child", str(features), str(out),
-                               str(args.rank), str(args.batches)], env=env, stdout=subprocess.PIPE, text=True,
-                              check=True)
+        env = {
+            **os.environ,
+            **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+        }
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.bank_build",
+                "--child",
+                str(features),
+                str(out),
+                str(args.rank),
+                str(args.batches),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
         build = read = json.loads(proc.stdout.strip().splitlines()[-1])
         bank_mib = out.stat().st_size / 2**20
-    print(f"\nbank build: N={args.n} d={args.d} r={args.rank}, {args.threads} BLAS thread(s) for build and retrieval")
+    print(
+        f"\nbank build: N={args.n} d={args.d} r={args.rank}, {args.threads} BLAS thread(s) for build and retrieval"
+    )
     print(f"  input array            {input_mib:10.1f} MiB")
     print(f"  output factors file    {bank_mib:10.1f} MiB")
     print(f"  wall time              {build['wall_s']:10.1f} s   ({args.n / build['wall_s']:,.0f} rows/s)")
     print(f"  explained variance     {build['explained_variance']:10.4f}")
-    print(f"  peak RSS               {build['peak_rss_mib']:10.1f} MiB = {build['peak_rss_mib'] / input_mib:.3f} x input")
+    print(
+        f"  peak RSS               {build['peak_rss_mib']:10.1f} MiB = {build['peak_rss_mib'] / input_mib:.3f} x input"
+    )
     extra = build["peak_rss_mib"] - build["baseline_rss_mib"]
-    print(f"  peak RSS - imports     {extra:10.1f} MiB = {extra / input_mib:.3f} x input "
-          f"(O(d^2 + N r) bound: C alone is {args.n * args.rank * 4 / 2**20:.1f} MiB)")
+    print(
+        f"  peak RSS - imports     {extra:10.1f} MiB = {extra / input_mib:.3f} x input "
+        f"(O(d^2 + N r) bound: C alone is {args.n * args.rank * 4 / 2**20:.1f} MiB)"
+    )
     print(f"retrieval, batches of 64 random ids ({args.batches} batches):")
     print(f"  BankFactors.snippets   {read['snippets_per_s']:12,.0f} snippets/s")
     print(f"  numpy gather+matmul    {read['floor_snippets_per_s']:12,.0f} snippets/s (floor, in-memory C)")

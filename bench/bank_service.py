@@ -62,7 +62,9 @@ def synthetic_factors(path: Path, n: int, d: int, r: int, seed: int = 0) -> None
     for lo in tqdm(range(0, n, 1 << 18), desc="synthetic C", unit="chunk"):
         hi = min(n, lo + (1 << 18))
         C[lo:hi] = rng.standard_normal((hi - lo, r), dtype=np.float32) * np.sqrt(S / n)
-    meta = BankMeta(encoder="synthetic/none", feature_dim=d, rank=r, source=f"bench-{n}", explained_variance=1.0)
+    meta = BankMeta(
+        encoder="synthetic/none", feature_dim=d, rank=r, source=f"bench-{n}", explained_variance=1.0
+    )
     save_factors(path, mu, B, S, C, meta)
 
 
@@ -73,8 +75,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_bank(factors: Path, data_dir: Path, redis_url: str | None, log: Path,
-               extra_env: dict[str, str] | None = None) -> tuple[Process, str, dict]:
+def start_bank(
+    factors: Path, data_dir: Path, redis_url: str | None, log: Path, extra_env: dict[str, str] | None = None
+) -> tuple[Process, str, dict]:
     env = {"GMEM_BANK_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     if redis_url:
         env["GMEM_REDIS_URL"] = redis_url
@@ -104,7 +107,13 @@ def start_bank(factors: Path, data_dir: Path, redis_url: str | None, log: Path,
 
 def rows_cached(url: str) -> bool:
     """Wait for the row cache's warm-up too (when every row fits), so retrievals measure the steady state."""
-    used, capacity = httpx.get(f"{url}/readyz", timeout=5).json()["detail"].get("row_cache", "0/0 rows").split()[0].split("/")
+    used, capacity = (
+        httpx.get(f"{url}/readyz", timeout=5)
+        .json()["detail"]
+        .get("row_cache", "0/0 rows")
+        .split()[0]
+        .split("/")
+    )
     return used == capacity
 
 
@@ -144,8 +153,10 @@ class RawConnection:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         extra = f"Accept: {accept}\r\n" if accept else ""
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n{extra}"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.writer.write(head + body)
         assert self.reader is not None
         status_line = await self.reader.readline()
@@ -184,7 +195,9 @@ def http_call_factory(url: str, n: int, k: int, encoding: str, concurrency: int)
                 await conn.post("/bank/retrieve", json.dumps({"indices": ids}).encode(), BINARY)
             else:
                 await conn.post("/bank/retrieve", json.dumps({"indices": ids, "encoding": encoding}).encode())
+
         return call
+
     return _Pool(), make
 
 
@@ -197,7 +210,9 @@ def redis_call_factory(url: str, blob: bytes, concurrency: int):
         async def call() -> None:
             got = await client.get("bench:blob")
             assert got is not None and len(got) == len(blob)
+
         return call
+
     return client, make
 
 
@@ -247,7 +262,9 @@ def append_latency(url: str, d: int, count: int) -> tuple[float, float]:
 
 def start_redis(workdir: Path) -> tuple[Process | None, str | None]:
     if shutil.which("redis-server") is None:
-        console.print("[yellow]redis-server not found: the Redis floor is skipped (apt-get install redis-server)")
+        console.print(
+            "[yellow]redis-server not found: the Redis floor is skipped (apt-get install redis-server)"
+        )
         return None, None
     proc = started(redis_process(workdir / "redis"), None)
     return proc, proc.url
@@ -271,8 +288,10 @@ def main() -> None:
         t = time.perf_counter()
         synthetic_factors(factors, args.n, args.d, args.r)
         size_mb = factors.stat().st_size / 2**20
-        console.print(f"factors file: {args.n} x {args.d}, r={args.r}: {size_mb:.0f} MiB "
-                      f"(written in {time.perf_counter() - t:.1f}s)")
+        console.print(
+            f"factors file: {args.n} x {args.d}, r={args.r}: {size_mb:.0f} MiB "
+            f"(written in {time.perf_counter() - t:.1f}s)"
+        )
         redis_proc, redis_url = start_redis(tmp)
         rows = []
         try:
@@ -285,12 +304,20 @@ def main() -> None:
                 redis.Redis.from_url(redis_url).set("bench:blob", blob)
             # Baseline in the same run: the previous read path (every row reconstructed per request,
             # GMEM_BANK_ROW_CACHE_MB=0) with the previous best encoding, b64f32 JSON.
-            base_bank, base_url, _ = start_bank(factors, tmp / "data-baseline", None, tmp / "bank-baseline.log",
-                                                {"GMEM_BANK_ROW_CACHE_MB": "0"})
+            base_bank, base_url, _ = start_bank(
+                factors,
+                tmp / "data-baseline",
+                None,
+                tmp / "bank-baseline.log",
+                {"GMEM_BANK_ROW_CACHE_MB": "0"},
+            )
             try:
                 for c in levels:
-                    res = asyncio.run(run_level("http", http_call_factory(base_url, args.n, args.k, "b64f32", c), c,
-                                                args.requests))
+                    res = asyncio.run(
+                        run_level(
+                            "http", http_call_factory(base_url, args.n, args.k, "b64f32", c), c, args.requests
+                        )
+                    )
                     rows.append((f"baseline: no row cache, b64f32 k={args.k}", c, *res, None))
             finally:
                 base_bank.stop(timeout=30)
@@ -298,12 +325,16 @@ def main() -> None:
             try:
                 for c in levels:
                     if redis_url:
-                        floor2 = asyncio.run(run_level("redis", redis_call_factory(redis_url, blob, c), c,
-                                                       args.requests))
+                        floor2 = asyncio.run(
+                            run_level("redis", redis_call_factory(redis_url, blob, c), c, args.requests)
+                        )
                         rows.append((f"redis GET {len(blob) // 1024} KiB blob (floor 2)", c, *floor2, None))
                     for enc in ("json", "b64f32", "binary"):
-                        res = asyncio.run(run_level("http", http_call_factory(url, args.n, args.k, enc, c), c,
-                                                    args.requests))
+                        res = asyncio.run(
+                            run_level(
+                                "http", http_call_factory(url, args.n, args.k, enc, c), c, args.requests
+                            )
+                        )
                         rows.append((f"POST /bank/retrieve k={args.k} {enc}", c, *res, None))
                 a50, a99 = append_latency(url, args.d, args.appends)
                 assert bank.popen is not None
@@ -320,25 +351,35 @@ def main() -> None:
         table.add_column(col, justify="right" if col != "what" else "left")
     for name, c, p50, p99, rps, _ in rows:
         vs_redis = f"{p50 / redis_p50[c]:.1f}x" if c in redis_p50 else "-"
-        table.add_row(name, str(c), f"{p50:.2f}", f"{p99:.2f}", f"{rps:.0f}", f"{p50 / floor[0]:.1f}x", vs_redis)
+        table.add_row(
+            name, str(c), f"{p50:.2f}", f"{p99:.2f}", f"{rps:.0f}", f"{p50 / floor[0]:.1f}x", vs_redis
+        )
     console.print(table)
-    console.print(f"append (feature insert, fsync of the log and of acked_version before 201): p50 {a50:.2f} ms, "
-                  f"p99 {a99:.2f} ms")
-    console.print(f"start-up: /readyz 200 after {start['ready_s']:.2f}s (RSS {start['rss_ready_mb']:.0f} MiB); "
-                  f"index and row cache built after {start['index_s']:.2f}s (RSS {start['rss_index_mb']:.0f} MiB); "
-                  f"RSS after the run {rss_after:.0f} MiB; factors file {size_mb:.0f} MiB -> "
-                  f"RSS/file {start['rss_index_mb'] / size_mb:.2f}")
+    console.print(
+        f"append (feature insert, fsync of the log and of acked_version before 201): p50 {a50:.2f} ms, "
+        f"p99 {a99:.2f} ms"
+    )
+    console.print(
+        f"start-up: /readyz 200 after {start['ready_s']:.2f}s (RSS {start['rss_ready_mb']:.0f} MiB); "
+        f"index and row cache built after {start['index_s']:.2f}s (RSS {start['rss_index_mb']:.0f} MiB); "
+        f"RSS after the run {rss_after:.0f} MiB; factors file {size_mb:.0f} MiB -> "
+        f"RSS/file {start['rss_index_mb'] / size_mb:.2f}"
+    )
     by = {(name, c): (p50, rps) for name, c, p50, _, rps, _ in rows}
     binary = f"POST /bank/retrieve k={args.k} binary"
     baseline = f"baseline: no row cache, b64f32 k={args.k}"
     if 1 in levels and 1 in redis_p50:
         ratio = by[(binary, 1)][0] / redis_p50[1]
-        console.print(f"target 1: binary p50 at 1 client / redis GET p50 = {ratio:.2f}x (target <= 3x): "
-                      f"{'met' if ratio <= 3 else 'NOT met'}")
+        console.print(
+            f"target 1: binary p50 at 1 client / redis GET p50 = {ratio:.2f}x (target <= 3x): "
+            f"{'met' if ratio <= 3 else 'NOT met'}"
+        )
     top = max(levels)
     gain = by[(binary, top)][1] / by[(baseline, top)][1]
-    console.print(f"target 2: binary req/s at {top} clients / baseline req/s = {gain:.2f}x (target >= 2x): "
-                  f"{'met' if gain >= 2 else 'NOT met'}")
+    console.print(
+        f"target 2: binary req/s at {top} clients / baseline req/s = {gain:.2f}x (target >= 2x): "
+        f"{'met' if gain >= 2 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -68,16 +68,32 @@ def main() -> None:
 
     evalnet = EvalNet()
     real = real_features(evalnet, "mnist-5k:eval")
-    opts = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=50, ema_decay=0.995,
-                        log_every=25, sample_every=10**9, ckpt_every=args.eval_every)
+    opts = TrainOptions(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=50,
+        ema_decay=0.995,
+        log_every=25,
+        sample_every=10**9,
+        ckpt_every=args.eval_every,
+    )
     curves: dict[str, list[tuple[int, float, float | None]]] = {}
     wall: dict[str, float] = {}
     final_cfg, final_bank = None, None
     work = Path(tempfile.mkdtemp(prefix="gmem-compare-"))
     for name, (cond, ratio) in VARIANTS.items():
         data, meta = load_train_data("mnist-5k:train", args.bank if cond == "snippet" else None, cond)
-        cfg = build_config("gmem-tiny", meta, data, hidden_size=args.hidden, depth=args.depth,
-                           num_heads=max(1, args.hidden // 64), conditioning=cond, mask_ratio=ratio)
+        cfg = build_config(
+            "gmem-tiny",
+            meta,
+            data,
+            hidden_size=args.hidden,
+            depth=args.depth,
+            num_heads=max(1, args.hidden // 64),
+            conditioning=cond,
+            mask_ratio=ratio,
+        )
         if meta is None:  # baselines keep the snippet fields of the GMem run so only conditioning differs
             cfg = dataclasses.replace(cfg, snippet_dim=128)
         run = work / name.replace(" ", "_").replace("(", "").replace(")", "")
@@ -94,8 +110,18 @@ def main() -> None:
         curves[name] = []
         for step in range(args.eval_every, args.steps + 1, args.eval_every):
             net = ema_net(run / "checkpoints" / f"step_{step:07d}.safetensors", cfg)
-            r = evaluate_network(net, cfg, bank, evalnet, real, args.n_eval, seed=10_000, steps=args.eval_steps,
-                                 sampler="heun", labels_pool=labels)
+            r = evaluate_network(
+                net,
+                cfg,
+                bank,
+                evalnet,
+                real,
+                args.n_eval,
+                seed=10_000,
+                steps=args.eval_steps,
+                sampler="heun",
+                labels_pool=labels,
+            )
             curves[name].append((step, r.fd, r.consistency))
             print(f"   step {step}: FD {r.fd:.3f} consistency {r.consistency}", flush=True)
         if name == "gmem (mask 0.4)":
@@ -109,10 +135,21 @@ def compare_samplers(net, cfg, bank, evalnet, real, args) -> list[dict]:
     from training.evaluate import evaluate_network
 
     rows = []
-    for sampler, steps in (("euler", 20), ("heun", 10), ("sde", 20), ("euler", 50), ("sde", 50), ("heun", 25)):
-        r = evaluate_network(net, cfg, bank, evalnet, real, args.n_eval, seed=10_000, steps=steps, sampler=sampler)
+    for sampler, steps in (
+        ("euler", 20),
+        ("heun", 10),
+        ("sde", 20),
+        ("euler", 50),
+        ("sde", 50),
+        ("heun", 25),
+    ):
+        r = evaluate_network(
+            net, cfg, bank, evalnet, real, args.n_eval, seed=10_000, steps=steps, sampler=sampler
+        )
         nfe = steps * (2 if sampler == "heun" else 1)
-        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe, "fd": r.fd, "consistency": r.consistency})
+        rows.append(
+            {"sampler": sampler, "steps": steps, "nfe": nfe, "fd": r.fd, "consistency": r.consistency}
+        )
         print(f"   {sampler} {steps} steps (NFE {nfe}): FD {r.fd:.3f}", flush=True)
     return rows
 
@@ -128,7 +165,8 @@ def default_model_section(out_dir: Path) -> list[str]:
         return []
     r = json.loads(path.read_text())
     return [
-        "## The embedded default (artifacts/mnist-5k/model.safetensors)", "",
+        "## The embedded default (artifacts/mnist-5k/model.safetensors)",
+        "",
         "`.venv/bin/python -m training eval --model artifacts/mnist-5k/model.safetensors --bank "
         "artifacts/mnist-5k/bank.safetensors --dataset mnist-5k:eval --n 500 --json-out docs/results/default_eval.json`",
         "",
@@ -138,7 +176,8 @@ def default_model_section(out_dir: Path) -> list[str]:
         "per digit from 10 pinned snippets of that digit were classified as that digit 90% of the time "
         "(lowest 82%, 7s 88%). Training loss: results/default_loss.png; command: artifacts/mnist-5k/REBUILD.md.",
         "",
-        "![samples](results/default_samples.png) ![a snippet of a 7, 16 seeds](results/snippet_7_steers.png)", "",
+        "![samples](results/default_samples.png) ![a snippet of a 7, 16 seeds](results/snippet_7_steers.png)",
+        "",
     ]
 
 
@@ -161,21 +200,27 @@ def write_report(args, curves, wall, samplers, out_dir: Path) -> None:
     fig.tight_layout()
     fig.savefig(res / "fd_curves.png")
     plt.close(fig)
-    (res / "compare.json").write_text(json.dumps({"args": vars(args), "curves": curves, "wall_s": wall,
-                                                   "samplers": samplers}, indent=1))
+    (res / "compare.json").write_text(
+        json.dumps({"args": vars(args), "curves": curves, "wall_s": wall, "samplers": samplers}, indent=1)
+    )
     base = curves["unconditional"][-1][1]
-    cmd = (f".venv/bin/python -m bench.compare_training --steps {args.steps} --eval-every {args.eval_every} "
-           f"--n-eval {args.n_eval} --hidden {args.hidden} --depth {args.depth} --batch-size {args.batch_size}")
+    cmd = (
+        f".venv/bin/python -m bench.compare_training --steps {args.steps} --eval-every {args.eval_every} "
+        f"--n-eval {args.n_eval} --hidden {args.hidden} --depth {args.depth} --batch-size {args.batch_size}"
+    )
     lines = [
-        "# Results: GMem vs. baselines on mnist-5k (equal network and budget)", "",
-        f"Regenerate with `{cmd}` (CPU, {args.threads} thread(s)).", "",
+        "# Results: GMem vs. baselines on mnist-5k (equal network and budget)",
+        "",
+        f"Regenerate with `{cmd}` (CPU, {args.threads} thread(s)).",
+        "",
         f"**Budget (small, honest):** {args.steps} steps of batch {args.batch_size} per variant on a "
         f"{args.hidden}-wide, {args.depth}-deep network (patch 4) — minutes of shared CPU, far from convergence. "
         f"FD = Frechet distance on `gmem/mnist-evalnet` penultimate features between {args.n_eval} samples "
         f"(EMA weights, heun {args.eval_steps} steps, seeds 10000+) and the 500 images of mnist-5k:eval. "
         "Consistency = share of samples the evalnet classifies as the label of the conditioning snippet "
         "(class label for the class-conditional run). With so few samples FD has a bias of its own; compare "
-        "rows, not absolute values.", "",
+        "rows, not absolute values.",
+        "",
         "| variant | final FD | steps to reach the unconditional final FD | consistency | train wall s |",
         "|---|---|---|---|---|",
     ]
@@ -186,23 +231,45 @@ def write_report(args, curves, wall, samplers, out_dir: Path) -> None:
             speed = f"{reach} (baseline)"
         else:
             speed = f"{reach} ({args.steps / reach:.1f}x faster)" if reach else "not reached"
-        lines.append(f"| {name} | {fd:.2f} | {speed} | {'-' if cons is None else f'{cons:.2f}'} | {wall[name]:.0f} |")
+        lines.append(
+            f"| {name} | {fd:.2f} | {speed} | {'-' if cons is None else f'{cons:.2f}'} | {wall[name]:.0f} |"
+        )
     m4, m0 = curves["gmem (mask 0.4)"][-1][1], curves["gmem (mask 0)"][-1][1]
-    lines += ["", "Wall seconds include the background load of a shared machine; they are not a cost comparison "
-              "(see `bench.train_speed` for that). Mask ratio: at this budget mask "
-              f"{'0 ends lower' if m0 < m4 else '0.4 ends lower'} ({m0:.1f} vs {m4:.1f}); the paper motivates "
-              "masking as a regulariser against memorising snippets, which a short run cannot show."]
-    lines += ["", "FD at every checkpoint:", "", "| step | " + " | ".join(curves) + " |",
-              "|---|" + "---|" * len(curves)]
+    lines += [
+        "",
+        "Wall seconds include the background load of a shared machine; they are not a cost comparison "
+        "(see `bench.train_speed` for that). Mask ratio: at this budget mask "
+        f"{'0 ends lower' if m0 < m4 else '0.4 ends lower'} ({m0:.1f} vs {m4:.1f}); the paper motivates "
+        "masking as a regulariser against memorising snippets, which a short run cannot show.",
+    ]
+    lines += [
+        "",
+        "FD at every checkpoint:",
+        "",
+        "| step | " + " | ".join(curves) + " |",
+        "|---|" + "---|" * len(curves),
+    ]
     for i, (step, _, _) in enumerate(next(iter(curves.values()))):
         lines.append(f"| {step} | " + " | ".join(f"{c[i][1]:.2f}" for c in curves.values()) + " |")
-    lines += ["", "![FD curves](results/fd_curves.png)", "",
-              "## SDE vs ODE (final GMem mask 0.4 network, equal NFE)", "",
-              "| sampler | steps | NFE | FD | consistency |", "|---|---|---|---|---|"]
-    lines += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fd']:.2f} | {r['consistency']:.2f} |"
-              for r in samplers]
-    lines += ["", "SDE = Euler-Maruyama with diffusion w(t) = 1 - t and the score from the velocity, "
-              "s = (t v - x)/(1 - t); one network call per step; the last step adds no noise.", ""]
+    lines += [
+        "",
+        "![FD curves](results/fd_curves.png)",
+        "",
+        "## SDE vs ODE (final GMem mask 0.4 network, equal NFE)",
+        "",
+        "| sampler | steps | NFE | FD | consistency |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fd']:.2f} | {r['consistency']:.2f} |"
+        for r in samplers
+    ]
+    lines += [
+        "",
+        "SDE = Euler-Maruyama with diffusion w(t) = 1 - t and the score from the velocity, "
+        "s = (t v - x)/(1 - t); one network call per step; the last step adds no noise.",
+        "",
+    ]
     lines += default_model_section(out_dir)
     (out_dir / "RESULTS.md").write_text("\n".join(lines))
     print(f"wrote {out_dir / 'RESULTS.md'}")

@@ -32,20 +32,35 @@ MODEL = ROOT / "artifacts" / "mnist-5k" / "model.safetensors"
 BANK = ROOT / "artifacts" / "mnist-5k" / "bank.safetensors"
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
-PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
-                    "L40S": 362.0, "L4": 121.0}
+PEAK_BF16_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+}
 
 
 def start_generator(tmp: Path, bank_url: str, model: Path, threads: int, **env: str) -> tuple[Process, str]:
-    base = {"GMEM_GENERATOR_TORCH_THREADS": str(threads), "GMEM_GENERATOR_MAX_N": "64",
-            "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "5"}
+    base = {
+        "GMEM_GENERATOR_TORCH_THREADS": str(threads),
+        "GMEM_GENERATOR_MAX_N": "64",
+        "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "5",
+    }
     port = free_port()
-    proc = started(generator_process(model, bank_url, tmp / f"gen-{port}.log", port, env={**base, **env}),
-                   "/readyz", timeout=120)
+    proc = started(
+        generator_process(model, bank_url, tmp / f"gen-{port}.log", port, env={**base, **env}),
+        "/readyz",
+        timeout=120,
+    )
     return proc, proc.url
 
 
-def in_process_rate(model_path: Path, batch: int, steps: int, sampler: str, threads: int, repeats: int) -> float:
+def in_process_rate(
+    model_path: Path, batch: int, steps: int, sampler: str, threads: int, repeats: int
+) -> float:
     import torch
 
     from shared.factors import load_factors
@@ -77,8 +92,9 @@ def concurrent_rate(url: str, clients: int, per_client: int, steps: int, sampler
     def worker(k: int) -> None:
         with httpx.Client(timeout=600) as c:
             for r in range(per_client):
-                c.post(url + "/generate", json={"n": 1, "seed": k * 1000 + r, "steps": steps,
-                                                "sampler": sampler}).raise_for_status()
+                c.post(
+                    url + "/generate", json={"n": 1, "seed": k * 1000 + r, "steps": steps, "sampler": sampler}
+                ).raise_for_status()
 
     worker(999)  # warm-up
     t0 = time.perf_counter()
@@ -97,27 +113,45 @@ def cpu_bench(args: argparse.Namespace) -> None:
     try:
         first = in_process_rate(args.model, args.batch, args.steps, args.sampler, args.threads, args.repeats)
         for micro in ("0", "4"):
-            proc, url = start_generator(tmp, bank_url, args.model, args.threads, GMEM_GENERATOR_MICRO_BATCH=micro,
-                                        GMEM_GENERATOR_MAX_BATCH_SIZE=str(max(16, args.batch)))
+            proc, url = start_generator(
+                tmp,
+                bank_url,
+                args.model,
+                args.threads,
+                GMEM_GENERATOR_MICRO_BATCH=micro,
+                GMEM_GENERATOR_MAX_BATCH_SIZE=str(max(16, args.batch)),
+            )
             try:
                 label = "auto (probed)" if micro == "0" else f"padded to {micro}"
-                rows.append((f"service POST /generate n={args.batch}, micro-batch {label}",
-                             service_rate(url, args.batch, args.steps, args.sampler, args.repeats)))
+                rows.append(
+                    (
+                        f"service POST /generate n={args.batch}, micro-batch {label}",
+                        service_rate(url, args.batch, args.steps, args.sampler, args.repeats),
+                    )
+                )
             finally:
                 proc.stop()
         # Measured before and after the service runs; the faster one is the (conservative) baseline,
         # since a shared machine can only make a measurement slower.
-        base = max(first, in_process_rate(args.model, args.batch, args.steps, args.sampler, args.threads,
-                                          args.repeats))
+        base = max(
+            first,
+            in_process_rate(args.model, args.batch, args.steps, args.sampler, args.threads, args.repeats),
+        )
         rows.insert(0, (f"in-process generate(), batch {args.batch} (best of 2)", base))
-        print(f"\n== service vs in-process (steps {args.steps}, {args.sampler}, {args.threads} torch thread(s))")
+        print(
+            f"\n== service vs in-process (steps {args.steps}, {args.sampler}, {args.threads} torch thread(s))"
+        )
         for name, rate in rows:
             print(f"{name:58s} {rate:8.1f} img/s   ratio {rate / base:5.2f}")
 
         results: dict[tuple[str, int], float] = {}
-        configs = [("no batching (max batch 1)", {"GMEM_GENERATOR_MAX_BATCH_SIZE": "1"}),
-                   ("dynamic batching (max 16)", {"GMEM_GENERATOR_MAX_BATCH_SIZE": "16",
-                                                  "GMEM_GENERATOR_MICRO_BATCH": str(args.micro_batch)})]
+        configs = [
+            ("no batching (max batch 1)", {"GMEM_GENERATOR_MAX_BATCH_SIZE": "1"}),
+            (
+                "dynamic batching (max 16)",
+                {"GMEM_GENERATOR_MAX_BATCH_SIZE": "16", "GMEM_GENERATOR_MICRO_BATCH": str(args.micro_batch)},
+            ),
+        ]
         todo = [(name, env, c) for name, env in configs for c in (1, 4, 16)]
         procs: dict[str, tuple[Process, str]] = {}
         try:
@@ -125,16 +159,19 @@ def cpu_bench(args: argparse.Namespace) -> None:
                 if name not in procs:
                     procs[name] = start_generator(tmp, bank_url, args.model, args.threads, **env)
                 per_client = max(2, args.requests // clients)
-                results[(name, clients)] = concurrent_rate(procs[name][1], clients, per_client, args.steps,
-                                                           args.sampler)
+                results[(name, clients)] = concurrent_rate(
+                    procs[name][1], clients, per_client, args.steps, args.sampler
+                )
         finally:
             for proc, _ in procs.values():
                 proc.stop()
         ref = results[(configs[0][0], 1)]
         print("\n== throughput under concurrency (n=1 per request; ratio to 1 client without batching)")
         for name, _ in configs:
-            line = "  ".join(f"{c:2d} clients {results[(name, c)]:7.1f} img/s ({results[(name, c)] / ref:4.2f}x)"
-                             for c in (1, 4, 16))
+            line = "  ".join(
+                f"{c:2d} clients {results[(name, c)]:7.1f} img/s ({results[(name, c)] / ref:4.2f}x)"
+                for c in (1, 4, 16)
+            )
             print(f"{name:28s} {line}")
     finally:
         bank.stop()
@@ -171,7 +208,9 @@ def gpu_bench(args: argparse.Namespace) -> None:
         ms = (time.perf_counter() - t0) / n * 1000
         achieved = flops / (ms / 1000) / 1e12
         frac = f"{achieved / peak:.2%} of peak" if peak else "peak unknown (--peak-tflops)"
-        print(f"batch {batch:3d}: {ms:8.2f} ms/NFE  {flops / 1e12:7.3f} TFLOP/NFE  {achieved:7.1f} TFLOP/s  {frac}")
+        print(
+            f"batch {batch:3d}: {ms:8.2f} ms/NFE  {flops / 1e12:7.3f} TFLOP/NFE  {achieved:7.1f} TFLOP/s  {frac}"
+        )
 
 
 def main() -> None:
@@ -182,11 +221,20 @@ def main() -> None:
     ap.add_argument("--sampler", default="euler")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--requests", type=int, default=32, help="requests per concurrency level (split over clients)")
-    ap.add_argument("--micro-batch", type=int, default=0, help="GMEM_GENERATOR_MICRO_BATCH of the batched service (0 = auto)")
+    ap.add_argument(
+        "--requests", type=int, default=32, help="requests per concurrency level (split over clients)"
+    )
+    ap.add_argument(
+        "--micro-batch",
+        type=int,
+        default=0,
+        help="GMEM_GENERATOR_MICRO_BATCH of the batched service (0 = auto)",
+    )
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--preset", default="gmem-XL/1", help="network preset for --device cuda")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak if the GPU is not listed")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=None, help="dense bf16 peak if the GPU is not listed"
+    )
     args = ap.parse_args()
     if args.device == "cuda":
         gpu_bench(args)

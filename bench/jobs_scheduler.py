@@ -43,7 +43,9 @@ def plan(clients: int, per_client: int, seed: int) -> list[list[tuple[float, int
         jobs = []
         for j in range(per_client):
             wait = float(rng.uniform(0, 0.5)) if j == 0 else float(rng.exponential(0.05))
-            jobs.append((wait, int(rng.choice([10, 25, 50])), str(rng.choice(["euler", "sde"])), 1000 * c + j))
+            jobs.append(
+                (wait, int(rng.choice([10, 25, 50])), str(rng.choice(["euler", "sde"])), 1000 * c + j)
+            )
         out.append(jobs)
     return out
 
@@ -59,8 +61,16 @@ def run(runtime: Runtime, policy: str, work_plan: list, snippet: np.ndarray, max
             time.sleep(wait)
             done = threading.Event()
             t0 = time.perf_counter()
-            sched.submit(Work(id=str(seed), snippets=snippet, seeds=[seed], steps=steps, sampler=sampler,
-                              on_done=lambda p, e, s, ev=done: ev.set()))
+            sched.submit(
+                Work(
+                    id=str(seed),
+                    snippets=snippet,
+                    seeds=[seed],
+                    steps=steps,
+                    sampler=sampler,
+                    on_done=lambda p, e, s, ev=done: ev.set(),
+                )
+            )
             done.wait()
             with lock:
                 latencies.append(time.perf_counter() - t0)
@@ -74,8 +84,13 @@ def run(runtime: Runtime, policy: str, work_plan: list, snippet: np.ndarray, max
     wall = time.perf_counter() - t0
     sched.stop()
     lat = np.asarray(latencies)
-    return {"images_s": len(lat) / wall, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-            "forwards": sched.forwards, "wall": wall}
+    return {
+        "images_s": len(lat) / wall,
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "forwards": sched.forwards,
+        "wall": wall,
+    }
 
 
 def batching_ceiling(runtime: Runtime, max_rows: int, repeats: int = 5) -> tuple[float, int]:
@@ -105,36 +120,49 @@ def main() -> None:
     ap.add_argument("--model", default="artifacts/mnist-5k/model.safetensors")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--jobs-per-client", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the service uses all cores by default)")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch threads (the service uses all cores by default)"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    settings = GeneratorSettings(model=args.model, device=args.device, torch_threads=args.threads,
-                                 max_batch_size=args.max_batch)
+    settings = GeneratorSettings(
+        model=args.model, device=args.device, torch_threads=args.threads, max_batch_size=args.max_batch
+    )
     runtime = Runtime(settings, read_model_facts(args.model))
     runtime.load()
     snippet = np.zeros((1, runtime.facts.feature_dim), np.float32)
     snippet[0, 0] = 1.0
     work_plan = plan(args.clients, args.jobs_per_client, args.seed)
-    print(f"{runtime.facts.id} on {runtime.device}, {args.threads} thread(s); {args.clients} clients x "
-          f"{args.jobs_per_client} jobs, steps from {{10, 25, 50}}, batch cap {args.max_batch}; "
-          f"invariance: {runtime.invariance}")
+    print(
+        f"{runtime.facts.id} on {runtime.device}, {args.threads} thread(s); {args.clients} clients x "
+        f"{args.jobs_per_client} jobs, steps from {{10, 25, 50}}, batch cap {args.max_batch}; "
+        f"invariance: {runtime.invariance}"
+    )
     run(runtime, "step", plan(2, 1, 99), snippet, args.max_batch)  # warm-up
     results = {p: run(runtime, p, work_plan, snippet, args.max_batch) for p in ("none", "request", "step")}
     base = results["none"]
-    print(f"{'scheduler':<10}{'images/s':>10}{'x none':>8}{'p50 s':>8}{'x none':>8}{'p99 s':>8}{'x none':>8}"
-          f"{'forwards':>10}")
+    print(
+        f"{'scheduler':<10}{'images/s':>10}{'x none':>8}{'p50 s':>8}{'x none':>8}{'p99 s':>8}{'x none':>8}"
+        f"{'forwards':>10}"
+    )
     for name, r in results.items():
-        print(f"{name:<10}{r['images_s']:>10.2f}{r['images_s'] / base['images_s']:>8.2f}{r['p50']:>8.2f}"
-              f"{r['p50'] / base['p50']:>8.2f}{r['p99']:>8.2f}{r['p99'] / base['p99']:>8.2f}{r['forwards']:>10}")
+        print(
+            f"{name:<10}{r['images_s']:>10.2f}{r['images_s'] / base['images_s']:>8.2f}{r['p50']:>8.2f}"
+            f"{r['p50'] / base['p50']:>8.2f}{r['p99']:>8.2f}{r['p99'] / base['p99']:>8.2f}{r['forwards']:>10}"
+        )
     gain, at = batching_ceiling(runtime, args.max_batch)
-    print(f"ceiling: the network's rows/s peak at batch {at}, {gain:.2f}x its rows/s at batch 1 "
-          "(no scheduler can gain more than this on throughput here)")
+    print(
+        f"ceiling: the network's rows/s peak at batch {at}, {gain:.2f}x its rows/s at batch 1 "
+        "(no scheduler can gain more than this on throughput here)"
+    )
     step, req = results["step"], results["request"]
-    print(f"targets: throughput step/none = {step['images_s'] / base['images_s']:.2f} (>= 3), "
-          f"p99 step/request = {step['p99'] / req['p99']:.2f} (< 1)")
+    print(
+        f"targets: throughput step/none = {step['images_s'] / base['images_s']:.2f} (>= 3), "
+        f"p99 step/request = {step['p99'] / req['p99']:.2f} (< 1)"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,15 @@ def cache_throughput() -> dict[str, float]:
     for repa in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            write_cache("mnist-5k:eval", str(VAE), "gmem/mnist-cnn", Path(tmp) / "c", shard_size=250, repa=repa,
-                        progress=False)
+            write_cache(
+                "mnist-5k:eval",
+                str(VAE),
+                "gmem/mnist-cnn",
+                Path(tmp) / "c",
+                shard_size=250,
+                repa=repa,
+                progress=False,
+            )
             out[f"cache{' + REPA features' if repa else ''}"] = n / (time.perf_counter() - t0)
     return out
 
@@ -102,12 +109,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.xl:
-        med = timed({"XL/1": _variant("gmem-XL/1", device, args.batch_size)}, args.steps, device, bf16=True)["XL/1"]
+        med = timed({"XL/1": _variant("gmem-XL/1", device, args.batch_size)}, args.steps, device, bf16=True)[
+            "XL/1"
+        ]
         ips = args.batch_size / med
         name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-        print(f"gmem-XL/1 + REPA, bf16, batch {args.batch_size}, {name}: {1 / med:.2f} steps/s = {ips:.0f} images/s; "
-              f"ratio to the release's ~{RELEASE_H800_IMAGES_PER_S:.0f} images/s per H800: "
-              f"{ips / RELEASE_H800_IMAGES_PER_S:.2f}")
+        print(
+            f"gmem-XL/1 + REPA, bf16, batch {args.batch_size}, {name}: {1 / med:.2f} steps/s = {ips:.0f} images/s; "
+            f"ratio to the release's ~{RELEASE_H800_IMAGES_PER_S:.0f} images/s per H800: "
+            f"{ips / RELEASE_H800_IMAGES_PER_S:.2f}"
+        )
         return
     cache = cache_throughput()
     base = cache["encoder only (build-bank pass)"]
@@ -117,7 +128,9 @@ def main() -> None:
     arch = dict(hidden_size=128, depth=6, num_heads=2, snippet_dim=128)
     setups = {
         "pixel 32x32x1 patch 4 (64 tok)": _variant("gmem-tiny", device, args.batch_size, **arch),
-        "latent 8x8x4 patch 1 (64 tok)": _variant("gmem-tiny-latent", device, args.batch_size, patch_size=1, **arch),
+        "latent 8x8x4 patch 1 (64 tok)": _variant(
+            "gmem-tiny-latent", device, args.batch_size, patch_size=1, **arch
+        ),
         "latent 8x8x4 patch 2 (16 tok)": _variant("gmem-tiny-latent", device, args.batch_size, **arch),
         "latent patch 2 + REPA": _variant("gmem-tiny-latent", device, args.batch_size, repa_dim=64, **arch),
     }

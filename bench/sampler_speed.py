@@ -31,8 +31,10 @@ def main() -> None:
     model = load_model(args.model)
     cfg = model.config
     nfe = network_calls(cfg.sampling.sampler, cfg.sampling.steps, cfg.sampling.sde_solver)
-    print(f"{model.id}: sampler {cfg.sampling.sampler}, {cfg.sampling.steps} steps = {nfe} NFE, "
-          f"{args.threads} threads")
+    print(
+        f"{model.id}: sampler {cfg.sampling.sampler}, {cfg.sampling.steps} steps = {nfe} NFE, "
+        f"{args.threads} threads"
+    )
     rng = np.random.default_rng(0)
     for n in (int(b) for b in args.batches.split(",")):
         s = rng.normal(size=(n, cfg.snippet_dim)).astype(np.float32)
@@ -51,8 +53,10 @@ def main() -> None:
             generate(model, s, list(range(r * n, (r + 1) * n)))
         sample = (time.perf_counter() - t0) / args.repeats
         floor = forward * nfe
-        print(f"  batch {n:3d}: {n / sample:8.2f} images/s  (floor {n / floor:8.2f} images/s = forward "
-              f"{forward * 1000:.1f} ms x {nfe}; ratio sampler/floor {sample / floor:.2f})")
+        print(
+            f"  batch {n:3d}: {n / sample:8.2f} images/s  (floor {n / floor:8.2f} images/s = forward "
+            f"{forward * 1000:.1f} ms x {nfe}; ratio sampler/floor {sample / floor:.2f})"
+        )
 
 
 if __name__ == "__main__":

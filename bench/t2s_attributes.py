@@ -23,8 +23,11 @@ from training.t2s.captions import DIGIT_WORDS, measure
 from training.t2s.metrics import wilson
 
 ART = "artifacts/mnist-5k"
-PAIRS = (("thickness", "thin strokes", "thick strokes"), ("slant", "slanted left", "slanted right"),
-         ("size", "small", "large"))
+PAIRS = (
+    ("thickness", "thin strokes", "thick strokes"),
+    ("slant", "slanted left", "slanted right"),
+    ("size", "small", "large"),
+)
 
 
 def main() -> None:
@@ -39,7 +42,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, t2s = load_model(args.model), load_t2s(args.t2s)
     digits = [int(d) for d in args.digits.split(",")]
-    print("| property | low phrase | high phrase | seeds where high > low | mean difference |\n|---|---|---|---|---|")
+    print(
+        "| property | low phrase | high phrase | seeds where high > low | mean difference |\n|---|---|---|---|---|"
+    )
     for k, (name, low, high) in enumerate(PAIRS):
         wins, diffs = 0, []
         for d in digits:
@@ -53,8 +58,11 @@ def main() -> None:
             diffs.extend((values[1] - values[0]).tolist())
         n = len(digits) * args.n
         lo, hi = wilson(wins, n)
-        print(f"| {name} | {low} | {high} | {wins}/{n} = {wins / n:.2f} [{lo:.2f}, {hi:.2f}] | "
-              f"{np.mean(diffs):+.3f} |", flush=True)
+        print(
+            f"| {name} | {low} | {high} | {wins}/{n} = {wins / n:.2f} [{lo:.2f}, {hi:.2f}] | "
+            f"{np.mean(diffs):+.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,11 @@ def main() -> None:
         near = pick_neighbours(nearest_ids(bank, s[0], args.k), noises)
         rows = np.flatnonzero(labels == d)
         pinned = rows[np.linspace(0, len(rows) - 1, args.n).astype(int)]
-        conds = {"adapter": np.repeat(s, args.n, axis=0), "nearest": bank.snippets(near),
-                 "pinned": bank.snippets(pinned)}
+        conds = {
+            "adapter": np.repeat(s, args.n, axis=0),
+            "nearest": bank.snippets(near),
+            "pinned": bank.snippets(pinned),
+        }
         for mode, cond in conds.items():
             images = generate(model, cond.astype(np.float32), seeds, steps=args.steps)
             pred = evalnet.classify(evalnet.features(to_model_input(images)))
@@ -83,16 +86,20 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
 
     steps = args.steps or model.config.sampling.steps
-    print(f"\n{args.n} images per digit and mode, {model.config.sampling.sampler} {steps} steps, "
-          f"evalnet judge; {elapsed:.0f} s\n")
+    print(
+        f"\n{args.n} images per digit and mode, {model.config.sampling.sampler} {steps} steps, "
+        f"evalnet judge; {elapsed:.0f} s\n"
+    )
     print("| digit | prompt | adapter | nearest | pinned (baseline) |\n|---|---|---|---|---|")
     for d in range(10):
         cells = [_cell(hits[m][d], args.n) for m in hits]
-        print(f"| {d} | \"{digit_prompt(d)}\" | " + " | ".join(cells) + " |")
+        print(f'| {d} | "{digit_prompt(d)}" | ' + " | ".join(cells) + " |")
     total = {m: sum(h) for m, h in hits.items()}
     print("| all | | " + " | ".join(_cell(total[m], 10 * args.n) for m in hits) + " |")
     base = total["pinned"] or 1
-    print(f"\nratio to pinned baseline: adapter {total['adapter'] / base:.3f}, nearest {total['nearest'] / base:.3f}")
+    print(
+        f"\nratio to pinned baseline: adapter {total['adapter'] / base:.3f}, nearest {total['nearest'] / base:.3f}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"n": args.n, "steps": steps, "hits": hits}, f)

@@ -63,7 +63,9 @@ def main() -> None:
         for cond in setups:
             times[cond].append(step(cond))
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    print(f"preset {args.preset}, batch {args.batch_size}, {device}, {args.threads} threads, {args.steps} steps each")
+    print(
+        f"preset {args.preset}, batch {args.batch_size}, {device}, {args.threads} threads, {args.steps} steps each"
+    )
     for k in setups:
         print(f"  conditioning={k:8s} {1 / med[k]:7.2f} steps/s (median {med[k] * 1000:.1f} ms/step)")
     print(f"  ratio snippet/none steps/s: {med['none'] / med['snippet']:.3f} (1.0 = conditioning is free)")

@@ -25,8 +25,11 @@ from gmem.settings import ClientSettings
 from shared.client import BankClient, ClientError, GeneratorClient, Unavailable
 from shared.errors import GMemError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="GMem from the shell: generate images, insert and interpolate memory snippets, search the bank.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="GMem from the shell: generate images, insert and interpolate memory snippets, search the bank.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -37,8 +40,9 @@ class Ctx:
     as_json: bool
 
     def bank(self) -> BankClient:
-        return BankClient(self.settings.bank_url, token=self.settings.bank_token,
-                          timeout=self.settings.client_timeout_s)
+        return BankClient(
+            self.settings.bank_url, token=self.settings.bank_token, timeout=self.settings.client_timeout_s
+        )
 
     def generator(self) -> GeneratorClient:
         return GeneratorClient(self.settings.generator_url, timeout=self.settings.client_timeout_s)
@@ -50,16 +54,28 @@ def _options(
     bank_url: Annotated[str | None, typer.Option(help="bank service URL [env GMEM_BANK_URL]")] = None,
     generator_url: Annotated[str | None, typer.Option(help="generator URL [env GMEM_GENERATOR_URL]")] = None,
     token: Annotated[str | None, typer.Option(help="bank write token [env GMEM_BANK_TOKEN]")] = None,
-    timeout: Annotated[float | None, typer.Option(help="seconds per call [env GMEM_CLIENT_TIMEOUT_S]")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds per call [env GMEM_CLIENT_TIMEOUT_S]")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print results as JSON")] = False,
 ) -> None:
-    overrides = {k: v for k, v in {"bank_url": bank_url, "generator_url": generator_url, "bank_token": token,
-                                   "client_timeout_s": timeout}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "bank_url": bank_url,
+            "generator_url": generator_url,
+            "bank_token": token,
+            "client_timeout_s": timeout,
+        }.items()
+        if v is not None
+    }
     try:
         settings = ClientSettings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        err_console.print(f"[red]error:[/red] bad client setting ({problems}); check the flags and GMEM_* variables")
+        err_console.print(
+            f"[red]error:[/red] bad client setting ({problems}); check the flags and GMEM_* variables"
+        )
         raise typer.Exit(2) from None
     ctx.obj = Ctx(settings=settings, as_json=as_json)
 
@@ -69,8 +85,10 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except Unavailable as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}\n"
-                          "Is the stack running? Start it with `make demo DEMO_ARGS=--keep-running` (see README.md).")
+        err_console.print(
+            f"[red]error:[/red] {exc.message}\n"
+            "Is the stack running? Start it with `make demo DEMO_ARGS=--keep-running` (see README.md)."
+        )
     except ClientError as exc:
         hint = ""
         if exc.status == 401:
@@ -103,15 +121,23 @@ def generate(
     ctx: typer.Context,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="number of images")] = 4,
     seed: Annotated[int | None, typer.Option(min=0, help="image k uses seed + k; random when absent")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps; the model's default when absent")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="sampler steps; the model's default when absent")
+    ] = None,
     sampler: Annotated[str | None, typer.Option(help="sde, euler or heun")] = None,
-    snippet_id: Annotated[list[int] | None, typer.Option(
-        "--snippet-id", help="pin a bank snippet (repeat once per image, or give one for all)")] = None,
-    pool: Annotated[str | None, typer.Option(help="base, user or all: where the noise picks snippets")] = None,
+    snippet_id: Annotated[
+        list[int] | None,
+        typer.Option("--snippet-id", help="pin a bank snippet (repeat once per image, or give one for all)"),
+    ] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="base, user or all: where the noise picks snippets")
+    ] = None,
     cfg_scale: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 = none")] = None,
     prompt: Annotated[str | None, typer.Option(help="text steering the images (needs a T2S adapter)")] = None,
-    prompt_mode: Annotated[str | None, typer.Option(
-        help="adapter (the adapter's snippet) or nearest (bank snippets nearest to it)")] = None,
+    prompt_mode: Annotated[
+        str | None,
+        typer.Option(help="adapter (the adapter's snippet) or nearest (bank snippets nearest to it)"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="folder for the PNGs")] = Path("gmem-output"),
     prefix: Annotated[str, typer.Option(help="file name prefix")] = "sample",
     scale: Annotated[int, typer.Option(min=1, max=32, help="nearest-neighbour upscaling of saved PNGs")] = 1,
@@ -121,19 +147,38 @@ def generate(
 
     def call():
         with obj.generator() as gen:
-            return gen.generate(n=n, seed=seed, steps=steps, sampler=sampler, snippet_ids=snippet_id,
-                                pool=pool, cfg_scale=cfg_scale, prompt=prompt, prompt_mode=prompt_mode)
+            return gen.generate(
+                n=n,
+                seed=seed,
+                steps=steps,
+                sampler=sampler,
+                snippet_ids=snippet_id,
+                pool=pool,
+                cfg_scale=cfg_scale,
+                prompt=prompt,
+                prompt_mode=prompt_mode,
+            )
 
     res = _run(call)
     paths, grid_path = _run(lambda: save_images(res.images, out, prefix, scale=scale))
-    data = {"images": [str(p) for p in paths], "grid": str(grid_path), "seed": res.seed, "indices": res.indices,
-            "bank_version": res.bank_version, "model": res.model, "steps": res.steps, "sampler": res.sampler,
-            "elapsed_ms": res.elapsed_ms}
+    data = {
+        "images": [str(p) for p in paths],
+        "grid": str(grid_path),
+        "seed": res.seed,
+        "indices": res.indices,
+        "bank_version": res.bank_version,
+        "model": res.model,
+        "steps": res.steps,
+        "sampler": res.sampler,
+        "elapsed_ms": res.elapsed_ms,
+    }
     if res.prompt is not None:
         data["prompt"] = res.prompt
     if not obj.as_json:
-        console.print(f"{len(paths)} image(s) from seed {res.seed} ({res.sampler}, {res.steps} steps, "
-                      f"{res.elapsed_ms:.0f} ms), snippets {res.indices}")
+        console.print(
+            f"{len(paths)} image(s) from seed {res.seed} ({res.sampler}, {res.steps} steps, "
+            f"{res.elapsed_ms:.0f} ms), snippets {res.indices}"
+        )
         if res.prompt and res.prompt.get("truncated"):
             console.print(f"prompt truncated to {res.prompt['max_tokens']} tokens: {res.prompt['read']!r}")
         console.print(f"grid: [bold]{grid_path}[/bold]")
@@ -148,19 +193,27 @@ def _load_feature(path: Path) -> np.ndarray:
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1:
-        raise ValueError(f"{path}: a feature file holds one vector (shape [d] or [1, d]); got shape {arr.shape}")
+        raise ValueError(
+            f"{path}: a feature file holds one vector (shape [d] or [1, d]); got shape {arr.shape}"
+        )
     return arr
 
 
 @app.command()
 def insert(
     ctx: typer.Context,
-    image: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
-                                               help="an image file; the bank's encoder makes the snippet")] = None,
-    feature: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
-                                                 help="a .npy file with one raw feature f(x) of length d")] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="an image file; the bank's encoder makes the snippet"),
+    ] = None,
+    feature: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="a .npy file with one raw feature f(x) of length d"),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="a name stored with the snippet")] = None,
-    preview: Annotated[int, typer.Option(min=0, help="also generate this many images from the new snippet")] = 0,
+    preview: Annotated[
+        int, typer.Option(min=0, help="also generate this many images from the new snippet")
+    ] = 0,
     seed: Annotated[int, typer.Option(min=0, help="seed of the preview images")] = 0,
     steps: Annotated[int | None, typer.Option(min=1, help="sampler steps of the preview")] = None,
     out: Annotated[Path, typer.Option(help="folder for the preview PNGs")] = Path("gmem-output"),
@@ -207,11 +260,17 @@ def interpolate(
     ctx: typer.Context,
     i: Annotated[int, typer.Argument(help="snippet id at alpha = 1")],
     j: Annotated[int, typer.Argument(help="snippet id at alpha = 0")],
-    alpha: Annotated[list[float] | None, typer.Option(
-        min=0.0, max=1.0, help="alpha values (repeatable); default: --points evenly from 0 to 1")] = None,
+    alpha: Annotated[
+        list[float] | None,
+        typer.Option(
+            min=0.0, max=1.0, help="alpha values (repeatable); default: --points evenly from 0 to 1"
+        ),
+    ] = None,
     points: Annotated[int, typer.Option(min=1, max=64, help="number of alphas when --alpha is absent")] = 6,
     method: Annotated[str, typer.Option(help="linear or slerp")] = "linear",
-    seed: Annotated[int, typer.Option(min=0, help="one noise for the whole strip, so only the snippet varies")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="one noise for the whole strip, so only the snippet varies")
+    ] = 0,
     steps: Annotated[int | None, typer.Option(min=1, help="sampler steps")] = None,
     images: Annotated[bool, typer.Option(help="generate one image per alpha")] = True,
     out: Annotated[Path, typer.Option(help="folder for the PNG strip")] = Path("gmem-output"),
@@ -227,10 +286,13 @@ def interpolate(
     created = _run(create)
     data: dict[str, Any] = {"alphas": alphas, "ids": [c.id for c in created], "version": created[-1].version}
     if images:
+
         def draw():
             # One request per alpha with the same seed: identical noise, only the snippet changes.
             with obj.generator() as gen:
-                return [gen.generate(n=1, seed=seed, steps=steps, snippet_ids=[c.id]).images[0] for c in created]
+                return [
+                    gen.generate(n=1, seed=seed, steps=steps, snippet_ids=[c.id]).images[0] for c in created
+                ]
 
         pngs = _run(draw)
         paths, strip = _run(lambda: save_images(pngs, out, f"interp-{i}-{j}", grid_columns=len(pngs)))
@@ -254,10 +316,15 @@ def interpolate(
 def search(
     ctx: typer.Context,
     snippet_id: Annotated[int | None, typer.Option("--id", help="neighbours of this bank snippet")] = None,
-    image: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
-                                               help="neighbours of this image (projected by the bank's encoder)")] = None,
-    feature: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
-                                                 help="neighbours of this raw feature (.npy)")] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="neighbours of this image (projected by the bank's encoder)"
+        ),
+    ] = None,
+    feature: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="neighbours of this raw feature (.npy)")
+    ] = None,
     k: Annotated[int, typer.Option(min=1, help="how many neighbours")] = 8,
 ) -> None:
     """Nearest snippets in the bank (POST /bank/search), nearest first, with their labels."""
@@ -277,14 +344,22 @@ def search(
             return [(h, bank.get_snippet(h.id)) for h in hits]
 
     rows = _run(call)
-    data = {"neighbors": [{"id": h.id, "distance": h.distance, "kind": s.kind, "label": s.label, "name": s.name}
-                          for h, s in rows]}
+    data = {
+        "neighbors": [
+            {"id": h.id, "distance": h.distance, "kind": s.kind, "label": s.label, "name": s.name}
+            for h, s in rows
+        ]
+    }
     t = Table(title="nearest snippets")
     for col in ("id", "distance", "kind", "label", "name"):
         t.add_column(col)
     for row in data["neighbors"]:
-        t.add_row(*(("" if row[c] is None else f"{row[c]:.4f}" if c == "distance" else str(row[c]))
-                    for c in ("id", "distance", "kind", "label", "name")))
+        t.add_row(
+            *(
+                ("" if row[c] is None else f"{row[c]:.4f}" if c == "distance" else str(row[c]))
+                for c in ("id", "distance", "kind", "label", "name")
+            )
+        )
     _emit(obj, data, t)
 
 

@@ -18,8 +18,12 @@ from pydantic_settings import BaseSettings
 
 # Modules holding one settings class each; listed, not discovered, so importing this
 # module never imports torch.
-SETTINGS_MODULES: tuple[str, ...] = ("services.bank.settings", "services.generator.settings",
-                                     "services.playground.settings", "gmem.settings")
+SETTINGS_MODULES: tuple[str, ...] = (
+    "services.bank.settings",
+    "services.generator.settings",
+    "services.playground.settings",
+    "gmem.settings",
+)
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,12 @@ def settings_classes() -> list[type[BaseSettings]]:
     for mod_name in SETTINGS_MODULES:
         mod = importlib.import_module(mod_name)
         for obj in vars(mod).values():
-            if isinstance(obj, type) and issubclass(obj, BaseSettings) and obj is not BaseSettings \
-                    and obj.__module__ == mod_name:
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, BaseSettings)
+                and obj is not BaseSettings
+                and obj.__module__ == mod_name
+            ):
                 out.append(obj)
     return out
 
@@ -61,7 +69,9 @@ def from_settings() -> list[EnvVar]:
     for cls in settings_classes():
         reader = f"{cls.__module__}.{cls.__name__}"
         for name, field in cls.model_fields.items():
-            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            default = (
+                "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            )
             for env in _field_env_names(cls, name):
                 out.append(EnvVar(env, reader, default, field.description or ""))
     return out
@@ -83,8 +93,14 @@ def from_training_cli() -> list[EnvVar]:
                     flag = max(param.opts, key=len) if param.opts else param.name
                     raw = getattr(param.default, "value", param.default)  # enums show their value
                     default = "" if raw is None or callable(raw) else repr(raw)
-                    out.append(EnvVar(env, f"python -m training {cmd_name} {flag}", default,
-                                      getattr(param, "help", "") or ""))
+                    out.append(
+                        EnvVar(
+                            env,
+                            f"python -m training {cmd_name} {flag}",
+                            default,
+                            getattr(param, "help", "") or "",
+                        )
+                    )
     return out
 
 
@@ -117,10 +133,18 @@ def markdown_table(variables: list[EnvVar]) -> str:
         if first.reader.startswith("python -m training"):
             readers = "`python -m training`: " + readers
         defaults = {v.default for v in group}
-        default = "differs per command" if len(defaults) > 1 else (f"`{first.default}`" if first.default else "")
+        default = (
+            "differs per command" if len(defaults) > 1 else (f"`{first.default}`" if first.default else "")
+        )
         descs = {v.description for v in group}
-        desc = _cell(first.description) if len(descs) == 1 else "<br>".join(
-            f"{v.reader.removeprefix('python -m training ').split()[0]}: {_cell(v.description)}" for v in group)
+        desc = (
+            _cell(first.description)
+            if len(descs) == 1
+            else "<br>".join(
+                f"{v.reader.removeprefix('python -m training ').split()[0]}: {_cell(v.description)}"
+                for v in group
+            )
+        )
         rows.append(f"| `{first.name}` | {readers} | {_cell(default)} | {desc} |")
     return "\n".join(rows)
 

@@ -30,8 +30,9 @@ def decode_png(data: str | bytes) -> Image.Image:
     return img
 
 
-def grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2,
-         background: int = 128) -> Image.Image:
+def grid(
+    images: Sequence[Image.Image], columns: int | None = None, pad: int = 2, background: int = 128
+) -> Image.Image:
     """Tile images row-major in ``ceil(sqrt(n))`` columns with ``pad`` pixels around every cell.
 
     The padding is mid-grey so cells stay apart on both dark (MNIST) and light images.
@@ -52,8 +53,9 @@ def grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2
     return canvas
 
 
-def save_images(images: Sequence[str | bytes], out_dir: Path, stem: str,
-                grid_columns: int | None = None, scale: int = 1) -> tuple[list[Path], Path]:
+def save_images(
+    images: Sequence[str | bytes], out_dir: Path, stem: str, grid_columns: int | None = None, scale: int = 1
+) -> tuple[list[Path], Path]:
     """Write each image as ``<stem>-<k>.png`` and a ``<stem>-grid.png``; returns (paths, grid path).
 
     ``scale`` enlarges with nearest-neighbour so 32x32 digits are visible in an image viewer.
@@ -61,7 +63,9 @@ def save_images(images: Sequence[str | bytes], out_dir: Path, stem: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     decoded = [decode_png(b) for b in images]
     if scale > 1:
-        decoded = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in decoded]
+        decoded = [
+            im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in decoded
+        ]
     paths = []
     for k, im in enumerate(decoded):
         p = out_dir / f"{stem}-{k:02d}.png"

@@ -19,20 +19,33 @@ def submit(
     ctx: typer.Context,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="number of images")] = 4,
     seed: Annotated[int | None, typer.Option(min=0, help="image k uses seed + k; random when absent")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="sampler steps; the model's default when absent")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="sampler steps; the model's default when absent")
+    ] = None,
     sampler: Annotated[str | None, typer.Option(help="sde, euler or heun")] = None,
-    snippet_id: Annotated[list[int] | None, typer.Option(
-        "--snippet-id", help="pin a bank snippet (repeat once per image, or give one for all)")] = None,
+    snippet_id: Annotated[
+        list[int] | None,
+        typer.Option("--snippet-id", help="pin a bank snippet (repeat once per image, or give one for all)"),
+    ] = None,
     cfg_scale: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 = none")] = None,
-    preview_every: Annotated[int | None, typer.Option(min=1, help="a preview with every k-th progress event")] = None,
+    preview_every: Annotated[
+        int | None, typer.Option(min=1, help="a preview with every k-th progress event")
+    ] = None,
 ) -> None:
     """Queue a generation job (POST /jobs) and print its id; follow it with `gmem wait ID`."""
     obj: Ctx = ctx.obj
 
     def call():
         with obj.generator() as gen:
-            return gen.submit(n=n, seed=seed, steps=steps, sampler=sampler, snippet_ids=snippet_id,
-                              cfg_scale=cfg_scale, preview_every=preview_every)
+            return gen.submit(
+                n=n,
+                seed=seed,
+                steps=steps,
+                sampler=sampler,
+                snippet_ids=snippet_id,
+                cfg_scale=cfg_scale,
+                preview_every=preview_every,
+            )
 
     created = _run(call)
     if obj.as_json:
@@ -52,13 +65,22 @@ def wait(
     obj: Ctx = ctx.obj
 
     def call():
-        with obj.generator() as gen, Progress(TextColumn("{task.description}"), BarColumn(),
-                                              TextColumn("{task.completed}/{task.total} steps"),
-                                              TimeElapsedColumn(), console=console,
-                                              disable=obj.as_json) as bar:
+        with (
+            obj.generator() as gen,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} steps"),
+                TimeElapsedColumn(),
+                console=console,
+                disable=obj.as_json,
+            ) as bar,
+        ):
             task = bar.add_task(f"job {job_id[:8]}", total=None)
-            return gen.wait(job_id, on_progress=lambda ev: bar.update(
-                task, completed=ev.data["step"], total=ev.data["steps"]))
+            return gen.wait(
+                job_id,
+                on_progress=lambda ev: bar.update(task, completed=ev.data["step"], total=ev.data["steps"]),
+            )
 
     info = _run(call)
     data = info.model_dump(exclude={"result"})
@@ -101,7 +123,11 @@ def events(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="job i
                 data = {k: ("<png>" if k == "preview" else v) for k, v in ev.data.items()}
                 if ev.event == "done" and isinstance(data.get("result"), dict):
                     data["result"] = {**data["result"], "images": f"<{len(data['result']['images'])} png>"}
-                console.print(json.dumps({"event": ev.event, "data": data}), soft_wrap=True, markup=False,
-                              highlight=False)
+                console.print(
+                    json.dumps({"event": ev.event, "data": data}),
+                    soft_wrap=True,
+                    markup=False,
+                    highlight=False,
+                )
 
     _run(call)

@@ -86,8 +86,15 @@ class Process:
         env = {**base, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.popen = subprocess.Popen(self.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=self.new_session)
+            self.popen = subprocess.Popen(
+                self.argv,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.new_session,
+            )
         return self
 
     def logs(self) -> str:
@@ -101,8 +108,10 @@ class Process:
 
     def _check_alive(self) -> None:
         if self.popen is not None and self.popen.poll() is not None:
-            raise LaunchError(f"{self.name} exited with status {self.popen.returncode}; last lines of "
-                              f"{self.log_path}:\n{self.log_tail()}")
+            raise LaunchError(
+                f"{self.name} exited with status {self.popen.returncode}; last lines of "
+                f"{self.log_path}:\n{self.log_tail()}"
+            )
 
     def wait_http(self, path: str = "/readyz", timeout: float = 60.0, status: int = 200) -> None:
         """Poll ``GET path`` until it answers ``status``."""
@@ -118,8 +127,10 @@ class Process:
                 except httpx.HTTPError as exc:
                     last = type(exc).__name__
                 time.sleep(0.1)
-        raise LaunchError(f"{self.name} at {self.url}{path} was not {status} after {timeout:.0f}s ({last}); "
-                          f"last lines of {self.log_path}:\n{self.log_tail()}")
+        raise LaunchError(
+            f"{self.name} at {self.url}{path} was not {status} after {timeout:.0f}s ({last}); "
+            f"last lines of {self.log_path}:\n{self.log_tail()}"
+        )
 
     def wait_port(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -173,43 +184,109 @@ def started(proc: Process, ready_path: str | None, timeout: float = 60.0) -> Pro
     return proc
 
 
-def redis_process(workdir: Path, port: int | None = None, host: str = "127.0.0.1",
-                  log_path: Path | None = None) -> Process:
+def redis_process(
+    workdir: Path, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+) -> Process:
     """redis-server without persistence (the bank's data dir is the source of truth)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise LaunchError("redis-server is not installed: apt-get install -y redis-server (or `make setup`)")
     port = port or free_port(host)
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [exe, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    argv = [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
     return Process("redis", argv, log_path or workdir / f"redis-{port}.log", port, host, scheme="redis")
 
 
-def bank_process(factors: Path, data_dir: Path, log_path: Path, port: int | None = None, host: str = "127.0.0.1",
-                 env: dict[str, str] | None = None, args: list[str] | None = None,
-                 python: str = sys.executable) -> Process:
+def bank_process(
+    factors: Path,
+    data_dir: Path,
+    log_path: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    python: str = sys.executable,
+) -> Process:
     """``python -m services.bank`` on ``port`` (a free one by default)."""
     port = port or free_port(host)
-    argv = [python, "-m", "services.bank", "--factors", str(factors), "--data-dir", str(data_dir),
-            "--host", host, "--port", str(port), *(args or [])]
+    argv = [
+        python,
+        "-m",
+        "services.bank",
+        "--factors",
+        str(factors),
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *(args or []),
+    ]
     return Process("bank", argv, log_path, port, host, dict(env or {}))
 
 
-def generator_process(model: Path, bank_url: str, log_path: Path, port: int | None = None,
-                      host: str = "127.0.0.1", env: dict[str, str] | None = None,
-                      python: str = sys.executable) -> Process:
+def generator_process(
+    model: Path,
+    bank_url: str,
+    log_path: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+) -> Process:
     """``python -m services.generator`` on ``port`` (a free one by default)."""
     port = port or free_port(host)
-    argv = [python, "-m", "services.generator", "--model", str(model), "--bank-url", bank_url,
-            "--host", host, "--port", str(port)]
+    argv = [
+        python,
+        "-m",
+        "services.generator",
+        "--model",
+        str(model),
+        "--bank-url",
+        bank_url,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     return Process("generator", argv, log_path, port, host, dict(env or {}))
 
 
-def playground_process(bank_url: str, generator_url: str, log_path: Path, port: int | None = None,
-                       host: str = "127.0.0.1", env: dict[str, str] | None = None,
-                       python: str = sys.executable) -> Process:
+def playground_process(
+    bank_url: str,
+    generator_url: str,
+    log_path: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+) -> Process:
     """``python -m services.playground`` over a running bank and generator."""
     port = port or free_port(host)
-    argv = [python, "-m", "services.playground", "--bank-url", bank_url, "--generator-url", generator_url,
-            "--host", host, "--port", str(port)]
+    argv = [
+        python,
+        "-m",
+        "services.playground",
+        "--bank-url",
+        bank_url,
+        "--generator-url",
+        generator_url,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     return Process("playground", argv, log_path, port, host, dict(env or {}))

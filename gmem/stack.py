@@ -28,8 +28,17 @@ from gmem.launch import (
     redis_process,
 )
 
-__all__ = ["ARTIFACTS", "REPO_ROOT", "LocalStack", "StackConfig", "StackError", "free_port", "pick_port",
-           "port_is_free", "with_overrides"]
+__all__ = [
+    "ARTIFACTS",
+    "REPO_ROOT",
+    "LocalStack",
+    "StackConfig",
+    "StackError",
+    "free_port",
+    "pick_port",
+    "port_is_free",
+    "with_overrides",
+]
 ARTIFACTS = REPO_ROOT / "artifacts" / "mnist-5k"
 DEFAULT_BANK_PORT = 8001
 DEFAULT_GENERATOR_PORT = 8002
@@ -84,7 +93,9 @@ class LocalStack:
         # The services run with the repository as their working directory, so relative
         # paths given from elsewhere are resolved against the caller's directory here.
         self.config = config = replace(
-            config, out_dir=Path(config.out_dir).resolve(), factors=Path(config.factors).resolve(),
+            config,
+            out_dir=Path(config.out_dir).resolve(),
+            factors=Path(config.factors).resolve(),
             model=Path(config.model).resolve(),
             encoder_weights=Path(config.encoder_weights).resolve() if config.encoder_weights else None,
         )
@@ -146,7 +157,8 @@ class LocalStack:
         missing = [str(p) for p in needed if not Path(p).is_file()]
         if missing:
             raise StackError(
-                "missing artifact file(s): " + ", ".join(missing)
+                "missing artifact file(s): "
+                + ", ".join(missing)
                 + ". The embedded default lives in artifacts/mnist-5k/ (see artifacts/mnist-5k/REBUILD.md "
                 "to rebuild it), or pass other files with --factors/--model."
             )
@@ -168,15 +180,18 @@ class LocalStack:
 
     def start_redis(self) -> None:
         if shutil.which("redis-server") is None:
-            self._say("redis-server not found: running without the bank's event stream "
-                      "(install it with `apt-get install redis-server`, or run `make setup`)")
+            self._say(
+                "redis-server not found: running without the bank's event stream "
+                "(install it with `apt-get install redis-server`, or run `make setup`)"
+            )
             return
         port = pick_port(self.config.redis_port, self.config.host)
         while port in (self.bank_port, self.generator_port):
             port = free_port(self.config.host)
         self._say(f"starting redis-server on port {port}")
-        proc = redis_process(self.config.out_dir / "redis", port, self.config.host,
-                             log_path=self.config.log_dir / "redis.log")
+        proc = redis_process(
+            self.config.out_dir / "redis", port, self.config.host, log_path=self.config.log_dir / "redis.log"
+        )
         self._run(proc, None)
         self.redis_url = f"redis://{self.config.host}:{port}/0"
 
@@ -195,16 +210,36 @@ class LocalStack:
     def start_bank(self) -> None:
         c = self.config
         self._say(f"starting the bank service on {self.bank_url}")
-        self._run(bank_process(c.factors, c.data_dir, c.log_dir / "bank.log", self.bank_port, c.host,
-                               self.bank_environment(), python=c.python), "/readyz")
+        self._run(
+            bank_process(
+                c.factors,
+                c.data_dir,
+                c.log_dir / "bank.log",
+                self.bank_port,
+                c.host,
+                self.bank_environment(),
+                python=c.python,
+            ),
+            "/readyz",
+        )
 
     def start_generator(self) -> None:
         c = self.config
         self._say(f"starting the generator on {self.generator_url}")
         env = {"GMEM_REDIS_URL": self.redis_url} if self.redis_url else {}
         env.update(c.generator_env)
-        self._run(generator_process(c.model, self.bank_url, c.log_dir / "generator.log", self.generator_port,
-                                    c.host, env, python=c.python), "/readyz")
+        self._run(
+            generator_process(
+                c.model,
+                self.bank_url,
+                c.log_dir / "generator.log",
+                self.generator_port,
+                c.host,
+                env,
+                python=c.python,
+            ),
+            "/readyz",
+        )
 
     def start_playground(self) -> None:
         """The playground page over the running bank and generator; it holds the bank token."""
@@ -214,8 +249,18 @@ class LocalStack:
             self.playground_port = free_port(c.host)
         self._say(f"starting the playground on {self.playground_url}")
         env = {"GMEM_BANK_TOKEN": c.token, **c.playground_env}
-        self._run(playground_process(self.bank_url, self.generator_url, c.log_dir / "playground.log",
-                                     self.playground_port, c.host, env, python=c.python), "/readyz")
+        self._run(
+            playground_process(
+                self.bank_url,
+                self.generator_url,
+                c.log_dir / "playground.log",
+                self.playground_port,
+                c.host,
+                env,
+                python=c.python,
+            ),
+            "/readyz",
+        )
 
     def stop_service(self, name: str, timeout_s: float = 15.0) -> None:
         """SIGTERM (graceful shutdown), then SIGKILL after ``timeout_s``."""

@@ -32,13 +32,17 @@ def check_finite(x: np.ndarray, what: str) -> None:
         raise NonFiniteValue(f"{what} contains NaN or infinite values; every entry must be a finite number")
 
 
-def as_vectors(x: np.ndarray | list[float] | list[list[float]], dim: int, what: str = "feature") -> np.ndarray:
+def as_vectors(
+    x: np.ndarray | list[float] | list[list[float]], dim: int, what: str = "feature"
+) -> np.ndarray:
     """Validate a vector or a batch of vectors of width ``dim``; returns float64 [k, dim]."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != dim:
-        raise DimensionMismatch(f"{what} has shape {tuple(np.shape(x))}; expected length {dim} (the bank's feature_dim)")
+        raise DimensionMismatch(
+            f"{what} has shape {tuple(np.shape(x))}; expected length {dim} (the bank's feature_dim)"
+        )
     check_finite(arr, what)
     return arr
 
@@ -93,7 +97,9 @@ class Projection:
     residual: np.ndarray  # [k] float64, |(g - mu) - c B^T| / |g - mu|
 
 
-def project(f: np.ndarray, mu: np.ndarray, B: np.ndarray, S: np.ndarray, normalized: bool = True) -> Projection:
+def project(
+    f: np.ndarray, mu: np.ndarray, B: np.ndarray, S: np.ndarray, normalized: bool = True
+) -> Projection:
     """Eq. 10: ``g = f/|f|``, ``c = (g - mu) B / S``; ``c B^T + mu`` is the orthogonal projection of g.
 
     ``normalized=False`` (a bank of raw features) uses ``g = f``. Accepts one
@@ -169,8 +175,10 @@ def slerp(s_i: np.ndarray, s_j: np.ndarray, alpha: float) -> np.ndarray:
         if theta < 1.0:
             # (Nearly) the same direction: the arc has no length, the chord is as good.
             return normalize(alpha * s_i + (1.0 - alpha) * s_j, what="interpolated snippet")
-        raise InvalidInput("the two snippets point in opposite directions, so no unique great circle joins "
-                           "them; use method 'linear' or pick another pair")
+        raise InvalidInput(
+            "the two snippets point in opposite directions, so no unique great circle joins "
+            "them; use method 'linear' or pick another pair"
+        )
     mixed = (math.sin(alpha * theta) * s_i + math.sin((1.0 - alpha) * theta) * s_j) / math.sin(theta)
     return mixed / np.linalg.norm(mixed)
 

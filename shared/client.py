@@ -54,10 +54,31 @@ from shared.schemas.bank import BankInfo, Neighbor
 from shared.schemas.generator import GenerateRequest
 
 __all__ = [
-    "AsyncBankClient", "AsyncGeneratorClient", "BadRequest", "BankClient", "BankError", "BankInfo",
-    "BankUnavailable", "ClientError", "Conflict", "Created", "Forbidden", "GeneratorClient", "Generation",
-    "ModelDescription", "Neighbor", "NotFound", "Projected", "Retrieval", "RetryPolicy", "Snippet", "Unauthorized",
-    "Unavailable", "UnexpectedResponse", "error_from_response", "JobEvent",
+    "AsyncBankClient",
+    "AsyncGeneratorClient",
+    "BadRequest",
+    "BankClient",
+    "BankError",
+    "BankInfo",
+    "BankUnavailable",
+    "ClientError",
+    "Conflict",
+    "Created",
+    "Forbidden",
+    "GeneratorClient",
+    "Generation",
+    "ModelDescription",
+    "Neighbor",
+    "NotFound",
+    "Projected",
+    "Retrieval",
+    "RetryPolicy",
+    "Snippet",
+    "Unauthorized",
+    "Unavailable",
+    "UnexpectedResponse",
+    "error_from_response",
+    "JobEvent",
 ]
 
 T = TypeVar("T")
@@ -85,8 +106,12 @@ def _json(fn: Callable[[dict[str, Any]], T]) -> Callable[[httpx.Response], T]:
         try:
             return fn(resp.json())
         except (ValueError, KeyError, TypeError) as exc:
-            raise UnexpectedResponse(f"{resp.request.url.path}: response is not the contract's: {exc}",
-                                     status=resp.status_code, code="bad_response") from exc
+            raise UnexpectedResponse(
+                f"{resp.request.url.path}: response is not the contract's: {exc}",
+                status=resp.status_code,
+                code="bad_response",
+            ) from exc
+
     return parse
 
 
@@ -94,8 +119,11 @@ def _binary_retrieval(resp: httpx.Response) -> Retrieval:
     try:
         return parse_binary_retrieval(resp.headers, resp.content)
     except (ValueError, KeyError) as exc:
-        raise UnexpectedResponse(f"{resp.request.url.path}: binary response is not the bank's: {exc}",
-                                 status=resp.status_code, code="bad_response") from exc
+        raise UnexpectedResponse(
+            f"{resp.request.url.path}: binary response is not the bank's: {exc}",
+            status=resp.status_code,
+            code="bad_response",
+        ) from exc
 
 
 def _none(resp: httpx.Response) -> None:
@@ -118,11 +146,16 @@ class RetryPolicy:
 
 
 class _Base:
-    def __init__(self, base_url: str, token: str | None, timeout: float | httpx.Timeout,
-                 retry: RetryPolicy | None) -> None:
+    def __init__(
+        self, base_url: str, token: str | None, timeout: float | httpx.Timeout, retry: RetryPolicy | None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(timeout, 3.0))
+        self.timeout = (
+            timeout
+            if isinstance(timeout, httpx.Timeout)
+            else httpx.Timeout(timeout, connect=min(timeout, 3.0))
+        )
         self.retry = retry or RetryPolicy()
 
     def _kwargs(self, call: _Call[Any]) -> dict[str, Any]:
@@ -142,19 +175,30 @@ class _Base:
 
 def _transport_error(call: _Call[Any], base_url: str, exc: httpx.TransportError) -> Unavailable:
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
-    return Unavailable(f"{call.method} {base_url}{call.path}: service {kind} ({type(exc).__name__}: {exc})",
-                       code="unavailable")
+    return Unavailable(
+        f"{call.method} {base_url}{call.path}: service {kind} ({type(exc).__name__}: {exc})",
+        code="unavailable",
+    )
 
 
 # ---------------------------------------------------------------- transports
 
 
 class _SyncSender(_Base):
-    def __init__(self, base_url: str, token: str | None = None, timeout: float | httpx.Timeout = 30.0,
-                 retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float | httpx.Timeout = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         super().__init__(base_url, token, timeout, retry)
-        self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout,
-                                  transport=transport or httpx.HTTPTransport(retries=2))
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            transport=transport or httpx.HTTPTransport(retries=2),
+        )
 
     def _send(self, call: _Call[T]) -> T:
         tries = self._tries(call)
@@ -183,11 +227,20 @@ class _SyncSender(_Base):
 
 
 class _AsyncSender(_Base):
-    def __init__(self, base_url: str, token: str | None = None, timeout: float | httpx.Timeout = 30.0,
-                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float | httpx.Timeout = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         super().__init__(base_url, token, timeout, retry)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout,
-                                       transport=transport or httpx.AsyncHTTPTransport(retries=2))
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            transport=transport or httpx.AsyncHTTPTransport(retries=2),
+        )
 
     async def _send(self, call: _Call[T]) -> T:
         tries = self._tries(call)
@@ -235,8 +288,13 @@ class _BankCalls:
         return _Call("GET", "/readyz", lambda r: True, idempotent=False)
 
     @staticmethod
-    def retrieve(z: np.ndarray | Sequence[Any] | None, indices: Sequence[int] | None, pool: str,
-                 encoding: str, label: int | None = None) -> _Call[Retrieval]:
+    def retrieve(
+        z: np.ndarray | Sequence[Any] | None,
+        indices: Sequence[int] | None,
+        pool: str,
+        encoding: str,
+        label: int | None = None,
+    ) -> _Call[Retrieval]:
         if (z is None) == (indices is None):
             raise ValueError("retrieve needs exactly one of z or indices")
         binary = encoding == "binary"  # raw float32 answer, fields in headers (services/bank/reads.py)
@@ -249,8 +307,14 @@ class _BankCalls:
         else:
             body["indices"] = [int(i) for i in indices]  # type: ignore[union-attr]
         if binary:
-            return _Call("POST", "/bank/retrieve", _binary_retrieval, json=body, idempotent=True,
-                         headers={"Accept": BINARY})
+            return _Call(
+                "POST",
+                "/bank/retrieve",
+                _binary_retrieval,
+                json=body,
+                idempotent=True,
+                headers={"Accept": BINARY},
+            )
         return _Call("POST", "/bank/retrieve", _json(parse_retrieval), json=body, idempotent=True)
 
     @staticmethod
@@ -262,22 +326,42 @@ class _BankCalls:
         body: dict[str, Any] = {"feature": as_float_list(feature)}
         if name is not None:
             body["name"] = name
-        return _Call("POST", "/bank/snippets", _json(lambda b: Created(b["id"], b["version"], b.get("residual"))),
-                     json=body, auth=True)
+        return _Call(
+            "POST",
+            "/bank/snippets",
+            _json(lambda b: Created(b["id"], b["version"], b.get("residual"))),
+            json=body,
+            auth=True,
+        )
 
     @staticmethod
     def insert_image(image: bytes | str | Path, name: str | None) -> _Call[Created]:
-        return _Call("POST", "/bank/snippets", _json(lambda b: Created(b["id"], b["version"], b.get("residual"))),
-                     files=_image_part(image), data={"name": name} if name else None, auth=True)
+        return _Call(
+            "POST",
+            "/bank/snippets",
+            _json(lambda b: Created(b["id"], b["version"], b.get("residual"))),
+            files=_image_part(image),
+            data={"name": name} if name else None,
+            auth=True,
+        )
 
     @staticmethod
-    def project(feature: Sequence[float] | np.ndarray | None, image: bytes | str | Path | None) -> _Call[Projected]:
+    def project(
+        feature: Sequence[float] | np.ndarray | None, image: bytes | str | Path | None
+    ) -> _Call[Projected]:
         if (feature is None) == (image is None):
             raise ValueError("project needs exactly one of feature or image")
-        parse = _json(lambda b: Projected(np.asarray(b["coefficients"], np.float32),
-                                          np.asarray(b["snippet"], np.float32), float(b["residual"])))
+        parse = _json(
+            lambda b: Projected(
+                np.asarray(b["coefficients"], np.float32),
+                np.asarray(b["snippet"], np.float32),
+                float(b["residual"]),
+            )
+        )
         if feature is not None:
-            return _Call("POST", "/bank/project", parse, json={"feature": as_float_list(feature)}, idempotent=True)
+            return _Call(
+                "POST", "/bank/project", parse, json={"feature": as_float_list(feature)}, idempotent=True
+            )
         return _Call("POST", "/bank/project", parse, files=_image_part(image), idempotent=True)  # type: ignore[arg-type]
 
     @staticmethod
@@ -285,11 +369,17 @@ class _BankCalls:
         body: dict[str, Any] = {"i": int(i), "j": int(j), "alpha": float(alpha), "method": method}
         if name is not None:
             body["name"] = name
-        return _Call("POST", "/bank/interpolate", _json(lambda b: Created(b["id"], b["version"])), json=body, auth=True)
+        return _Call(
+            "POST", "/bank/interpolate", _json(lambda b: Created(b["id"], b["version"])), json=body, auth=True
+        )
 
     @staticmethod
-    def search(snippet_id: int | None, snippet: Sequence[float] | np.ndarray | None,
-               feature: Sequence[float] | np.ndarray | None, k: int) -> _Call[list[Neighbor]]:
+    def search(
+        snippet_id: int | None,
+        snippet: Sequence[float] | np.ndarray | None,
+        feature: Sequence[float] | np.ndarray | None,
+        k: int,
+    ) -> _Call[list[Neighbor]]:
         given = [x is not None for x in (snippet_id, snippet, feature)]
         if sum(given) != 1:
             raise ValueError("search needs exactly one of snippet_id, snippet or feature")
@@ -320,8 +410,14 @@ class BankClient(_SyncSender):
         except ClientError:
             return False
 
-    def retrieve(self, z: np.ndarray | Sequence[Any] | None = None, indices: Sequence[int] | None = None,
-                 pool: str = "base", encoding: str = "b64f32", label: int | None = None) -> Retrieval:
+    def retrieve(
+        self,
+        z: np.ndarray | Sequence[Any] | None = None,
+        indices: Sequence[int] | None = None,
+        pool: str = "base",
+        encoding: str = "b64f32",
+        label: int | None = None,
+    ) -> Retrieval:
         return self._send(_BankCalls.retrieve(z, indices, pool, encoding, label))
 
     def get_snippet(self, snippet_id: int) -> Snippet:
@@ -333,15 +429,23 @@ class BankClient(_SyncSender):
     def insert_image(self, image: bytes | str | Path, name: str | None = None) -> Created:
         return self._send(_BankCalls.insert_image(image, name))
 
-    def project(self, feature: Sequence[float] | np.ndarray | None = None,
-                image: bytes | str | Path | None = None) -> Projected:
+    def project(
+        self, feature: Sequence[float] | np.ndarray | None = None, image: bytes | str | Path | None = None
+    ) -> Projected:
         return self._send(_BankCalls.project(feature, image))
 
-    def interpolate(self, i: int, j: int, alpha: float, method: str = "linear", name: str | None = None) -> Created:
+    def interpolate(
+        self, i: int, j: int, alpha: float, method: str = "linear", name: str | None = None
+    ) -> Created:
         return self._send(_BankCalls.interpolate(i, j, alpha, method, name))
 
-    def search(self, snippet_id: int | None = None, snippet: Sequence[float] | np.ndarray | None = None,
-               feature: Sequence[float] | np.ndarray | None = None, k: int = 10) -> list[Neighbor]:
+    def search(
+        self,
+        snippet_id: int | None = None,
+        snippet: Sequence[float] | np.ndarray | None = None,
+        feature: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+    ) -> list[Neighbor]:
         return self._send(_BankCalls.search(snippet_id, snippet, feature, k))
 
     def delete(self, snippet_id: int) -> None:
@@ -360,8 +464,14 @@ class AsyncBankClient(_AsyncSender):
         except ClientError:
             return False
 
-    async def retrieve(self, z: np.ndarray | Sequence[Any] | None = None, indices: Sequence[int] | None = None,
-                       pool: str = "base", encoding: str = "b64f32", label: int | None = None) -> Retrieval:
+    async def retrieve(
+        self,
+        z: np.ndarray | Sequence[Any] | None = None,
+        indices: Sequence[int] | None = None,
+        pool: str = "base",
+        encoding: str = "b64f32",
+        label: int | None = None,
+    ) -> Retrieval:
         return await self._send(_BankCalls.retrieve(z, indices, pool, encoding, label))
 
     async def get_snippet(self, snippet_id: int) -> Snippet:
@@ -373,16 +483,23 @@ class AsyncBankClient(_AsyncSender):
     async def insert_image(self, image: bytes | str | Path, name: str | None = None) -> Created:
         return await self._send(_BankCalls.insert_image(image, name))
 
-    async def project(self, feature: Sequence[float] | np.ndarray | None = None,
-                      image: bytes | str | Path | None = None) -> Projected:
+    async def project(
+        self, feature: Sequence[float] | np.ndarray | None = None, image: bytes | str | Path | None = None
+    ) -> Projected:
         return await self._send(_BankCalls.project(feature, image))
 
-    async def interpolate(self, i: int, j: int, alpha: float, method: str = "linear",
-                          name: str | None = None) -> Created:
+    async def interpolate(
+        self, i: int, j: int, alpha: float, method: str = "linear", name: str | None = None
+    ) -> Created:
         return await self._send(_BankCalls.interpolate(i, j, alpha, method, name))
 
-    async def search(self, snippet_id: int | None = None, snippet: Sequence[float] | np.ndarray | None = None,
-                     feature: Sequence[float] | np.ndarray | None = None, k: int = 10) -> list[Neighbor]:
+    async def search(
+        self,
+        snippet_id: int | None = None,
+        snippet: Sequence[float] | np.ndarray | None = None,
+        feature: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+    ) -> list[Neighbor]:
         return await self._send(_BankCalls.search(snippet_id, snippet, feature, k))
 
     async def delete(self, snippet_id: int) -> None:
@@ -419,14 +536,33 @@ class GeneratorClient(SyncJobCalls, _SyncSender):
         except ClientError:
             return False
 
-    def generate(self, n: int = 1, seed: int | None = None, steps: int | None = None, sampler: str | None = None,
-                 snippet_ids: Sequence[int] | None = None, snippet: Sequence[float] | np.ndarray | None = None,
-                 pool: str | None = None, cfg_scale: float | None = None, prompt: str | None = None,
-                 prompt_mode: str | None = None) -> Generation:
-        return self._send(_generate_call(n=n, seed=seed, steps=steps, sampler=sampler,
-                                         snippet_ids=None if snippet_ids is None else list(snippet_ids),
-                                         snippet=None if snippet is None else as_float_list(snippet),
-                                         pool=pool, cfg_scale=cfg_scale, prompt=prompt, prompt_mode=prompt_mode))
+    def generate(
+        self,
+        n: int = 1,
+        seed: int | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        snippet_ids: Sequence[int] | None = None,
+        snippet: Sequence[float] | np.ndarray | None = None,
+        pool: str | None = None,
+        cfg_scale: float | None = None,
+        prompt: str | None = None,
+        prompt_mode: str | None = None,
+    ) -> Generation:
+        return self._send(
+            _generate_call(
+                n=n,
+                seed=seed,
+                steps=steps,
+                sampler=sampler,
+                snippet_ids=None if snippet_ids is None else list(snippet_ids),
+                snippet=None if snippet is None else as_float_list(snippet),
+                pool=pool,
+                cfg_scale=cfg_scale,
+                prompt=prompt,
+                prompt_mode=prompt_mode,
+            )
+        )
 
 
 class AsyncGeneratorClient(AsyncJobCalls, _AsyncSender):
@@ -441,13 +577,30 @@ class AsyncGeneratorClient(AsyncJobCalls, _AsyncSender):
         except ClientError:
             return False
 
-    async def generate(self, n: int = 1, seed: int | None = None, steps: int | None = None,
-                       sampler: str | None = None, snippet_ids: Sequence[int] | None = None,
-                       snippet: Sequence[float] | np.ndarray | None = None, pool: str | None = None,
-                       cfg_scale: float | None = None, prompt: str | None = None,
-                       prompt_mode: str | None = None) -> Generation:
-        return await self._send(_generate_call(n=n, seed=seed, steps=steps, sampler=sampler,
-                                               snippet_ids=None if snippet_ids is None else list(snippet_ids),
-                                               snippet=None if snippet is None else as_float_list(snippet),
-                                               pool=pool, cfg_scale=cfg_scale, prompt=prompt,
-                                               prompt_mode=prompt_mode))
+    async def generate(
+        self,
+        n: int = 1,
+        seed: int | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        snippet_ids: Sequence[int] | None = None,
+        snippet: Sequence[float] | np.ndarray | None = None,
+        pool: str | None = None,
+        cfg_scale: float | None = None,
+        prompt: str | None = None,
+        prompt_mode: str | None = None,
+    ) -> Generation:
+        return await self._send(
+            _generate_call(
+                n=n,
+                seed=seed,
+                steps=steps,
+                sampler=sampler,
+                snippet_ids=None if snippet_ids is None else list(snippet_ids),
+                snippet=None if snippet is None else as_float_list(snippet),
+                pool=pool,
+                cfg_scale=cfg_scale,
+                prompt=prompt,
+                prompt_mode=prompt_mode,
+            )
+        )

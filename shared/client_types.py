@@ -31,8 +31,14 @@ import numpy as np
 class ClientError(Exception):
     """A call to a GMem service failed."""
 
-    def __init__(self, message: str, status: int | None = None, code: str = "client_error",
-                 retry_after: float | None = None, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: str = "client_error",
+        retry_after: float | None = None,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -75,8 +81,16 @@ BankError = ClientError
 BankUnavailable = Unavailable
 
 _BY_STATUS: dict[int, type[ClientError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: BadRequest, 422: BadRequest, 502: Unavailable, 503: Unavailable, 504: Unavailable,
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: BadRequest,
+    422: BadRequest,
+    502: Unavailable,
+    503: Unavailable,
+    504: Unavailable,
 }
 RETRY_STATUS = frozenset({502, 503, 504})
 
@@ -99,8 +113,13 @@ def error_from_response(resp: httpx.Response) -> ClientError:
     except ValueError:
         pass
     cls = _BY_STATUS.get(resp.status_code, UnexpectedResponse)
-    return cls(f"{resp.request.method} {resp.request.url.path}: {resp.status_code} {code}: {message}",
-               status=resp.status_code, code=code, retry_after=_retry_after(resp), detail=message)
+    return cls(
+        f"{resp.request.method} {resp.request.url.path}: {resp.status_code} {code}: {message}",
+        status=resp.status_code,
+        code=code,
+        retry_after=_retry_after(resp),
+        detail=message,
+    )
 
 
 # ---------------------------------------------------------------- results
@@ -207,26 +226,44 @@ def parse_binary_retrieval(headers: Mapping[str, str], content: bytes) -> Retrie
 
 def parse_retrieval(body: dict[str, Any]) -> Retrieval:
     idx = [int(i) for i in body["indices"]]
-    return Retrieval(int(body["version"]), int(body["pool_size"]), idx, decode_snippets(body["snippets"], len(idx)))
+    return Retrieval(
+        int(body["version"]), int(body["pool_size"]), idx, decode_snippets(body["snippets"], len(idx))
+    )
 
 
 def parse_snippet(body: dict[str, Any]) -> Snippet:
-    return Snippet(id=int(body["id"]), kind=body["kind"], snippet=np.asarray(body["snippet"], np.float32),
-                   coefficients=np.asarray(body.get("coefficients") or [], np.float32), label=body.get("label"),
-                   parents=body.get("parents"), alpha=body.get("alpha"), name=body.get("name"),
-                   created_at=body.get("created_at"))
+    return Snippet(
+        id=int(body["id"]),
+        kind=body["kind"],
+        snippet=np.asarray(body["snippet"], np.float32),
+        coefficients=np.asarray(body.get("coefficients") or [], np.float32),
+        label=body.get("label"),
+        parents=body.get("parents"),
+        alpha=body.get("alpha"),
+        name=body.get("name"),
+        created_at=body.get("created_at"),
+    )
 
 
 def parse_model(body: dict[str, Any]) -> ModelDescription:
     keys = ("id", "parameters", "resolution", "channels", "feature_dim", "default_steps", "samplers")
-    return ModelDescription(**{k: body[k] for k in keys}, extra={k: v for k, v in body.items() if k not in keys})
+    return ModelDescription(
+        **{k: body[k] for k in keys}, extra={k: v for k, v in body.items() if k not in keys}
+    )
 
 
 def parse_generation(body: dict[str, Any]) -> Generation:
-    return Generation(images=[base64.b64decode(s) for s in body["images"]], seed=int(body["seed"]),
-                      indices=body["indices"], bank_version=body["bank_version"], model=body["model"],
-                      steps=int(body["steps"]), sampler=body["sampler"], elapsed_ms=float(body["elapsed_ms"]),
-                      prompt=body.get("prompt"))
+    return Generation(
+        images=[base64.b64decode(s) for s in body["images"]],
+        seed=int(body["seed"]),
+        indices=body["indices"],
+        bank_version=body["bank_version"],
+        model=body["model"],
+        steps=int(body["steps"]),
+        sampler=body["sampler"],
+        elapsed_ms=float(body["elapsed_ms"]),
+        prompt=body.get("prompt"),
+    )
 
 
 def as_float_list(x: Sequence[float] | np.ndarray) -> list[float]:

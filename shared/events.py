@@ -36,8 +36,10 @@ Fields = Mapping[bytes, bytes] | Mapping[str, str]
 
 
 def _text(fields: Fields) -> dict[str, str]:
-    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in fields.items()}
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in fields.items()
+    }
 
 
 def decode_event(fields: Fields) -> BankEvent | None:

@@ -65,15 +65,25 @@ class BankMeta:
                 f"{path or 'bank file'}: format={fmt!r} format_version={ver!r}; this reader knows "
                 f"format={FORMAT!r} format_version={FORMAT_VERSION!r}"
             )
-        known = {"format", "format_version", "encoder", "feature_dim", "rank", "source",
-                 "explained_variance", "normalized"}
+        known = {
+            "format",
+            "format_version",
+            "encoder",
+            "feature_dim",
+            "rank",
+            "source",
+            "explained_variance",
+            "normalized",
+        }
         not_text = sorted(k for k, v in md.items() if not isinstance(v, str))
         if not_text:
             raise BankFileError(f"{path}: metadata values must be strings; {not_text} are not")
         # Anything but true/false would silently pick the wrong eq. 10 (g = f/|f| versus g = f).
         normalized = md.get("normalized", "true").lower()
         if normalized not in ("true", "false"):
-            raise BankFileError(f"{path}: metadata normalized={md['normalized']!r}; expected 'true' or 'false'")
+            raise BankFileError(
+                f"{path}: metadata normalized={md['normalized']!r}; expected 'true' or 'false'"
+            )
         try:
             return cls(
                 encoder=md["encoder"],
@@ -152,7 +162,9 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BankFileError(f"{path}: tensor {name!r} has a malformed header entry") from exc
         if data_start + end > size:
-            raise BankFileError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}")
+            raise BankFileError(
+                f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}"
+            )
     return header, data_start
 
 
@@ -185,7 +197,9 @@ def load_factors(path: str | os.PathLike[str], mmap: bool = True) -> BankFactors
     meta = BankMeta.from_strings(md, str(p))
     missing = [k for k in ("mu", "B", "S", "C") if k not in header]
     if missing:
-        raise BankFileError(f"{p}: missing tensors {missing}; a bank file holds mu, B, S, C (labels optional)")
+        raise BankFileError(
+            f"{p}: missing tensors {missing}; a bank file holds mu, B, S, C (labels optional)"
+        )
     mu = np.array(_mapped(p, header, data_start, "mu", False), dtype=np.float32)
     B = np.array(_mapped(p, header, data_start, "B", False), dtype=np.float32)
     S = np.array(_mapped(p, header, data_start, "S", False), dtype=np.float32)
@@ -195,8 +209,15 @@ def load_factors(path: str | os.PathLike[str], mmap: bool = True) -> BankFactors
     return BankFactors(mu=mu, B=B, S=S, C=C, labels=labels, meta=meta, path=str(p))
 
 
-def _check_shapes(mu: np.ndarray, B: np.ndarray, S: np.ndarray, C: np.ndarray, labels: np.ndarray | None,
-                  meta: BankMeta, where: str) -> None:
+def _check_shapes(
+    mu: np.ndarray,
+    B: np.ndarray,
+    S: np.ndarray,
+    C: np.ndarray,
+    labels: np.ndarray | None,
+    meta: BankMeta,
+    where: str,
+) -> None:
     if mu.ndim != 1 or B.ndim != 2 or S.ndim != 1 or C.ndim != 2:
         raise DimensionMismatch(f"{where}: expected mu [d], B [d, r], S [r], C [N, r]")
     d, r = B.shape
@@ -216,7 +237,11 @@ def _encode(name: str, arr: np.ndarray, offset: int) -> tuple[dict[str, Any], in
     code = _CODES.get(arr.dtype)
     if code is None:
         raise BankFileError(f"tensor {name!r}: unsupported dtype {arr.dtype}")
-    return {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}, offset + arr.nbytes
+    return {
+        "dtype": code,
+        "shape": list(arr.shape),
+        "data_offsets": [offset, offset + arr.nbytes],
+    }, offset + arr.nbytes
 
 
 def save_factors(
@@ -240,7 +265,9 @@ def save_factors(
     }
     if labels is not None:
         tensors["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
-    _check_shapes(tensors["mu"], tensors["B"], tensors["S"], tensors["C"], tensors.get("labels"), meta, str(path))
+    _check_shapes(
+        tensors["mu"], tensors["B"], tensors["S"], tensors["C"], tensors.get("labels"), meta, str(path)
+    )
     header: dict[str, Any] = {"__metadata__": meta.to_strings()}
     offset = 0
     for name, arr in tensors.items():
@@ -250,7 +277,9 @@ def save_factors(
     write_atomic(path, [struct.pack("<Q", len(blob)), blob], tensors.values())
 
 
-def write_atomic(path: str | os.PathLike[str], prefix: list[bytes], arrays: Iterable[np.ndarray] = ()) -> None:
+def write_atomic(
+    path: str | os.PathLike[str], prefix: list[bytes], arrays: Iterable[np.ndarray] = ()
+) -> None:
     """Write bytes then arrays (in row chunks of about 64 MiB) to ``path``, whole or not at all."""
 
     def chunks() -> Iterator[bytes]:

@@ -75,8 +75,9 @@ class SyncJobCalls:
     def events(self, job_id: str, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's events until (and including) ``done``."""
         try:
-            with self._http.stream("GET", f"/jobs/{job_id}/events",
-                                   timeout=httpx.Timeout(timeout, connect=5.0)) as resp:
+            with self._http.stream(
+                "GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(timeout, connect=5.0)
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise error_from_response(resp)
@@ -91,8 +92,9 @@ class SyncJobCalls:
             raise Unavailable(f"event stream of job {job_id} broke: {exc}", code="unavailable") from exc
         raise UnexpectedResponse(f"event stream of job {job_id} ended without done", code="bad_response")
 
-    def wait(self, job_id: str, on_progress: Callable[[JobEvent], None] | None = None,
-             timeout: float | None = None) -> JobInfo:
+    def wait(
+        self, job_id: str, on_progress: Callable[[JobEvent], None] | None = None, timeout: float | None = None
+    ) -> JobInfo:
         """Follow the events until the job ends; returns its final body (status may be failed/cancelled)."""
         for ev in self.events(job_id, timeout):
             if ev.event == "done":
@@ -118,8 +120,9 @@ class AsyncJobCalls:
 
     async def events(self, job_id: str, timeout: float | None = None) -> AsyncIterator[JobEvent]:
         try:
-            async with self._http.stream("GET", f"/jobs/{job_id}/events",
-                                         timeout=httpx.Timeout(timeout, connect=5.0)) as resp:
+            async with self._http.stream(
+                "GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(timeout, connect=5.0)
+            ) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                     raise error_from_response(resp)
@@ -134,8 +137,9 @@ class AsyncJobCalls:
             raise Unavailable(f"event stream of job {job_id} broke: {exc}", code="unavailable") from exc
         raise UnexpectedResponse(f"event stream of job {job_id} ended without done", code="bad_response")
 
-    async def wait(self, job_id: str, on_progress: Callable[[JobEvent], None] | None = None,
-                   timeout: float | None = None) -> JobInfo:
+    async def wait(
+        self, job_id: str, on_progress: Callable[[JobEvent], None] | None = None, timeout: float | None = None
+    ) -> JobInfo:
         async for ev in self.events(job_id, timeout):
             if ev.event == "done":
                 return JobInfo(**ev.data)

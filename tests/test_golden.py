@@ -31,8 +31,14 @@ DATASET_BANK_SHA256 = "8be173a23660cb88910f5146e35202bc264e6798438dbb8d4bf5e508b
 
 def _run(*args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def _sha(path: Path) -> str:
@@ -42,8 +48,23 @@ def _sha(path: Path) -> str:
 @pytest.mark.parametrize("sampler", sorted(SAMPLE_PNG_SHA256))
 def test_sample_grid_bytes_are_unchanged(tmp_path: Path, sampler: str) -> None:
     out = tmp_path / f"{sampler}.png"
-    _run("sample", "--model", str(ARTIFACTS / "model.safetensors"), "--bank", str(ARTIFACTS / "bank.safetensors"),
-         "--n", "6", "--seed", "11", "--sampler", sampler, "--steps", "12", "--out", str(out))
+    _run(
+        "sample",
+        "--model",
+        str(ARTIFACTS / "model.safetensors"),
+        "--bank",
+        str(ARTIFACTS / "bank.safetensors"),
+        "--n",
+        "6",
+        "--seed",
+        "11",
+        "--sampler",
+        sampler,
+        "--steps",
+        "12",
+        "--out",
+        str(out),
+    )
     assert _sha(out) == SAMPLE_PNG_SHA256[sampler]
 
 
@@ -57,6 +78,17 @@ def test_factors_file_from_features_is_unchanged(tmp_path: Path) -> None:
 
 def test_factors_file_from_dataset_is_unchanged(tmp_path: Path) -> None:
     out = tmp_path / "bank.safetensors"
-    _run("build-bank", "--dataset", "mnist-5k:train", "--encoder", "gmem/mnist-cnn", "--rank", "32",
-         "--encoder-weights", str(ARTIFACTS / "encoder.safetensors"), "--out", str(out))
+    _run(
+        "build-bank",
+        "--dataset",
+        "mnist-5k:train",
+        "--encoder",
+        "gmem/mnist-cnn",
+        "--rank",
+        "32",
+        "--encoder-weights",
+        str(ARTIFACTS / "encoder.safetensors"),
+        "--out",
+        str(out),
+    )
     assert _sha(out) == DATASET_BANK_SHA256

@@ -34,8 +34,13 @@ def imports_of(path: Path) -> set[str]:
     this = module_name(path)
     package = this if path.name == "__init__.py" else this.rpartition(".")[0]
     out: set[str] = set()
-    typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block)
-                   for stmt in block.body for n in ast.walk(stmt)}
+    typing_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if _is_type_checking_block(block)
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
@@ -57,7 +62,8 @@ def _is_type_checking_block(node: ast.AST) -> bool:
         return False
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def test_type_checking_imports_are_not_dependencies(tmp_path: Path) -> None:
@@ -90,7 +96,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -120,16 +126,24 @@ def test_no_cycles_between_packages(edges: dict[str, set[str]]) -> None:
 
 
 def test_no_module_cycles_in_shared_and_services(edges: dict[str, set[str]]) -> None:
-    mine = {m: {d for d in ds if d.startswith(ACYCLIC_MODULES)} for m, ds in edges.items()
-            if m.startswith(ACYCLIC_MODULES)}
+    mine = {
+        m: {d for d in ds if d.startswith(ACYCLIC_MODULES)}
+        for m, ds in edges.items()
+        if m.startswith(ACYCLIC_MODULES)
+    }
     cycle = find_cycle(mine)
     assert cycle is None, f"import cycle: {' -> '.join(cycle or [])}"
 
 
 def test_services_never_import_each_other(edges: dict[str, set[str]]) -> None:
-    bad = [(src, dst) for src, dsts in edges.items() for dst in dsts
-           if unit_of(src) in ("services.bank", "services.generator")
-           and unit_of(dst) in ("services.bank", "services.generator") and unit_of(src) != unit_of(dst)]
+    bad = [
+        (src, dst)
+        for src, dsts in edges.items()
+        for dst in dsts
+        if unit_of(src) in ("services.bank", "services.generator")
+        and unit_of(dst) in ("services.bank", "services.generator")
+        and unit_of(src) != unit_of(dst)
+    ]
     assert not bad, f"services import each other: {bad}"
 
 

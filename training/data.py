@@ -104,7 +104,9 @@ def list_image_folder(root: Path) -> tuple[list[Path], np.ndarray, tuple[str, ..
     """Files of ``root/<class>/*`` with an image suffix, in sorted (class, name) order, and their labels."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise InvalidInput(f"{root}: no class subfolders; lay images out as {root}/<class>/*.png|jpg|jpeg|webp")
+        raise InvalidInput(
+            f"{root}: no class subfolders; lay images out as {root}/<class>/*.png|jpg|jpeg|webp"
+        )
     files: list[Path] = []
     labels: list[int] = []
     for k, name in enumerate(classes):
@@ -149,7 +151,9 @@ def load_image_folder(root: str | Path, mode: str | None = None, size: int | Non
                 mode = mode or ("L" if first.mode in ("L", "1", "I;16", "I") else "RGB")
                 size = size or first.size[0]
         except (UnidentifiedImageError, OSError) as exc:
-            raise InvalidImage(f"{files[0]}: not a readable image ({exc}); remove or replace the file") from exc
+            raise InvalidImage(
+                f"{files[0]}: not a readable image ({exc}); remove or replace the file"
+            ) from exc
     if mode not in _MODE_CHANNELS:
         raise InvalidInput(f"image mode {mode!r} is not supported; use one of {', '.join(_MODE_CHANNELS)}")
     if size < 1:

@@ -76,8 +76,9 @@ class EvalNet:
         return cast(np.ndarray, logits.argmax(1).cpu().numpy())
 
 
-def sample_conditions(cfg: GMemConfig, bank: BankFactors | None, labels_pool: np.ndarray | None,
-                      seeds: list[int]) -> tuple[torch.Tensor | None, np.ndarray | None]:
+def sample_conditions(
+    cfg: GMemConfig, bank: BankFactors | None, labels_pool: np.ndarray | None, seeds: list[int]
+) -> tuple[torch.Tensor | None, np.ndarray | None]:
     """The condition of each seed: the bank snippet its noise picks (snippet), its label (class) or None."""
     if cfg.conditioning == "none":
         return None, None
@@ -94,10 +95,21 @@ def sample_conditions(cfg: GMemConfig, bank: BankFactors | None, labels_pool: np
     return torch.from_numpy(picks.astype(np.int64)), picks
 
 
-def evaluate_network(net: GMemDiT, cfg: GMemConfig, bank: BankFactors | None, evalnet: EvalNet, real_feats: np.ndarray, n: int, seed: int = 0,
-                     steps: int | None = None, sampler: str | None = None, cfg_scale: float = 1.0,
-                     batch: int = 100, labels_pool: np.ndarray | None = None,
-                     decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EvalResult:
+def evaluate_network(
+    net: GMemDiT,
+    cfg: GMemConfig,
+    bank: BankFactors | None,
+    evalnet: EvalNet,
+    real_feats: np.ndarray,
+    n: int,
+    seed: int = 0,
+    steps: int | None = None,
+    sampler: str | None = None,
+    cfg_scale: float = 1.0,
+    batch: int = 100,
+    labels_pool: np.ndarray | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> EvalResult:
     """Sample n images (seeds seed..seed+n-1) in batches and score them against ``real_feats``."""
     seeds = list(range(seed, seed + n))
     cond, labels = sample_conditions(cfg, bank, labels_pool, seeds)
@@ -112,8 +124,13 @@ def evaluate_network(net: GMemDiT, cfg: GMemConfig, bank: BankFactors | None, ev
     consistency = None
     if labels is not None and np.all(np.asarray(labels) >= 0):
         consistency = float((evalnet.classify(fake) == np.asarray(labels)).mean())
-    return EvalResult(fd=frechet_distance(real_feats, fake), consistency=consistency, n=n,
-                      steps=int(steps or cfg.sampling.steps), sampler=sampler or cfg.sampling.sampler)
+    return EvalResult(
+        fd=frechet_distance(real_feats, fake),
+        consistency=consistency,
+        n=n,
+        steps=int(steps or cfg.sampling.steps),
+        sampler=sampler or cfg.sampling.sampler,
+    )
 
 
 def real_features(evalnet: EvalNet, dataset: str) -> np.ndarray:
@@ -121,8 +138,17 @@ def real_features(evalnet: EvalNet, dataset: str) -> np.ndarray:
     return evalnet.features(to_model_input(ds.images))
 
 
-def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed: int, steps: int | None,
-             sampler: str | None, cfg_scale: float, evalnet_weights: str) -> dict[str, Any]:
+def run_eval(
+    model_path: str,
+    bank_path: str | None,
+    dataset: str,
+    n: int,
+    seed: int,
+    steps: int | None,
+    sampler: str | None,
+    cfg_scale: float,
+    evalnet_weights: str,
+) -> dict[str, Any]:
     """Load everything, check it fits, sample and score; returns the result as a dict."""
     if n < 2:
         raise InvalidInput(f"--n must be at least 2 for a Frechet distance; got {n}")
@@ -137,32 +163,58 @@ def run_eval(model_path: str, bank_path: str | None, dataset: str, n: int, seed:
     pool = None
     if model.config.conditioning == "class":
         pool = load_dataset(dataset).labels
-    result = evaluate_network(model.net, model.config, bank, evalnet, real_features(evalnet, dataset), n, seed,
-                              steps, sampler, cfg_scale, labels_pool=pool,
-                              decode=(lambda x: decode(model, x)) if model.config.space == "latent" else None)
+    result = evaluate_network(
+        model.net,
+        model.config,
+        bank,
+        evalnet,
+        real_features(evalnet, dataset),
+        n,
+        seed,
+        steps,
+        sampler,
+        cfg_scale,
+        labels_pool=pool,
+        decode=(lambda x: decode(model, x)) if model.config.space == "latent" else None,
+    )
     return {"model": model.id, "dataset": dataset, **asdict(result)}
 
 
 def eval_command(
     model: Annotated[Path, typer.Option(help="model file", envvar="GMEM_MODEL")],
     bank: Annotated[Path | None, typer.Option(help="bank factors file", envvar="GMEM_BANK")] = None,
-    dataset: Annotated[str, typer.Option(help="real images to compare with", envvar="GMEM_DATASET")] = "mnist-5k:eval",
+    dataset: Annotated[
+        str, typer.Option(help="real images to compare with", envvar="GMEM_DATASET")
+    ] = "mnist-5k:eval",
     n: Annotated[int, typer.Option(help="number of samples", envvar="GMEM_N")] = 500,
     seed: Annotated[int, typer.Option(help="first seed", envvar="GMEM_SEED")] = 0,
-    steps: Annotated[int | None, typer.Option(help="solver steps (default: the model's)", envvar="GMEM_STEPS")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="solver steps (default: the model's)", envvar="GMEM_STEPS")
+    ] = None,
     sampler: Annotated[str | None, typer.Option(help="euler, heun or sde", envvar="GMEM_SAMPLER")] = None,
     cfg_scale: Annotated[float, typer.Option(help="guidance scale (1 = off)", envvar="GMEM_CFG_SCALE")] = 1.0,
-    evalnet_weights: Annotated[str, typer.Option(help="evaluation network weights",
-                                                 envvar="GMEM_EVALNET_WEIGHTS")] = EVALNET_WEIGHTS,
+    evalnet_weights: Annotated[
+        str, typer.Option(help="evaluation network weights", envvar="GMEM_EVALNET_WEIGHTS")
+    ] = EVALNET_WEIGHTS,
     json_out: Annotated[Path | None, typer.Option(help="also write the result as JSON here")] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads (1 is safest on a busy machine)",
-                                         envvar="GMEM_THREADS")] = 1,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads (1 is safest on a busy machine)", envvar="GMEM_THREADS")
+    ] = 1,
 ) -> None:
     """Frechet distance (evalnet features) and snippet-class consistency of the model's samples."""
     torch.set_num_threads(max(1, threads))
     try:
-        result = run_eval(str(model), str(bank) if bank else None, dataset, n, seed, steps, sampler, cfg_scale,
-                          evalnet_weights)
+        result = run_eval(
+            str(model),
+            str(bank) if bank else None,
+            dataset,
+            n,
+            seed,
+            steps,
+            sampler,
+            cfg_scale,
+            evalnet_weights,
+        )
     except GMemError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc

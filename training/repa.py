@@ -54,7 +54,7 @@ def patch_features(encoder: Encoder, x: torch.Tensor, batch_size: int = 256) -> 
             fmap = net.stages(xb)  # [N, D, 4, 4]
             tokens = fmap.flatten(2).transpose(1, 2)
         elif hasattr(net, "forward_features"):  # timm ViT: drop CLS / register tokens
-            tokens = cast(Any, net).forward_features(xb)[:, getattr(net, "num_prefix_tokens", 1):]
+            tokens = cast(Any, net).forward_features(xb)[:, getattr(net, "num_prefix_tokens", 1) :]
         else:
             raise IncompatibleArtifacts(f"encoder {encoder.id!r} exposes no patch features for REPA")
         out.append(tokens.float().cpu())
@@ -77,7 +77,9 @@ def resample_tokens(tokens: torch.Tensor, grid: int) -> torch.Tensor:
 def repa_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``mean over batch and tokens of (1 - cos(projected, target))``; both [N, T, D]."""
     if projected.shape != target.shape:
-        raise IncompatibleArtifacts(f"REPA: projected tokens {list(projected.shape)} and encoder features "
-                                    f"{list(target.shape)} differ; check --repa-depth and the cache's encoder")
+        raise IncompatibleArtifacts(
+            f"REPA: projected tokens {list(projected.shape)} and encoder features "
+            f"{list(target.shape)} differ; check --repa-depth and the cache's encoder"
+        )
     cos = F.cosine_similarity(projected.float(), target.float(), dim=-1)
     return (1.0 - cos).mean()

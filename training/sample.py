@@ -44,7 +44,9 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     Path(path).write_bytes(to_png(image))
 
 
-def choose_snippet_ids(model: LoadedModel, bank_size: int, seeds: list[int], snippet_ids: list[int] | None) -> list[int]:
+def choose_snippet_ids(
+    model: LoadedModel, bank_size: int, seeds: list[int], snippet_ids: list[int] | None
+) -> list[int]:
     """Pinned ids (1 or one per image) or the noise-CDF index of each seed's initial noise."""
     if snippet_ids:
         if len(snippet_ids) not in (1, len(seeds)):
@@ -53,9 +55,16 @@ def choose_snippet_ids(model: LoadedModel, bank_size: int, seeds: list[int], sni
     return [cdf_index(initial_noise(model, s).numpy(), bank_size) for s in seeds]
 
 
-def sample_grid(model_path: str, bank_path: str | None, n: int, seed: int, steps: int | None = None,
-                sampler: str | None = None, cfg_scale: float = 1.0,
-                snippet_ids: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
+def sample_grid(
+    model_path: str,
+    bank_path: str | None,
+    n: int,
+    seed: int,
+    steps: int | None = None,
+    sampler: str | None = None,
+    cfg_scale: float = 1.0,
+    snippet_ids: list[int] | None = None,
+) -> tuple[np.ndarray, list[int]]:
     """Load model (+ bank), sample n images with seeds seed..seed+n-1, return the grid and snippet ids."""
     if n < 1:
         raise InvalidInput(f"--n must be at least 1; got {n}")
@@ -79,22 +88,31 @@ def sample_command(
     bank: Annotated[Path | None, typer.Option(help="bank factors file", envvar="GMEM_BANK")] = None,
     n: Annotated[int, typer.Option(help="number of samples K", envvar="GMEM_N")] = 16,
     seed: Annotated[int, typer.Option(help="image k uses seed + k", envvar="GMEM_SEED")] = 0,
-    steps: Annotated[int | None, typer.Option(help="solver steps (default: the model's)",
-                                              envvar="GMEM_STEPS")] = None,
-    sampler: Annotated[str | None, typer.Option(help="euler, heun or sde (default: the model's)",
-                                                envvar="GMEM_SAMPLER")] = None,
-    cfg_scale: Annotated[float, typer.Option(help="classifier-free guidance scale (1 = off)",
-                                             envvar="GMEM_CFG_SCALE")] = 1.0,
-    snippet_ids: Annotated[list[int] | None, typer.Option(help="pin snippet ids (repeat the flag; env: ids "
-                                                          "separated by spaces)", envvar="GMEM_SNIPPET_IDS")] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads (1 is safest on a busy machine)",
-                                         envvar="GMEM_THREADS")] = 1,
+    steps: Annotated[
+        int | None, typer.Option(help="solver steps (default: the model's)", envvar="GMEM_STEPS")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option(help="euler, heun or sde (default: the model's)", envvar="GMEM_SAMPLER")
+    ] = None,
+    cfg_scale: Annotated[
+        float, typer.Option(help="classifier-free guidance scale (1 = off)", envvar="GMEM_CFG_SCALE")
+    ] = 1.0,
+    snippet_ids: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="pin snippet ids (repeat the flag; env: ids separated by spaces)", envvar="GMEM_SNIPPET_IDS"
+        ),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads (1 is safest on a busy machine)", envvar="GMEM_THREADS")
+    ] = 1,
 ) -> None:
     """Write a grid of K samples (ceil(sqrt(K)) columns, row-major) to --out."""
     torch.set_num_threads(max(1, threads))
     try:
-        grid, ids = sample_grid(str(model), str(bank) if bank else None, n, seed, steps, sampler, cfg_scale,
-                                snippet_ids)
+        grid, ids = sample_grid(
+            str(model), str(bank) if bank else None, n, seed, steps, sampler, cfg_scale, snippet_ids
+        )
     except GMemError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc

@@ -106,8 +106,9 @@ def step_indices(data: TrainData, opts: TrainOptions, step: int, rank: int, worl
     return torch.randint(0, data.x.shape[0], (opts.batch_size,), generator=g)[rank::world]
 
 
-def step_batch(data: TrainData, opts: TrainOptions, step: int, rank: int, world: int, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def step_batch(
+    data: TrainData, opts: TrainOptions, step: int, rank: int, world: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """This rank's (x_data, cond, t, eps) of ``step``: a pure function of (seed, step, rank)."""
     idx = step_indices(data, opts, step, rank, world)
     g_rank = torch.Generator().manual_seed((opts.seed * 1_000_003 + step) * 64 + rank)
@@ -163,9 +164,17 @@ def _dist_setup() -> tuple[int, int, torch.device]:
     return dist.get_rank(), world, device
 
 
-def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_dir: Path,
-          resume: Path | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
-          init_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+def train(
+    cfg: GMemConfig,
+    opts: TrainOptions,
+    data: TrainData,
+    out: Path,
+    run_dir: Path,
+    resume: Path | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Run (or continue) training to ``opts.steps``; writes checkpoints, previews and the EMA model file."""
     ckpt = load_checkpoint(resume) if resume else None  # read and checked before anything is written
     if ckpt is not None:
@@ -176,7 +185,9 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
     if init_state is not None:  # --init: fine-tune from a model file's weights (paper 5.3)
         net.load_state_dict(init_state, strict=True)
     if cfg.repa_dim and opts.repa_weight <= 0:
-        net.projector.requires_grad_(False)  # kept for the file layout; untrained, and DDP must not wait on it
+        net.projector.requires_grad_(
+            False
+        )  # kept for the file layout; untrained, and DDP must not wait on it
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
     start, history = 0, []
@@ -185,8 +196,14 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
         start, history = ckpt.step, [tuple(h) for h in ckpt.state.get("history", [])]
     model: torch.nn.Module = net
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.index is not None else None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.index is not None else None
+        )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=opts.steps, initial=start, disable=not progress or rank != 0, desc="train", unit="step")
     acc, n_acc, t0 = 0.0, 0, time.time()
@@ -216,18 +233,33 @@ def train(cfg: GMemConfig, opts: TrainOptions, data: TrainData, out: Path, run_d
             bar.set_postfix(loss=f"{acc / n_acc:.4f}")
             if rank == 0:
                 with (run_dir / "log.jsonl").open("a") as fh:
-                    fh.write(json.dumps({"step": done, "loss": acc / n_acc, "lr": lr_at(step, opts),
-                                         "elapsed_s": round(time.time() - t0, 2)}) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {
+                                "step": done,
+                                "loss": acc / n_acc,
+                                "lr": lr_at(step, opts),
+                                "elapsed_s": round(time.time() - t0, 2),
+                            }
+                        )
+                        + "\n"
+                    )
             acc, n_acc = 0.0, 0
         if rank == 0 and (done % opts.sample_every == 0 or done == opts.steps):
             preview_grid(ema, cfg, data, run_dir / "samples" / f"step_{done:07d}.png")
             plot_losses(history, run_dir / "loss.png")
         if rank == 0 and (done % opts.ckpt_every == 0 or done == opts.steps):
             state = {"options": dataclasses.asdict(opts), "history": history, "source": data.source}
-            save_checkpoint(run_dir / "checkpoints" / f"step_{done:07d}.safetensors", done, net, ema, opt, cfg, state)
+            save_checkpoint(
+                run_dir / "checkpoints" / f"step_{done:07d}.safetensors", done, net, ema, opt, cfg, state
+            )
     bar.close()
-    summary = {"steps": opts.steps, "final_loss": history[-1][1] if history else math.nan,
-               "dataset": data.source, "options": dataclasses.asdict(opts)}
+    summary = {
+        "steps": opts.steps,
+        "final_loss": history[-1][1] if history else math.nan,
+        "dataset": data.source,
+        "options": dataclasses.asdict(opts),
+    }
     if rank == 0:
         save_model(out, ema, cfg, {**(extra or {}), "train": summary})
     if world > 1:
@@ -240,8 +272,10 @@ def build_config(preset_name: str, bank_meta: Any, data: TrainData, **overrides:
     set_ = {k: v for k, v in overrides.items() if v is not None}
     cfg = preset(preset_name)
     if cfg.space != "pixel":
-        raise InvalidInput(f"preset {preset_name!r} is a latent-space network; `train` here trains pixel-space "
-                           "networks (gmem-tiny, gmem-S/2); for latent space add --space latent --vae ... --cache ...")
+        raise InvalidInput(
+            f"preset {preset_name!r} is a latent-space network; `train` here trains pixel-space "
+            "networks (gmem-tiny, gmem-S/2); for latent space add --space latent --vae ... --cache ..."
+        )
     _, c, h, _ = data.x.shape
     set_.update(input_size=h, in_channels=c)
     if bank_meta is not None:
@@ -254,47 +288,88 @@ _OPT = TrainOptions()  # the command line's defaults are the dataclass's
 
 def train_command(
     out: Annotated[Path, typer.Option(help="model file to write (EMA weights)", envvar="GMEM_OUT")],
-    dataset: Annotated[str | None, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png (pixel space)",
-                                                envvar="GMEM_DATASET")] = None,
-    bank: Annotated[Path | None, typer.Option(help="bank factors file built from the dataset", envvar="GMEM_BANK")] = None,
-    preset_name: Annotated[str, typer.Option("--preset", help="network preset", envvar="GMEM_PRESET")] = "gmem-tiny",
-    steps: Annotated[int, typer.Option(help="total optimisation steps", envvar="GMEM_TRAIN_STEPS")] = _OPT.steps,
-    batch_size: Annotated[int, typer.Option(help="global batch size", envvar="GMEM_BATCH_SIZE")] = _OPT.batch_size,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png (pixel space)", envvar="GMEM_DATASET"),
+    ] = None,
+    bank: Annotated[
+        Path | None, typer.Option(help="bank factors file built from the dataset", envvar="GMEM_BANK")
+    ] = None,
+    preset_name: Annotated[
+        str, typer.Option("--preset", help="network preset", envvar="GMEM_PRESET")
+    ] = "gmem-tiny",
+    steps: Annotated[
+        int, typer.Option(help="total optimisation steps", envvar="GMEM_TRAIN_STEPS")
+    ] = _OPT.steps,
+    batch_size: Annotated[
+        int, typer.Option(help="global batch size", envvar="GMEM_BATCH_SIZE")
+    ] = _OPT.batch_size,
     lr: Annotated[float, typer.Option(help="AdamW learning rate", envvar="GMEM_LR")] = _OPT.lr,
-    mask_ratio: Annotated[float | None, typer.Option(help=f"S-Adapter mask ratio (default {GMemConfig.mask_ratio})",
-                                                     envvar="GMEM_MASK_RATIO")] = None,
-    mask_strategy: Annotated[str | None, typer.Option(help=choices(MaskStrategy), envvar="GMEM_MASK_STRATEGY")] = None,
-    conditioning: Annotated[str, typer.Option(help=choices(Conditioning),
-                                              envvar="GMEM_CONDITIONING")] = GMemConfig.conditioning.value,
-    resume: Annotated[Path | None, typer.Option(help="checkpoint .safetensors to continue", envvar="GMEM_RESUME")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="checkpoints, previews, loss curve", envvar="GMEM_RUN_DIR")] = None,
+    mask_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help=f"S-Adapter mask ratio (default {GMemConfig.mask_ratio})", envvar="GMEM_MASK_RATIO"
+        ),
+    ] = None,
+    mask_strategy: Annotated[
+        str | None, typer.Option(help=choices(MaskStrategy), envvar="GMEM_MASK_STRATEGY")
+    ] = None,
+    conditioning: Annotated[
+        str, typer.Option(help=choices(Conditioning), envvar="GMEM_CONDITIONING")
+    ] = GMemConfig.conditioning.value,
+    resume: Annotated[
+        Path | None, typer.Option(help="checkpoint .safetensors to continue", envvar="GMEM_RESUME")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="checkpoints, previews, loss curve", envvar="GMEM_RUN_DIR")
+    ] = None,
     seed: Annotated[int, typer.Option(help="training seed", envvar="GMEM_SEED")] = _OPT.seed,
     ema_decay: Annotated[float, typer.Option(help="EMA decay", envvar="GMEM_EMA_DECAY")] = _OPT.ema_decay,
-    time_sampling: Annotated[str, typer.Option(help="uniform or logit-normal",
-                                               envvar="GMEM_TIME_SAMPLING")] = _OPT.time_sampling,
-    cosine_loss: Annotated[bool, typer.Option(help="add the release's cosine loss",
-                                              envvar="GMEM_COSINE_LOSS")] = _OPT.cosine_loss,
-    sample_every: Annotated[int, typer.Option(help="preview grid every N steps",
-                                              envvar="GMEM_SAMPLE_EVERY")] = _OPT.sample_every,
-    ckpt_every: Annotated[int, typer.Option(help="checkpoint every N steps", envvar="GMEM_CKPT_EVERY")] = _OPT.ckpt_every,
-    default_sampler: Annotated[str | None, typer.Option(help="sampler recorded in the model file",
-                                                        envvar="GMEM_DEFAULT_SAMPLER")] = None,
-    default_steps: Annotated[int | None, typer.Option(help="steps recorded in the model file",
-                                                      envvar="GMEM_DEFAULT_STEPS")] = None,
+    time_sampling: Annotated[
+        str, typer.Option(help="uniform or logit-normal", envvar="GMEM_TIME_SAMPLING")
+    ] = _OPT.time_sampling,
+    cosine_loss: Annotated[
+        bool, typer.Option(help="add the release's cosine loss", envvar="GMEM_COSINE_LOSS")
+    ] = _OPT.cosine_loss,
+    sample_every: Annotated[
+        int, typer.Option(help="preview grid every N steps", envvar="GMEM_SAMPLE_EVERY")
+    ] = _OPT.sample_every,
+    ckpt_every: Annotated[
+        int, typer.Option(help="checkpoint every N steps", envvar="GMEM_CKPT_EVERY")
+    ] = _OPT.ckpt_every,
+    default_sampler: Annotated[
+        str | None, typer.Option(help="sampler recorded in the model file", envvar="GMEM_DEFAULT_SAMPLER")
+    ] = None,
+    default_steps: Annotated[
+        int | None, typer.Option(help="steps recorded in the model file", envvar="GMEM_DEFAULT_STEPS")
+    ] = None,
     threads: Annotated[int, typer.Option(help="CPU threads", envvar="GMEM_THREADS")] = 2,
-    space: Annotated[str, typer.Option(help="pixel, or latent (needs --vae and --cache)", envvar="GMEM_SPACE")] = "pixel",
-    vae: Annotated[str | None, typer.Option(help="autoencoder the cache was written with (latent space)",
-                                            envvar="GMEM_VAE")] = None,
-    cache: Annotated[Path | None, typer.Option(help="latent + snippet cache folder (python -m training cache)",
-                                               envvar="GMEM_CACHE")] = None,
-    init: Annotated[Path | None, typer.Option(help="model file to fine-tune from (new dataset and bank)",
-                                              envvar="GMEM_INIT")] = None,
-    repa: Annotated[str | None, typer.Option(help="REPA preset: release (block 4, lambda 0.5, DINOv2) or mnist",
-                                             envvar="GMEM_REPA")] = None,
-    repa_weight: Annotated[float | None, typer.Option(help="REPA lambda (overrides the preset)",
-                                                      envvar="GMEM_REPA_WEIGHT")] = None,
-    repa_depth: Annotated[int | None, typer.Option(help="REPA aligns the tokens after this many blocks",
-                                                   envvar="GMEM_REPA_DEPTH")] = None,
+    space: Annotated[
+        str, typer.Option(help="pixel, or latent (needs --vae and --cache)", envvar="GMEM_SPACE")
+    ] = "pixel",
+    vae: Annotated[
+        str | None,
+        typer.Option(help="autoencoder the cache was written with (latent space)", envvar="GMEM_VAE"),
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="latent + snippet cache folder (python -m training cache)", envvar="GMEM_CACHE"),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="model file to fine-tune from (new dataset and bank)", envvar="GMEM_INIT"),
+    ] = None,
+    repa: Annotated[
+        str | None,
+        typer.Option(help="REPA preset: release (block 4, lambda 0.5, DINOv2) or mnist", envvar="GMEM_REPA"),
+    ] = None,
+    repa_weight: Annotated[
+        float | None, typer.Option(help="REPA lambda (overrides the preset)", envvar="GMEM_REPA_WEIGHT")
+    ] = None,
+    repa_depth: Annotated[
+        int | None,
+        typer.Option(help="REPA aligns the tokens after this many blocks", envvar="GMEM_REPA_DEPTH"),
+    ] = None,
 ) -> None:
     """Train a GMem network; image i is conditioned on bank row i."""
     torch.set_num_threads(max(1, threads))
@@ -306,16 +381,24 @@ def train_command(
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(out.parent, os.W_OK):
             raise InvalidInput(f"cannot write the model file into {out.parent}; choose a writable --out")
-        fields = dict(conditioning=conditioning, mask_ratio=mask_ratio, mask_strategy=mask_strategy,
-                      default_sampler=default_sampler, default_steps=default_steps)
+        fields = dict(
+            conditioning=conditioning,
+            mask_ratio=mask_ratio,
+            mask_strategy=mask_strategy,
+            default_sampler=default_sampler,
+            default_steps=default_steps,
+        )
         if space == "latent" or repa:
             from training.latent.train_latent import prepare_latent  # latent-space modules only when asked
 
-            data, bank_meta, cfg, weight = prepare_latent(space, vae, cache, bank, preset_name, repa, repa_weight,
-                                                          repa_depth, fields)
+            data, bank_meta, cfg, weight = prepare_latent(
+                space, vae, cache, bank, preset_name, repa, repa_weight, repa_depth, fields
+            )
         elif space == "pixel":
             if dataset is None:
-                raise InvalidInput("pixel-space training needs --dataset (or --space latent --vae ... --cache ...)")
+                raise InvalidInput(
+                    "pixel-space training needs --dataset (or --space latent --vae ... --cache ...)"
+                )
             data, bank_meta = load_train_data(dataset, str(bank) if bank else None, conditioning)
             cfg, weight = build_config(preset_name, bank_meta, data, **fields), 0.0
         else:
@@ -325,19 +408,42 @@ def train_command(
             from training.latent.train_latent import init_from_model  # only for fine-tuning
 
             cfg, init_state = init_from_model(str(init), cfg)
-        opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
-                            time_sampling=time_sampling, cosine_loss=cosine_loss, sample_every=sample_every,
-                            ckpt_every=ckpt_every, repa_weight=weight)
+        opts = TrainOptions(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            ema_decay=ema_decay,
+            seed=seed,
+            time_sampling=time_sampling,
+            cosine_loss=cosine_loss,
+            sample_every=sample_every,
+            ckpt_every=ckpt_every,
+            repa_weight=weight,
+        )
         extra: dict[str, Any] = {"id": f"{cfg.name}/{data.source}"}
         if bank_meta is not None:
-            extra["bank"] = {"source": bank_meta.source, "encoder": bank_meta.encoder,
-                             "feature_dim": bank_meta.feature_dim, "rank": bank_meta.rank}
-        typer.echo(f"{cfg.name}: {count_parameters(GMemDiT(cfg)) / 1e6:.2f}M parameters, "
-                   f"{data.x.shape[0]} images, conditioning={cfg.conditioning}")
+            extra["bank"] = {
+                "source": bank_meta.source,
+                "encoder": bank_meta.encoder,
+                "feature_dim": bank_meta.feature_dim,
+                "rank": bank_meta.rank,
+            }
+        typer.echo(
+            f"{cfg.name}: {count_parameters(GMemDiT(cfg)) / 1e6:.2f}M parameters, "
+            f"{data.x.shape[0]} images, conditioning={cfg.conditioning}"
+        )
         if init is not None:
             extra["init"] = str(init)
-        summary = train(cfg, opts, data, out, run_dir or out.parent / (out.stem + "-run"), resume, extra,
-                        init_state=init_state)
+        summary = train(
+            cfg,
+            opts,
+            data,
+            out,
+            run_dir or out.parent / (out.stem + "-run"),
+            resume,
+            extra,
+            init_state=init_state,
+        )
     except (GMemError, ValueError) as exc:
         typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
         raise typer.Exit(2) from exc

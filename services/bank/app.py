@@ -20,8 +20,14 @@ from shared.http.middleware import RequestContext
 def _publisher(settings: BankSettings, store: BankStore, metrics: BankMetrics) -> EventPublisher | None:
     if not settings.redis_url:
         return None
-    return EventPublisher(store, settings.redis_url, settings.redis_stream, settings.redis_maxlen,
-                          settings.redis_timeout_s, on_failure=metrics.redis_failures.inc)
+    return EventPublisher(
+        store,
+        settings.redis_url,
+        settings.redis_stream,
+        settings.redis_maxlen,
+        settings.redis_timeout_s,
+        on_failure=metrics.redis_failures.inc,
+    )
 
 
 def _bind_metrics(metrics: BankMetrics, store: BankStore, publisher: EventPublisher | None) -> None:
@@ -37,8 +43,9 @@ def _bind_metrics(metrics: BankMetrics, store: BankStore, publisher: EventPublis
     store.add_listener(lambda: metrics.fsync.observe(store.last_fsync_s))
 
 
-def create_app(settings: BankSettings, store: BankStore | None = None,
-               encoder: FeatureEncoder | None = None) -> FastAPI:
+def create_app(
+    settings: BankSettings, store: BankStore | None = None, encoder: FeatureEncoder | None = None
+) -> FastAPI:
     """Build the bank app. Opens the store (factors + edit log) unless one is given.
 
     ``app.state.close()`` stops the event publisher and closes a store the app opened (a store passed
@@ -46,11 +53,18 @@ def create_app(settings: BankSettings, store: BankStore | None = None,
     leave the app many times; ``__main__`` calls it after the server stops.
     """
     owns_store = store is None
-    store = store or BankStore.open(settings.factors, settings.data_dir, settings.faiss_threads,
-                                     settings.snapshot_every, settings.row_cache_mb << 20, settings.accept_data_loss)
+    store = store or BankStore.open(
+        settings.factors,
+        settings.data_dir,
+        settings.faiss_threads,
+        settings.snapshot_every,
+        settings.row_cache_mb << 20,
+        settings.accept_data_loss,
+    )
     try:
-        images = ImageEncoder(encoder or load_configured_encoder(settings.encoder, settings.encoder_weights,
-                                                                 store.factors))
+        images = ImageEncoder(
+            encoder or load_configured_encoder(settings.encoder, settings.encoder_weights, store.factors)
+        )
     except BaseException:
         if owns_store:
             store.close()
@@ -85,9 +99,13 @@ def create_app(settings: BankSettings, store: BankStore | None = None,
         app.include_router(router)
     reads.document_request_model(app)
     app.add_middleware(
-        RequestContext, max_body_bytes=settings.max_body_bytes, body_limit_name="GMEM_BANK_MAX_BODY_BYTES",
-        body_timeout_s=settings.body_timeout_s, guard=token_guard(edits.router.routes, settings),
-        on_request=metrics.observe_request, access_logger="gmem.bank.access",
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        body_limit_name="GMEM_BANK_MAX_BODY_BYTES",
+        body_timeout_s=settings.body_timeout_s,
+        guard=token_guard(edits.router.routes, settings),
+        on_request=metrics.observe_request,
+        access_logger="gmem.bank.access",
         route_limits=reads.body_limits(settings, store.factors),
         route_limit_hint="the most this route can need; see GMEM_BANK_RETRIEVE_MAX_ROWS, "
         "GMEM_BANK_RETRIEVE_MAX_NOISE_NUMEL and GMEM_BANK_MAX_IMAGE_BYTES",

@@ -43,8 +43,10 @@ async def read_feature_input(bank: BankState, request: Request) -> FeatureAndNam
         return body.feature, body.name
     if ctype == "multipart/form-data":
         return await read_image_feature(bank, request)
-    raise UnsupportedMediaType(f"content type {ctype or 'none'!r} is not accepted; send application/json "
-                               "{\"feature\": [...]} or multipart/form-data with an 'image' file")
+    raise UnsupportedMediaType(
+        f"content type {ctype or 'none'!r} is not accepted; send application/json "
+        "{\"feature\": [...]} or multipart/form-data with an 'image' file"
+    )
 
 
 async def read_image_feature(bank: BankState, request: Request) -> tuple[np.ndarray, str | None]:
@@ -53,31 +55,43 @@ async def read_image_feature(bank: BankState, request: Request) -> tuple[np.ndar
     try:
         form = await request.form(max_files=1, max_fields=8)
     except HTTPException as exc:  # malformed multipart: a client error, reported like any bad input
-        raise InvalidInput(f"unreadable multipart body ({exc.detail}); send one 'image' file part and an "
-                           "optional 'name' field") from exc
+        raise InvalidInput(
+            f"unreadable multipart body ({exc.detail}); send one 'image' file part and an "
+            "optional 'name' field"
+        ) from exc
     try:
         upload, name = form.get("image"), form.get("name")
         if not isinstance(upload, UploadFile):
             raise InvalidImage("multipart body has no 'image' file part; upload the image as a file")
         if upload.size is not None and upload.size > settings.max_image_bytes:
-            raise PayloadTooLarge(f"image of {upload.size} bytes exceeds GMEM_BANK_MAX_IMAGE_BYTES="
-                                  f"{settings.max_image_bytes}; send a smaller file")
+            raise PayloadTooLarge(
+                f"image of {upload.size} bytes exceeds GMEM_BANK_MAX_IMAGE_BYTES="
+                f"{settings.max_image_bytes}; send a smaller file"
+            )
         data = await upload.read()
     finally:
         await form.close()
     if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
         raise InvalidImage(f"'name' must be a text field of at most {MAX_NAME} characters")
     bank.images.require()  # EncoderUnavailable before spending time on decoding
-    image = await run_in_threadpool(decode_image, data, settings.max_image_pixels, settings.max_image_aspect,
-                                    bank.images.background)
+    image = await run_in_threadpool(
+        decode_image, data, settings.max_image_pixels, settings.max_image_aspect, bank.images.background
+    )
     feature = await run_in_threadpool(bank.images.feature, image)
     return feature, name if isinstance(name, str) else None
 
 
-def retrieve_body(view: BankView, pool: Pool, ids: np.ndarray, snippets: np.ndarray, encoding: str) -> Response:
-    body = {"version": view.version, "pool_size": view.pool_size(pool), "indices": ids.tolist(),
-            "snippets": base64.b64encode(snippets.astype("<f4").tobytes()).decode("ascii")
-            if encoding == "b64f32" else snippets.tolist()}
+def retrieve_body(
+    view: BankView, pool: Pool, ids: np.ndarray, snippets: np.ndarray, encoding: str
+) -> Response:
+    body = {
+        "version": view.version,
+        "pool_size": view.pool_size(pool),
+        "indices": ids.tolist(),
+        "snippets": base64.b64encode(snippets.astype("<f4").tobytes()).decode("ascii")
+        if encoding == "b64f32"
+        else snippets.tolist(),
+    }
     return Response(pydantic_core.to_json(body), media_type="application/json")
 
 
@@ -88,8 +102,13 @@ def snippet_info(bank: BankState, snippet_id: int) -> SnippetInfo:
     rows = np.asarray([snippet_id])
     coefficients = store.coefficient_rows(view, rows)[0] if rec is None else rec.coefficients
     return SnippetInfo(
-        id=snippet_id, kind="base" if rec is None else rec.kind,
-        label=store.label(snippet_id), parents=list(rec.parents) if rec else [],
-        alpha=rec.alpha if rec else None, name=rec.name if rec else None,
-        created_at=rec.created_at if rec else None, snippet=store.snippets(view, rows)[0].tolist(),
-        coefficients=coefficients.tolist())
+        id=snippet_id,
+        kind="base" if rec is None else rec.kind,
+        label=store.label(snippet_id),
+        parents=list(rec.parents) if rec else [],
+        alpha=rec.alpha if rec else None,
+        name=rec.name if rec else None,
+        created_at=rec.created_at if rec else None,
+        snippet=store.snippets(view, rows)[0].tolist(),
+        coefficients=coefficients.tolist(),
+    )

@@ -57,7 +57,9 @@ def check_identity(data_dir: Path, factors: BankFactors) -> None:
     try:
         recorded = json.loads(target.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise IncompatibleArtifacts(f"{target} is unreadable ({exc}); restore it or use a fresh --data-dir") from exc
+        raise IncompatibleArtifacts(
+            f"{target} is unreadable ({exc}); restore it or use a fresh --data-dir"
+        ) from exc
     keys = ("size", "header_sha256", "data_sample_sha256")
     if any(recorded.get(k) != current[k] for k in keys):
         raise IncompatibleArtifacts(

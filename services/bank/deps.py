@@ -55,13 +55,19 @@ _bearer = HTTPBearer(auto_error=False, description="GMEM_BANK_TOKEN; needed for 
 def check_token(settings: BankSettings, presented: str | None) -> None:
     """MutationsDisabled without a configured token, TokenRejected for a missing or wrong one."""
     if settings.token is None or not settings.token.get_secret_value():
-        raise MutationsDisabled("mutations are disabled because no token is configured; start the bank with "
-                                "GMEM_BANK_TOKEN=<secret> and send 'Authorization: Bearer <secret>'")
-    if presented is None or not hmac.compare_digest(presented.encode(), settings.token.get_secret_value().encode()):
+        raise MutationsDisabled(
+            "mutations are disabled because no token is configured; start the bank with "
+            "GMEM_BANK_TOKEN=<secret> and send 'Authorization: Bearer <secret>'"
+        )
+    if presented is None or not hmac.compare_digest(
+        presented.encode(), settings.token.get_secret_value().encode()
+    ):
         raise TokenRejected("missing or wrong bearer token; send 'Authorization: Bearer <GMEM_BANK_TOKEN>'")
 
 
-def require_token(bank: Bank, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+def require_token(
+    bank: Bank, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
     check_token(bank.settings, creds.credentials if creds is not None else None)
 
 
@@ -78,8 +84,11 @@ def token_guard(routes: Sequence[BaseRoute], settings: BankSettings) -> Guard:
 
     ``routes``: a router's routes; those that depend on ``require_token`` are guarded.
     """
-    guarded = [r for r in routes
-               if isinstance(r, APIRoute) and any(d.dependency is require_token for d in r.dependencies)]
+    guarded = [
+        r
+        for r in routes
+        if isinstance(r, APIRoute) and any(d.dependency is require_token for d in r.dependencies)
+    ]
 
     async def guard(scope: Scope) -> Response | None:
         if not any(r.matches(scope)[0] == Match.FULL for r in guarded):

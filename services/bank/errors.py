@@ -66,23 +66,31 @@ class DataDirUnusable(BankFileError):
     code = "data_dir_unusable"
 
 
-STATUS = ErrorTable([
-    *SHARED_ROWS,
-    (IncompatibleArtifacts, 409),
-    (TokenRejected, 401),
-    (MutationsDisabled, 403),
-    (PayloadTooLarge, 413),
-    (UnsupportedMediaType, 415),
-    (IndexNotReady, 503),
-    (StorageUnavailable, 503),
-    (GMemError, 500),
-])
+STATUS = ErrorTable(
+    [
+        *SHARED_ROWS,
+        (IncompatibleArtifacts, 409),
+        (TokenRejected, 401),
+        (MutationsDisabled, 403),
+        (PayloadTooLarge, 413),
+        (UnsupportedMediaType, 415),
+        (IndexNotReady, 503),
+        (StorageUnavailable, 503),
+        (GMemError, 500),
+    ]
+)
 
 # OpenAPI descriptions of the statuses the bank's routes declare.
-DESCRIPTIONS = {401: "wrong or missing bearer token", 403: "mutations disabled (no GMEM_BANK_TOKEN)",
-                404: "unknown snippet id", 409: "conflict (base row, empty pool)", 413: "body too large",
-                415: "unsupported content type", 422: "invalid input",
-                503: "not ready / storage unavailable (Retry-After)"}
+DESCRIPTIONS = {
+    401: "wrong or missing bearer token",
+    403: "mutations disabled (no GMEM_BANK_TOKEN)",
+    404: "unknown snippet id",
+    409: "conflict (base row, empty pool)",
+    413: "body too large",
+    415: "unsupported content type",
+    422: "invalid input",
+    503: "not ready / storage unavailable (Retry-After)",
+}
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

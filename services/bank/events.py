@@ -32,8 +32,15 @@ _MAX_BACKOFF_S = 2.0
 class EventPublisher:
     """Background XADD of ``{"version", "op", "id"}`` per mutation, in version order."""
 
-    def __init__(self, store: BankStore, url: str, stream: str, maxlen: int, timeout_s: float,
-                 on_failure: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        store: BankStore,
+        url: str,
+        stream: str,
+        maxlen: int,
+        timeout_s: float,
+        on_failure: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
         self.url = url
         self.stream = stream
@@ -71,8 +78,11 @@ class EventPublisher:
 
     def _connect(self) -> redis.Redis:
         client = redis.Redis.from_url(
-            self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+            self.url,
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
         )
         client.ping()
         self.published = self._resume_point(client)
@@ -97,8 +107,12 @@ class EventPublisher:
                 return
             pipe = client.pipeline(transaction=False)
             for version, op, sid in batch:
-                pipe.xadd(self.stream, BankEvent(version, op, sid).fields(),  # type: ignore[arg-type]
-                          maxlen=self.maxlen, approximate=True)
+                pipe.xadd(
+                    self.stream,
+                    BankEvent(version, op, sid).fields(),  # type: ignore[arg-type]
+                    maxlen=self.maxlen,
+                    approximate=True,
+                )
             pipe.execute()
             self.published = batch[-1][0]
 
@@ -110,7 +124,9 @@ class EventPublisher:
                 if client is None:
                     client = self._connect()
                     if self.state != "up":
-                        log.info("redis %s: connected, resuming events after version %d", self.url, self.published)
+                        log.info(
+                            "redis %s: connected, resuming events after version %d", self.url, self.published
+                        )
                     self.state, backoff = "up", 0.05
                 self._wake.clear()
                 self._publish_pending(client)
@@ -122,7 +138,9 @@ class EventPublisher:
                 self.failures += 1
                 self.on_failure()
                 if self.state == "up" or self.state == "connecting":
-                    log.warning("redis %s unavailable (%s); mutations continue, events are queued", self.url, exc)
+                    log.warning(
+                        "redis %s unavailable (%s); mutations continue, events are queued", self.url, exc
+                    )
                 self.state = f"down: {type(exc).__name__}"
                 if client is not None:
                     client.close()

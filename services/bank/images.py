@@ -26,7 +26,9 @@ class FeatureEncoder(Protocol):
     def encode_pil(self, images: list[Image.Image]) -> np.ndarray: ...
 
 
-def load_configured_encoder(encoder_id: str | None, weights: Path | None, factors: BankFactors) -> FeatureEncoder | None:
+def load_configured_encoder(
+    encoder_id: str | None, weights: Path | None, factors: BankFactors
+) -> FeatureEncoder | None:
     """The configured encoder, refused when it is not the one that built the bank."""
     if not encoder_id:
         return None
@@ -62,7 +64,9 @@ def background_for(encoder: FeatureEncoder | None) -> int:
     return BLACK if getattr(encoder, "channels", 3) == 1 else WHITE
 
 
-def decode_image(data: bytes, max_pixels: int, max_aspect: float = float("inf"), background: int = WHITE) -> Image.Image:
+def decode_image(
+    data: bytes, max_pixels: int, max_aspect: float = float("inf"), background: int = WHITE
+) -> Image.Image:
     """Decode an upload fully into an ``L`` or ``RGB`` image, or raise InvalidImage (a 422).
 
     Refused: empty or unreadable bytes, formats other than PNG/JPEG/WebP, more than ``max_pixels``
@@ -79,11 +83,15 @@ def decode_image(data: bytes, max_pixels: int, max_aspect: float = float("inf"),
             probe = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = probe.size
             if width * height > max_pixels:
-                raise InvalidImage(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
-                                   "(GMEM_BANK_MAX_IMAGE_PIXELS); downscale it first")
+                raise InvalidImage(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+                    "(GMEM_BANK_MAX_IMAGE_PIXELS); downscale it first"
+                )
             if min(width, height) < 1 or max(width, height) > max_aspect * min(width, height):
-                raise InvalidImage(f"image is {width}x{height}; its long side may be at most {max_aspect:g} times "
-                                   "its short side (GMEM_BANK_MAX_IMAGE_ASPECT); crop it first")
+                raise InvalidImage(
+                    f"image is {width}x{height}; its long side may be at most {max_aspect:g} times "
+                    "its short side (GMEM_BANK_MAX_IMAGE_ASPECT); crop it first"
+                )
             probe.verify()
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             image.load()
@@ -91,11 +99,15 @@ def decode_image(data: bytes, max_pixels: int, max_aspect: float = float("inf"),
     except InvalidImage:
         raise
     except UnidentifiedImageError as exc:
-        raise InvalidImage("the upload is not a PNG, JPEG or WebP image (the formats the bank decodes); "
-                           "convert it to PNG first") from exc
+        raise InvalidImage(
+            "the upload is not a PNG, JPEG or WebP image (the formats the bank decodes); "
+            "convert it to PNG first"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError...) for bad bytes
-        raise InvalidImage(f"the upload is not a readable image ({type(exc).__name__}: {exc}); "
-                           "send a complete PNG, JPEG or WebP file") from exc
+        raise InvalidImage(
+            f"the upload is not a readable image ({type(exc).__name__}: {exc}); "
+            "send a complete PNG, JPEG or WebP file"
+        ) from exc
 
 
 def to_canonical(image: Image.Image, background: int = WHITE) -> Image.Image:
@@ -135,7 +147,8 @@ def _composite(image: Image.Image, background: int) -> Image.Image:
         raise InvalidImage(
             f"the image shows nothing once its transparency is composited onto the encoder's "
             f"{'black' if background == BLACK else 'white'} background (the drawing is only in the alpha channel, "
-            "in the background's colour); draw in a contrasting colour or send an opaque image")
+            "in the background's colour); draw in a contrasting colour or send an opaque image"
+        )
     result = Image.fromarray(out8, "RGB")
     return result.convert("L") if grey else result
 
@@ -152,7 +165,7 @@ class ImageEncoder:
         if self.encoder is None:
             raise EncoderUnavailable(
                 "image inserts need an encoder: start the bank with GMEM_BANK_ENCODER set to the bank's encoder id "
-                "(and GMEM_BANK_ENCODER_WEIGHTS if needed), or send {\"feature\": [...]} instead"
+                '(and GMEM_BANK_ENCODER_WEIGHTS if needed), or send {"feature": [...]} instead'
             )
         return self.encoder
 

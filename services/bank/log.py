@@ -166,10 +166,17 @@ class EditLog:
                         f"edit log {path} is damaged at byte {valid}, after {len(records)} good records: a complete "
                         f"record fails its checksum{later}, so acknowledged edits would be lost. The bytes from "
                         f"there on are saved in {aside}. Restore the data dir from a backup, or start with "
-                        f"{ACCEPT_HINT} to drop them.")
-                log.warning("edit log %s: %s tail of %d bytes after %d records, saved in %s; truncating at byte %d",
-                            path, "torn" if kind == "torn" else "corrupt (accepted)", len(data) - valid,
-                            len(records), aside, valid)
+                        f"{ACCEPT_HINT} to drop them."
+                    )
+                log.warning(
+                    "edit log %s: %s tail of %d bytes after %d records, saved in %s; truncating at byte %d",
+                    path,
+                    "torn" if kind == "torn" else "corrupt (accepted)",
+                    len(data) - valid,
+                    len(records),
+                    aside,
+                    valid,
+                )
                 os.ftruncate(fd, valid)
                 os.fsync(fd)
             if created:

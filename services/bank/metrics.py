@@ -16,29 +16,54 @@ class BankMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("gmem_bank_requests", "HTTP requests by route and status",
-                                ["method", "route", "status"], registry=r)
-        self.latency = Histogram("gmem_bank_request_seconds", "HTTP request latency by route",
-                                 ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.fsync = Histogram("gmem_bank_fsync_seconds", "edit-log write + fsync latency",
-                               buckets=_LATENCY_BUCKETS, registry=r)
-        self.redis_failures = Counter("gmem_bank_redis_publish_failures", "failed Redis connects/publishes",
-                                      registry=r)
+        self.requests = Counter(
+            "gmem_bank_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gmem_bank_request_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fsync = Histogram(
+            "gmem_bank_fsync_seconds", "edit-log write + fsync latency", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.redis_failures = Counter(
+            "gmem_bank_redis_publish_failures", "failed Redis connects/publishes", registry=r
+        )
         self.size = Gauge("gmem_bank_size", "live snippets per pool", ["pool"], registry=r)
         self.version = Gauge("gmem_bank_version", "current bank version (acknowledged mutations)", registry=r)
-        self.last_fsync = Gauge("gmem_bank_last_fsync_seconds", "latency of the last edit-log fsync", registry=r)
-        self.snapshot_version = Gauge("gmem_bank_snapshot_version",
-                                      "bank version of the last snapshot (0 = none)", registry=r)
-        self.snapshot_time = Gauge("gmem_bank_snapshot_timestamp_seconds",
-                                   "unix time the last snapshot was written (0 = none)", registry=r)
+        self.last_fsync = Gauge(
+            "gmem_bank_last_fsync_seconds", "latency of the last edit-log fsync", registry=r
+        )
+        self.snapshot_version = Gauge(
+            "gmem_bank_snapshot_version", "bank version of the last snapshot (0 = none)", registry=r
+        )
+        self.snapshot_time = Gauge(
+            "gmem_bank_snapshot_timestamp_seconds",
+            "unix time the last snapshot was written (0 = none)",
+            registry=r,
+        )
         self.redis_up = Gauge("gmem_bank_redis_up", "1 when the event stream is reachable", registry=r)
-        self.redis_pending = Gauge("gmem_bank_redis_pending_events", "mutations not yet in the stream",
-                                   registry=r)
+        self.redis_pending = Gauge(
+            "gmem_bank_redis_pending_events", "mutations not yet in the stream", registry=r
+        )
 
-    def bind(self, *, size: Callable[[str], float], version: Callable[[], float], last_fsync: Callable[[], float],
-             redis_up: Callable[[], float], redis_pending: Callable[[], float],
-             snapshot_version: Callable[[], float] = lambda: 0.0,
-             snapshot_time: Callable[[], float] = lambda: 0.0) -> None:
+    def bind(
+        self,
+        *,
+        size: Callable[[str], float],
+        version: Callable[[], float],
+        last_fsync: Callable[[], float],
+        redis_up: Callable[[], float],
+        redis_pending: Callable[[], float],
+        snapshot_version: Callable[[], float] = lambda: 0.0,
+        snapshot_time: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         """Gauges read live state at scrape time, so they can never drift from the store."""
         for pool in ("base", "user", "all"):
             self.size.labels(pool).set_function(functools.partial(size, pool))

@@ -31,7 +31,6 @@ def noise_statistic(z: list[float] | np.ndarray) -> float:
     return bankmath.noise_statistic(a)
 
 
-
 def parse(body: bytes) -> RetrieveRequest:
     try:
         return RetrieveRequest.model_validate_json(body)
@@ -54,8 +53,11 @@ def parse_in_worker(body: bytes) -> _Parsed:
     try:
         req = parse(body)
     except RequestValidationError as exc:
-        return _Parsed(None, None, errors=[{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
-                                           for e in exc.errors()])
+        return _Parsed(
+            None,
+            None,
+            errors=[{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()],
+        )
     if req.z is None:
         return _Parsed(req, None)
     # a list of lists is a batch of noises (the schema admits no mixture); isinstance cannot narrow it
@@ -72,6 +74,7 @@ def watch_parent(parent_pid: int) -> None:
 
     A ProcessPoolExecutor worker outlives a killed parent otherwise, idle forever.
     """
+
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(0.5)

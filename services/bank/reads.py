@@ -52,8 +52,12 @@ With `Accept: application/octet-stream` the answer is binary: the body is float3
 `[k, d]` snippets followed by int64 little-endian `[k]` indices; `X-GMem-Version`,
 `X-GMem-Pool-Size` and `X-GMem-Shape` (`k,d`) carry the other fields.
 """
-RETRIEVE_BODY_DOC = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/RetrieveRequest"}}}}}
+RETRIEVE_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RetrieveRequest"}}},
+    }
+}
 
 
 def document_request_model(app: FastAPI) -> None:
@@ -64,7 +68,8 @@ def document_request_model(app: FastAPI) -> None:
         if app.openapi_schema is None:
             spec = build()
             spec.setdefault("components", {}).setdefault("schemas", {})["RetrieveRequest"] = (
-                RetrieveRequest.model_json_schema(ref_template="#/components/schemas/{model}"))
+                RetrieveRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -98,8 +103,12 @@ def _rows(req: RetrieveRequest) -> int:
 def _answer(store: BankStore, req: RetrieveRequest, binary: bool) -> tuple[bytes, str, dict[str, str]]:
     if req.z is not None:
         zs = req.z if isinstance(req.z[0], list) else [req.z]
-        return _encode(*store.retrieve_by_noise(zs, req.pool, req.label), req, binary,  # type: ignore[arg-type]
-                       _label_pool_size(store, req))
+        return _encode(
+            *store.retrieve_by_noise(zs, req.pool, req.label),
+            req,
+            binary,  # type: ignore[arg-type]
+            _label_pool_size(store, req),
+        )
     return _encode(*store.retrieve_by_id(req.indices or [], req.pool), req, binary)
 
 
@@ -108,26 +117,46 @@ def _label_pool_size(store: BankStore, req: RetrieveRequest) -> int | None:
     return None if req.label is None else int(store.label_pool(req.label, req.pool).size)
 
 
-def _answer_zetas(store: BankStore, req: RetrieveRequest, zetas: list[float],
-                  binary: bool) -> tuple[bytes, str, dict[str, str]]:
+def _answer_zetas(
+    store: BankStore, req: RetrieveRequest, zetas: list[float], binary: bool
+) -> tuple[bytes, str, dict[str, str]]:
     view = store.view()
     if req.label is None and view.pool_size(req.pool) == 0:
         return _answer(store, req.model_copy(update={"z": [0.0]}), binary)  # raises EmptyPool, same message
-    return _encode(*store.retrieve_by_statistic(zetas, req.pool, view, label=req.label), req, binary,
-                   _label_pool_size(store, req))
+    return _encode(
+        *store.retrieve_by_statistic(zetas, req.pool, view, label=req.label),
+        req,
+        binary,
+        _label_pool_size(store, req),
+    )
 
 
-def _encode(view: BankView, ids: np.ndarray, snippets: np.ndarray, req: RetrieveRequest,
-            binary: bool, pool_size: int | None = None) -> tuple[bytes, str, dict[str, str]]:
+def _encode(
+    view: BankView,
+    ids: np.ndarray,
+    snippets: np.ndarray,
+    req: RetrieveRequest,
+    binary: bool,
+    pool_size: int | None = None,
+) -> tuple[bytes, str, dict[str, str]]:
     pool_size = view.pool_size(req.pool) if pool_size is None else pool_size
     if binary:
         rows = np.ascontiguousarray(snippets, dtype="<f4")
-        headers = {"X-GMem-Version": str(view.version), "X-GMem-Pool-Size": str(pool_size),
-                   "X-GMem-Shape": f"{rows.shape[0]},{rows.shape[1]}", "X-GMem-Dtype": "float32-le,int64-le"}
+        headers = {
+            "X-GMem-Version": str(view.version),
+            "X-GMem-Pool-Size": str(pool_size),
+            "X-GMem-Shape": f"{rows.shape[0]},{rows.shape[1]}",
+            "X-GMem-Dtype": "float32-le,int64-le",
+        }
         return rows.tobytes() + np.asarray(ids, dtype="<i8").tobytes(), BINARY, headers
-    out = {"version": view.version, "pool_size": pool_size, "indices": ids.tolist(),
-           "snippets": base64.b64encode(snippets.astype("<f4").tobytes()).decode("ascii")
-           if req.encoding == "b64f32" else snippets.tolist()}
+    out = {
+        "version": view.version,
+        "pool_size": pool_size,
+        "indices": ids.tolist(),
+        "snippets": base64.b64encode(snippets.astype("<f4").tobytes()).decode("ascii")
+        if req.encoding == "b64f32"
+        else snippets.tolist(),
+    }
     # Serialised directly: re-validating 64 x d floats through the response model would double the cost.
     return pydantic_core.to_json(out), "application/json", {}
 
@@ -141,8 +170,12 @@ def _parse_pool() -> ProcessPoolExecutor:
     /healthz p50 54 ms, max 1 s). Spawned, not forked: the server runs threads."""
     global _POOL  # noqa: PLW0603 - one per server process, created on first use
     if _POOL is None:
-        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=watch_parent, initargs=(os.getpid(),))
+        _POOL = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=watch_parent,
+            initargs=(os.getpid(),),
+        )
     return _POOL
 
 
@@ -177,8 +210,10 @@ async def retrieve(store: BankStore, request: Request) -> Response:
     """The whole route: content-type check, parse + retrieve (in a thread when large), encode."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"content type {ctype!r} is not accepted; send the JSON body with "
-                                   "'Content-Type: application/json'")
+        raise UnsupportedMediaType(
+            f"content type {ctype!r} is not accepted; send the JSON body with "
+            "'Content-Type: application/json'"
+        )
     body = await request.body()
     binary = wants_binary(request)
     if len(body) > INLINE_BYTES:

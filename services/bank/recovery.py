@@ -52,12 +52,16 @@ class AckedVersion:
         if len(blob) == 0:
             return None  # created by a process killed before its first write
         if len(blob) != _ACK.size:
-            raise DataLoss(f"{self.path} is damaged ({len(blob)} bytes); it records the highest acknowledged "
-                           f"version. Restore it, or start with {ACCEPT_HINT}")
+            raise DataLoss(
+                f"{self.path} is damaged ({len(blob)} bytes); it records the highest acknowledged "
+                f"version. Restore it, or start with {ACCEPT_HINT}"
+            )
         magic, version, crc = _ACK.unpack(blob)
         if magic != _ACK_MAGIC or zlib.crc32(struct.pack("<Q", version)) != crc:
-            raise DataLoss(f"{self.path} is damaged (bad magic or checksum); it records the highest acknowledged "
-                           f"version. Restore it, or start with {ACCEPT_HINT}")
+            raise DataLoss(
+                f"{self.path} is damaged (bad magic or checksum); it records the highest acknowledged "
+                f"version. Restore it, or start with {ACCEPT_HINT}"
+            )
         return int(version)
 
     def write(self, version: int) -> None:
@@ -88,7 +92,7 @@ def save_aside(log_path: Path, data: bytes, offset: int, kind: str) -> Path:
     try:
         view = memoryview(data)[offset:]
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -51,9 +51,18 @@ class Snapshot:
 
 def encode_snapshot(snap: Snapshot) -> bytes:
     n, rank = snap.coefficients.shape
-    meta = json.dumps({"version": snap.version, "n_runtime": n, "rank": rank, "live": snap.live,
-                       "records": snap.records, "created_unix": snap.created_unix},
-                      separators=(",", ":"), allow_nan=False).encode()
+    meta = json.dumps(
+        {
+            "version": snap.version,
+            "n_runtime": n,
+            "rank": rank,
+            "live": snap.live,
+            "records": snap.records,
+            "created_unix": snap.created_unix,
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()
     data = np.ascontiguousarray(snap.coefficients, dtype="<f8").tobytes()
     return _HEAD.pack(MAGIC, len(meta), len(data), zlib.crc32(meta + data)) + meta + data
 
@@ -73,8 +82,13 @@ def decode_snapshot(blob: bytes) -> Snapshot:
     if data_len != n * rank * 8 or len(meta["records"]) != n:
         raise BankFileError("snapshot metadata does not match its coefficient block")
     coeffs = np.frombuffer(data, dtype="<f8").reshape(n, rank).astype(np.float64)
-    return Snapshot(int(meta["version"]), coeffs, list(meta["records"]), [int(i) for i in meta["live"]],
-                    float(meta.get("created_unix", 0.0)))
+    return Snapshot(
+        int(meta["version"]),
+        coeffs,
+        list(meta["records"]),
+        [int(i) for i in meta["live"]],
+        float(meta.get("created_unix", 0.0)),
+    )
 
 
 def write_snapshot(data_dir: Path, snap: Snapshot) -> None:

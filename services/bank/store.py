@@ -51,7 +51,6 @@ SNAPSHOT_RETRY_MAX_S = 300.0
 log = logging.getLogger("gmem.bank.store")
 
 
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -59,9 +58,15 @@ def _now() -> str:
 class BankStore:
     """Base factors + edit log + FAISS index, behind one writer lock and lock-free views."""
 
-    def __init__(self, factors: BankFactors, data_dir: Path, faiss_threads: int = 1,
-                 snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30,
-                 accept_data_loss: bool = False) -> None:
+    def __init__(
+        self,
+        factors: BankFactors,
+        data_dir: Path,
+        faiss_threads: int = 1,
+        snapshot_every: int = 10_000,
+        row_cache_bytes: int = 1 << 30,
+        accept_data_loss: bool = False,
+    ) -> None:
         self.factors = factors
         self.rows = RowCache(factors, row_cache_bytes)
         self.data_dir = data_dir
@@ -102,11 +107,23 @@ class BankStore:
             raise
 
     @classmethod
-    def open(cls, factors_path: Path, data_dir: Path, faiss_threads: int = 1,
-             snapshot_every: int = 10_000, row_cache_bytes: int = 1 << 30,
-             accept_data_loss: bool = False) -> BankStore:
-        return cls(load_factors(factors_path, mmap=True), Path(data_dir), faiss_threads, snapshot_every,
-                   row_cache_bytes, accept_data_loss)
+    def open(
+        cls,
+        factors_path: Path,
+        data_dir: Path,
+        faiss_threads: int = 1,
+        snapshot_every: int = 10_000,
+        row_cache_bytes: int = 1 << 30,
+        accept_data_loss: bool = False,
+    ) -> BankStore:
+        return cls(
+            load_factors(factors_path, mmap=True),
+            Path(data_dir),
+            faiss_threads,
+            snapshot_every,
+            row_cache_bytes,
+            accept_data_loss,
+        )
 
     def close(self) -> None:
         self.rows.stop()
@@ -121,7 +138,9 @@ class BankStore:
         recorded = self.acked.recorded
         if recorded is None or recorded <= self._version:
             if recorded != self._version:
-                self.acked.write(self._version)  # a new data dir, one from before the file existed, or lagging
+                self.acked.write(
+                    self._version
+                )  # a new data dir, one from before the file existed, or lagging
             return
         message = missing_message(self.data_dir, recorded, self._version, self.snapshot_version)
         if not accept_data_loss:
@@ -137,8 +156,11 @@ class BankStore:
         for k in range(lost):
             c = np.zeros(self.factors.rank)
             c.setflags(write=False)
-            self._records.append(RuntimeRecord(id=self.factors.size + n + k, kind="lost", coefficients=c,
-                                               name=None, created_at=_now()))
+            self._records.append(
+                RuntimeRecord(
+                    id=self.factors.size + n + k, kind="lost", coefficients=c, name=None, created_at=_now()
+                )
+            )
         self._version = self._events_base = recorded
         self._events = []
         self._view = self._make_view(recorded)
@@ -211,8 +233,10 @@ class BankStore:
     def label_pool(self, label: int, pool: str) -> np.ndarray:
         """Base ids of ``label`` (ascending): the pool a labelled noise-CDF draw indexes into."""
         if not self._label_rows:
-            raise InvalidInput("this bank has no labels, so `label` cannot pick snippets; use a labelled bank "
-                               "or one reduced per label (python -m training reduce-bank)")
+            raise InvalidInput(
+                "this bank has no labels, so `label` cannot pick snippets; use a labelled bank "
+                "or one reduced per label (python -m training reduce-bank)"
+            )
         if pool == "user":
             raise InvalidInput("run-time snippets carry no label; use `label` with pool 'base' or 'all'")
         if label not in self._label_rows:
@@ -220,13 +244,15 @@ class BankStore:
             raise InvalidInput(f"no base rows have label {label}; this bank's labels are {known}")
         return self._label_rows[label]
 
-    def retrieve_by_noise(self, zs: list[list[float]], pool: str,
-                          label: int | None = None) -> tuple[BankView, np.ndarray, np.ndarray]:
+    def retrieve_by_noise(
+        self, zs: list[list[float]], pool: str, label: int | None = None
+    ) -> tuple[BankView, np.ndarray, np.ndarray]:
         """Paper 4.3: one snippet per noise tensor, drawn by its CDF index in ``pool`` (or that label's rows)."""
         return self.retrieve_by_statistic([noise_statistic(z) for z in zs], pool, label=label)
 
-    def retrieve_by_statistic(self, zetas: list[float], pool: str, view: BankView | None = None,
-                              label: int | None = None) -> tuple[BankView, np.ndarray, np.ndarray]:
+    def retrieve_by_statistic(
+        self, zetas: list[float], pool: str, view: BankView | None = None, label: int | None = None
+    ) -> tuple[BankView, np.ndarray, np.ndarray]:
         """``retrieve_by_noise`` from each tensor's ``zeta`` (``noise_statistic``), computed elsewhere."""
         view = view or self.view()
         rows = self.label_pool(label, pool) if label is not None else None
@@ -249,9 +275,11 @@ class BankStore:
         return view, arr, self.snippets(view, arr)
 
     def _unknown_message(self, view: BankView, snippet_id: int, pool: str = "all") -> str:
-        where = {"base": f"base ids are 0..{view.base_size - 1}",
-                 "user": "pool 'user' holds live run-time snippets only",
-                 "all": "it was never created or has been deleted"}[pool]
+        where = {
+            "base": f"base ids are 0..{view.base_size - 1}",
+            "user": "pool 'user' holds live run-time snippets only",
+            "all": "it was never created or has been deleted",
+        }[pool]
         return f"snippet id {snippet_id} is not in pool {pool!r} ({where}); GET /bank lists the bank's size"
 
     def record(self, view: BankView, snippet_id: int) -> RuntimeRecord | None:
@@ -277,7 +305,9 @@ class BankStore:
         proj = bankmath.project(vec, f.mu, f.B, f.S, normalized=f.meta.normalized)
         c = proj.coefficients[0]
         if not np.all(np.isfinite(c)):
-            raise NonFiniteValue("the feature's projection is not finite; send values of a sensible magnitude")
+            raise NonFiniteValue(
+                "the feature's projection is not finite; send values of a sensible magnitude"
+            )
         snippet = bankmath.snippets_from_coefficients(c[None, :], f.B, f.mu)[0]
         return c, snippet, float(proj.residual[0])
 
@@ -298,26 +328,50 @@ class BankStore:
         """Project a feature (eq. 10) and append its coefficients; returns (id, version, residual)."""
         c, _, residual = self.project(feature)
         with self._write:
-            payload = {"op": "insert", "id": self.factors.size + len(self._records),
-                       "coefficients": c.tolist(), "residual": residual, "name": name, "created_at": _now()}
+            payload = {
+                "op": "insert",
+                "id": self.factors.size + len(self._records),
+                "coefficients": c.tolist(),
+                "residual": residual,
+                "name": name,
+                "created_at": _now(),
+            }
             version = self._commit(payload)
             return payload["id"], version, residual
 
-    def interpolate(self, i: int, j: int, alpha: float, method: str = "linear",
-                    name: str | None = None) -> tuple[int, int]:
+    def interpolate(
+        self, i: int, j: int, alpha: float, method: str = "linear", name: str | None = None
+    ) -> tuple[int, int]:
         """Eq. 11 between two live snippets (base or run-time); returns (id, version)."""
         with self._write:
             view = self._view
             ends = []
             for sid in (i, j):
                 rec = self.record(view, sid)
-                ends.append(np.asarray(self.factors.C[sid], dtype=np.float64) if rec is None else rec.coefficients)
+                ends.append(
+                    np.asarray(self.factors.C[sid], dtype=np.float64) if rec is None else rec.coefficients
+                )
             f = self.factors
-            c = bankmath.interpolate(ends[0], ends[1], alpha, method,  # type: ignore[arg-type]
-                                     mu=f.mu, B=f.B, S=f.S, normalized=f.meta.normalized)
-            payload = {"op": "interpolate", "id": self.factors.size + len(self._records),
-                       "coefficients": c.tolist(), "parents": [i, j], "alpha": float(alpha), "method": method,
-                       "name": name, "created_at": _now()}
+            c = bankmath.interpolate(
+                ends[0],
+                ends[1],
+                alpha,
+                method,  # type: ignore[arg-type]
+                mu=f.mu,
+                B=f.B,
+                S=f.S,
+                normalized=f.meta.normalized,
+            )
+            payload = {
+                "op": "interpolate",
+                "id": self.factors.size + len(self._records),
+                "coefficients": c.tolist(),
+                "parents": [i, j],
+                "alpha": float(alpha),
+                "method": method,
+                "name": name,
+                "created_at": _now(),
+            }
             version = self._commit(payload)
             return payload["id"], version
 
@@ -351,8 +405,11 @@ class BankStore:
         self._view = self._make_view(version)
         for callback in self._listeners:
             callback()
-        if (self.snapshot_every and version - self.snapshot_version >= self.snapshot_every
-                and time.monotonic() >= self._snapshot_retry_at):
+        if (
+            self.snapshot_every
+            and version - self.snapshot_version >= self.snapshot_every
+            and time.monotonic() >= self._snapshot_retry_at
+        ):
             try:
                 self._snapshot_locked()
                 self._snapshot_failures = 0
@@ -360,8 +417,13 @@ class BankStore:
                 self._snapshot_failures += 1
                 pause = min(SNAPSHOT_RETRY_S * 2 ** (self._snapshot_failures - 1), SNAPSHOT_RETRY_MAX_S)
                 self._snapshot_retry_at = time.monotonic() + pause
-                log.exception("could not write a snapshot at version %d (failure %d); the edit log still holds "
-                              "every edit; next attempt in %.0f s", version, self._snapshot_failures, pause)
+                log.exception(
+                    "could not write a snapshot at version %d (failure %d); the edit log still holds "
+                    "every edit; next attempt in %.0f s",
+                    version,
+                    self._snapshot_failures,
+                    pause,
+                )
         return version
 
     # -- snapshots --------------------------------------------------------------------------------
@@ -373,8 +435,18 @@ class BankStore:
     def _snapshot_locked(self) -> int:
         """Snapshot, then rotate the log (see snapshot.py for why every kill point recovers). Holds the writer lock."""
         n = len(self._records)
-        records = [{"kind": r.kind, "name": r.name, "created_at": r.created_at, "parents": list(r.parents),
-                    "alpha": r.alpha, "method": r.method, "residual": r.residual} for r in self._records]
+        records = [
+            {
+                "kind": r.kind,
+                "name": r.name,
+                "created_at": r.created_at,
+                "parents": list(r.parents),
+                "alpha": r.alpha,
+                "method": r.method,
+                "residual": r.residual,
+            }
+            for r in self._records
+        ]
         snap = Snapshot(self._version, self._buf[:n].copy(), records, list(self._live), time.time())
         write_snapshot(self.data_dir, snap)
         self.snapshot_version, self.snapshot_unix = snap.version, snap.created_unix
@@ -385,17 +457,28 @@ class BankStore:
         """Load a snapshot into an empty store (start-up only)."""
         n = snap.coefficients.shape[0]
         if snap.coefficients.shape[1] != self.factors.rank or snap.version < 0:
-            raise BankFileError(f"snapshot in {self.data_dir} has rank {snap.coefficients.shape[1]}, the factors "
-                                f"file has rank {self.factors.rank}; it is not from this data dir")
+            raise BankFileError(
+                f"snapshot in {self.data_dir} has rank {snap.coefficients.shape[1]}, the factors "
+                f"file has rank {self.factors.rank}; it is not from this data dir"
+            )
         self._buf = np.zeros((max(64, 2 * n), self.factors.rank), dtype=np.float64)
         self._buf[:n] = snap.coefficients
         for k, meta in enumerate(snap.records):
             c = snap.coefficients[k].copy()
             c.setflags(write=False)
-            self._records.append(RuntimeRecord(
-                id=self.factors.size + k, kind=meta["kind"], coefficients=c, name=meta.get("name"),
-                created_at=meta.get("created_at", ""), parents=tuple(meta.get("parents") or ()),
-                alpha=meta.get("alpha"), method=meta.get("method"), residual=meta.get("residual")))
+            self._records.append(
+                RuntimeRecord(
+                    id=self.factors.size + k,
+                    kind=meta["kind"],
+                    coefficients=c,
+                    name=meta.get("name"),
+                    created_at=meta.get("created_at", ""),
+                    parents=tuple(meta.get("parents") or ()),
+                    alpha=meta.get("alpha"),
+                    method=meta.get("method"),
+                    residual=meta.get("residual"),
+                )
+            )
         live = sorted(snap.live)
         if live and (live[0] < self.factors.size or live[-1] >= self.factors.size + n):
             raise BankFileError(f"snapshot in {self.data_dir} lists live ids outside its run-time range")
@@ -413,8 +496,10 @@ class BankStore:
         except (KeyError, TypeError, ValueError) as exc:
             raise BankFileError(f"edit log record {p!r} lacks v/op/id") from exc
         if version != self._version + 1 or op not in OPS:
-            raise BankFileError(f"edit log record out of order or unknown: version {version} op {op!r} after "
-                                f"version {self._version}; the log is not from this data dir")
+            raise BankFileError(
+                f"edit log record out of order or unknown: version {version} op {op!r} after "
+                f"version {self._version}; the log is not from this data dir"
+            )
         if op == "delete":
             with self.index.lock:
                 self._live.pop(sid, None)
@@ -423,8 +508,10 @@ class BankStore:
             c = np.asarray(p["coefficients"], dtype=np.float64)
             n = len(self._records)
             if sid != self.factors.size + n or c.shape != (self.factors.rank,):
-                raise BankFileError(f"edit log record {version}: id {sid} or coefficients shape {c.shape} "
-                                    "does not fit this bank")
+                raise BankFileError(
+                    f"edit log record {version}: id {sid} or coefficients shape {c.shape} "
+                    "does not fit this bank"
+                )
             if n == self._buf.shape[0]:
                 # Grow by copy: views published before keep the old buffer, which nobody writes again.
                 grown = np.zeros((2 * n, self.factors.rank), dtype=np.float64)
@@ -432,10 +519,19 @@ class BankStore:
                 self._buf = grown
             self._buf[n] = c
             c.setflags(write=False)
-            self._records.append(RuntimeRecord(
-                id=sid, kind="inserted" if op == "insert" else "interpolated", coefficients=c,
-                name=p.get("name"), created_at=p.get("created_at", ""), parents=tuple(p.get("parents", ())),
-                alpha=p.get("alpha"), method=p.get("method"), residual=p.get("residual")))
+            self._records.append(
+                RuntimeRecord(
+                    id=sid,
+                    kind="inserted" if op == "insert" else "interpolated",
+                    coefficients=c,
+                    name=p.get("name"),
+                    created_at=p.get("created_at", ""),
+                    parents=tuple(p.get("parents", ())),
+                    alpha=p.get("alpha"),
+                    method=p.get("method"),
+                    residual=p.get("residual"),
+                )
+            )
             with self.index.lock:
                 self._live[sid] = None
                 self.index.add_runtime(sid, c)

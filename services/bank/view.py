@@ -57,5 +57,8 @@ class BankView:
         if pool == "user":
             user: np.ndarray = self.user_ids[positions]
             return user
-        return np.where(positions < self.base_size, positions,
-                        self.user_ids[np.maximum(positions - self.base_size, 0)] if self.user_ids.size else positions)
+        return np.where(
+            positions < self.base_size,
+            positions,
+            self.user_ids[np.maximum(positions - self.base_size, 0)] if self.user_ids.size else positions,
+        )

@@ -30,15 +30,18 @@ def check_bank_at_start(settings: GeneratorSettings) -> None:
     except GMemError as exc:
         raise SystemExit(f"gmem generator: {exc.message}") from exc
     deadline = time.monotonic() + settings.bank_start_wait_s
-    with BankClient(settings.bank_url, timeout=min(2.0, settings.bank_timeout_s),
-                    retry=RetryPolicy(attempts=1)) as bank:
+    with BankClient(
+        settings.bank_url, timeout=min(2.0, settings.bank_timeout_s), retry=RetryPolicy(attempts=1)
+    ) as bank:
         while True:
             try:
                 info = bank.info()
                 break
             except ClientError as exc:
                 if time.monotonic() >= deadline:
-                    log.warning("bank at %s not reachable (%s); starting not ready", settings.bank_url, exc.message)
+                    log.warning(
+                        "bank at %s not reachable (%s); starting not ready", settings.bank_url, exc.message
+                    )
                     return
                 time.sleep(0.5)
     try:
@@ -50,7 +53,9 @@ def check_bank_at_start(settings: GeneratorSettings) -> None:
 def serve(
     model: str | None = typer.Option(None, "--model", help="model file (env GMEM_GENERATOR_MODEL)"),
     bank_url: str | None = typer.Option(None, "--bank-url", help="bank service URL (env GMEM_BANK_URL)"),
-    host: str | None = typer.Option(None, "--host", help="bind address (env GMEM_GENERATOR_HOST; default 127.0.0.1)"),
+    host: str | None = typer.Option(
+        None, "--host", help="bind address (env GMEM_GENERATOR_HOST; default 127.0.0.1)"
+    ),
     port: int | None = typer.Option(None, "--port", help="port (env GMEM_GENERATOR_PORT; default 8002)"),
 ) -> None:
     """Serve GMem sampling over HTTP (POST /generate); snippets come from the bank service.

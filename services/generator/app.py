@@ -32,10 +32,16 @@ log = logging.getLogger("gmem.generator")
 def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: GeneratorMetrics) -> Generator:
     runtime = Runtime(settings, facts)
     runtime.observe_nfe(metrics.forward_per_nfe.observe)
-    bank = AsyncBankClient(settings.bank_url, timeout=settings.bank_timeout_s,
-                           retry=RetryPolicy(attempts=settings.bank_retries, base_delay=0.05, max_delay=0.5))
-    cache = (SnippetCache(settings.redis_url, metrics, settings.cache_max_entries, stream=settings.redis_stream)
-             if settings.redis_url else None)
+    bank = AsyncBankClient(
+        settings.bank_url,
+        timeout=settings.bank_timeout_s,
+        retry=RetryPolicy(attempts=settings.bank_retries, base_delay=0.05, max_delay=0.5),
+    )
+    cache = (
+        SnippetCache(settings.redis_url, metrics, settings.cache_max_entries, stream=settings.redis_stream)
+        if settings.redis_url
+        else None
+    )
     gen = Generator(settings, runtime, bank, None, metrics, cache, open_prompts(settings, facts))
     gen.jobs = JobService(gen)
     if settings.redis_url:
@@ -74,12 +80,18 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
     """The generator app; the model loads in the background after start (``/readyz`` says when)."""
     metrics = make_metrics()
     gen = build_generator(settings, facts or read_model_facts(settings.model), metrics)
-    app = FastAPI(title="GMem generator", version="1", lifespan=_lifespan(gen),
-                  description="Stateless GMem sampling; snippets come from the memory bank service.",
-                  # A trailing-slash redirect would copy the request's Host header into Location: 404 instead.
-                  redirect_slashes=False)
+    app = FastAPI(
+        title="GMem generator",
+        version="1",
+        lifespan=_lifespan(gen),
+        description="Stateless GMem sampling; snippets come from the memory bank service.",
+        # A trailing-slash redirect would copy the request's Host header into Location: 404 instead.
+        redirect_slashes=False,
+    )
     app.state.generator = gen
-    install_error_handlers(app, STATUS, retry_after_s=settings.retry_after_s, json_example='{"n": 1, "seed": 0}')
+    install_error_handlers(
+        app, STATUS, retry_after_s=settings.retry_after_s, json_example='{"n": 1, "seed": 0}'
+    )
     for router in (ops.router, model.router, generate.router, jobs_router, openai_router(gen)):
         app.include_router(router)
 
@@ -87,7 +99,12 @@ def create_app(settings: GeneratorSettings, facts: ModelFacts | None = None) -> 
         metrics.requests.labels(route or "other", str(status)).inc()
         metrics.latency.labels(route or "other").observe(seconds)
 
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
-                       body_limit_name="GMEM_GENERATOR_MAX_BODY_BYTES", body_timeout_s=settings.body_timeout_s,
-                       on_request=on_request, access_logger="gmem.generator.access")
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        body_limit_name="GMEM_GENERATOR_MAX_BODY_BYTES",
+        body_timeout_s=settings.body_timeout_s,
+        on_request=on_request,
+        access_logger="gmem.generator.access",
+    )
     return app

@@ -37,7 +37,9 @@ class Job:
     snippets: np.ndarray  # [n, d] float32 unit rows
     seeds: list[int]
     gone: Callable[[], Awaitable[bool]] | None = None
-    future: asyncio.Future[list[bytes]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[list[bytes]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
@@ -48,8 +50,14 @@ class Job:
 class Batcher:
     """Merges jobs into forward batches and runs them one at a time in a worker thread."""
 
-    def __init__(self, run: RunBatch, max_images: int, max_wait_s: float, max_queue_images: int,
-                 metrics: GeneratorMetrics) -> None:
+    def __init__(
+        self,
+        run: RunBatch,
+        max_images: int,
+        max_wait_s: float,
+        max_queue_images: int,
+        metrics: GeneratorMetrics,
+    ) -> None:
         self._run = run
         self.max_images = max_images
         self.max_wait_s = max_wait_s
@@ -174,5 +182,5 @@ class Batcher:
         at = 0
         for job in batch:
             if not job.future.done():
-                job.future.set_result(pngs[at:at + job.n])
+                job.future.set_result(pngs[at : at + job.n])
             at += job.n

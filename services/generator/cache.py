@@ -37,12 +37,20 @@ from shared.events import DEFAULT_STREAM, decode_event, event_version
 
 log = logging.getLogger("gmem.generator.cache")
 
+
 class SnippetCache:
     """id -> unit snippet, following the bank's event stream; disabled while Redis is unreachable."""
 
-    def __init__(self, redis_url: str, metrics: GeneratorMetrics, max_entries: int = 100_000,
-                 poll_s: float = 0.5, stream: str = DEFAULT_STREAM, timeout_s: float = 0.1,
-                 open_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        metrics: GeneratorMetrics,
+        max_entries: int = 100_000,
+        poll_s: float = 0.5,
+        stream: str = DEFAULT_STREAM,
+        timeout_s: float = 0.1,
+        open_s: float = 1.0,
+    ) -> None:
         # redis is needed only with GMEM_REDIS_URL set; the generator's image may leave it out
         # (deploy/requirements-generator.txt), so it is imported when a cache is made.
         import redis.asyncio as aioredis
@@ -101,7 +109,9 @@ class SnippetCache:
         except TimeoutError:
             return False
         try:
-            async with asyncio.timeout(2 * self._timeout_s + 0.05):  # a bound even if a socket timeout is missed
+            async with asyncio.timeout(
+                2 * self._timeout_s + 0.05
+            ):  # a bound even if a socket timeout is missed
                 if self._last_id is None:
                     await self._enable()
                 else:
@@ -110,8 +120,11 @@ class SnippetCache:
             return True
         except Exception as exc:  # noqa: BLE001 - any Redis failure means "cannot stay coherent"
             if self.enabled:
-                log.warning("snippet cache disabled for %.1f s: Redis unreachable or slow (%s)", self._open_s,
-                            type(exc).__name__)
+                log.warning(
+                    "snippet cache disabled for %.1f s: Redis unreachable or slow (%s)",
+                    self._open_s,
+                    type(exc).__name__,
+                )
             self._disable()
             self._tripped, self._probe_at = True, time.monotonic() + self._open_s
             self._metrics.cache.labels("breaker_opened").inc()

@@ -55,20 +55,27 @@ class RequestTimeout(GeneratorError):
     code = "timeout"
 
 
-STATUS = ErrorTable([
-    *SHARED_ROWS,
-    (LimitExceeded, 422),
-    (IncompatibleArtifacts, 503),
-    (BankUnreachable, 503),
-    (BankRejected, 502),
-    (ModelNotReady, 503),
-    (Overloaded, 429),
-    (RequestTimeout, 503),
-])
+STATUS = ErrorTable(
+    [
+        *SHARED_ROWS,
+        (LimitExceeded, 422),
+        (IncompatibleArtifacts, 503),
+        (BankUnreachable, 503),
+        (BankRejected, 502),
+        (ModelNotReady, 503),
+        (Overloaded, 429),
+        (RequestTimeout, 503),
+    ]
+)
 
-_DESCRIPTIONS = {404: "unknown snippet id", 409: "empty pool", 413: "body too large",
-                 422: "invalid request or over a limit", 429: "overloaded; see Retry-After",
-                 503: "bank unavailable, not ready or timed out; see Retry-After"}
+_DESCRIPTIONS = {
+    404: "unknown snippet id",
+    409: "empty pool",
+    413: "body too large",
+    422: "invalid request or over a limit",
+    429: "overloaded; see Retry-After",
+    503: "bank unavailable, not ready or timed out; see Retry-After",
+}
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -56,9 +56,16 @@ _DRAWN_SEED_LIMIT = 2**31
 class Generator:
     """The service's state: model runtime, bank client, optional cache, batcher and readiness."""
 
-    def __init__(self, settings: GeneratorSettings, runtime: Runtime, bank: bc.AsyncBankClient,
-                 batcher: Batcher | None, metrics: GeneratorMetrics, cache: SnippetCache | None = None,
-                 prompts: PromptSnippets | None = None) -> None:
+    def __init__(
+        self,
+        settings: GeneratorSettings,
+        runtime: Runtime,
+        bank: bc.AsyncBankClient,
+        batcher: Batcher | None,
+        metrics: GeneratorMetrics,
+        cache: SnippetCache | None = None,
+        prompts: PromptSnippets | None = None,
+    ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.bank = bank
@@ -87,8 +94,11 @@ class Generator:
         except bc.ClientError as exc:
             self._ready = (False, f"bank unreachable: {exc.message}")
         except TimeoutError:
-            self._ready = (False, f"bank at {self.settings.bank_url} did not answer GET /bank within "
-                                  f"{self.settings.bank_timeout_s:g} s (GMEM_GENERATOR_BANK_TIMEOUT_S)")
+            self._ready = (
+                False,
+                f"bank at {self.settings.bank_url} did not answer GET /bank within "
+                f"{self.settings.bank_timeout_s:g} s (GMEM_GENERATOR_BANK_TIMEOUT_S)",
+            )
         except IncompatibleArtifacts as exc:
             self._ready = (False, exc.message)
         self._ready_at = time.monotonic()
@@ -103,8 +113,9 @@ class Generator:
 
     # ------------------------------------------------------------ generate
 
-    async def generate(self, req: GenerateRequest,
-                       gone: Callable[[], Awaitable[bool]] | None = None) -> GenerateResponse:
+    async def generate(
+        self, req: GenerateRequest, gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> GenerateResponse:
         """Answer one request as a job the server waits on (services/generator/jobs/service.py)."""
         assert self.jobs is not None, "the job service is wired in by build_generator"
         return await self.jobs.generate(req, gone)
@@ -114,17 +125,23 @@ class Generator:
         check_prompt(self.prompts, req)
         # Limits first: a request over them can never succeed, so "retry shortly" would mislead.
         if req.n > self.settings.max_n:
-            raise LimitExceeded(f"n={req.n} is over this service's maximum of {self.settings.max_n} images "
-                                "per request (GMEM_GENERATOR_MAX_N); split the request")
+            raise LimitExceeded(
+                f"n={req.n} is over this service's maximum of {self.settings.max_n} images "
+                "per request (GMEM_GENERATOR_MAX_N); split the request"
+            )
         steps = req.steps or self.runtime.facts.default_steps
         if steps > self.settings.max_steps:
-            raise LimitExceeded(f"steps={steps} is over this service's maximum of {self.settings.max_steps} "
-                                "(GMEM_GENERATOR_MAX_STEPS); ask for fewer steps")
+            raise LimitExceeded(
+                f"steps={steps} is over this service's maximum of {self.settings.max_steps} "
+                "(GMEM_GENERATOR_MAX_STEPS); ask for fewer steps"
+            )
         work = req.n * steps * (2 if req.cfg_scale != 1.0 else 1)
         if work > self.settings.max_work:
-            raise LimitExceeded(f"n x steps x (2 with CFG) = {work} is over this service's maximum of "
-                                f"{self.settings.max_work} per request (GMEM_GENERATOR_MAX_WORK); ask for fewer "
-                                "images or steps, or split the request")
+            raise LimitExceeded(
+                f"n x steps x (2 with CFG) = {work} is over this service's maximum of "
+                f"{self.settings.max_work} per request (GMEM_GENERATOR_MAX_WORK); ask for fewer "
+                "images or steps, or split the request"
+            )
         ok, detail = self.model_status()
         if not ok:
             raise ModelNotReady(f"{detail}; retry shortly")
@@ -135,14 +152,17 @@ class Generator:
         snippets, indices, version = await self._snippets(req, seeds)
         negative = None
         if req.negative_snippet is not None:
-            negative = np.repeat(prepare_snippet(req.negative_snippet, self.runtime.facts.feature_dim), req.n, axis=0)
+            negative = np.repeat(
+                prepare_snippet(req.negative_snippet, self.runtime.facts.feature_dim), req.n, axis=0
+            )
         elif req.negative_snippet_id is not None:
             rows, _ = await self._pinned([req.negative_snippet_id])
             negative = np.repeat(rows, req.n, axis=0)
         return Prepared(snippets, indices, version, negative)
 
-    async def _snippets(self, req: GenerateRequest,
-                        seeds: list[int]) -> tuple[np.ndarray, list[int | None], int | None]:
+    async def _snippets(
+        self, req: GenerateRequest, seeds: list[int]
+    ) -> tuple[np.ndarray, list[int | None], int | None]:
         """Where each image's snippet comes from: one branch per source (CONTRACT.md section 6)."""
         if req.prompt is not None:
             return await prompt_snippets(self, req, seeds)
@@ -158,7 +178,9 @@ class Generator:
             return np.repeat(row, req.n, axis=0), [None] * req.n, version
         z = self.runtime.initial_noise(seeds)
         # label: the same noise-CDF draw, restricted by the bank to that label's rows.
-        got = await self._bank_call(self.bank.retrieve(z=z, pool=req.pool, encoding="binary", label=req.label))
+        got = await self._bank_call(
+            self.bank.retrieve(z=z, pool=req.pool, encoding="binary", label=req.label)
+        )
         self._check_dim(got.snippets)
         return got.snippets, list(got.indices), got.version
 
@@ -179,7 +201,9 @@ class Generator:
         rows, version = await self._pinned(ids)
         mixed = (weights / total) @ rows.astype(np.float64)
         if not np.linalg.norm(mixed) > 1e-12:
-            raise InvalidInput("the weighted snippets cancel out (their blend is the zero vector); change the weights")
+            raise InvalidInput(
+                "the weighted snippets cancel out (their blend is the zero vector); change the weights"
+            )
         projected = await self._bank_call(self.bank.project(feature=mixed.astype(np.float32)))
         row = prepare_snippet([float(v) for v in projected.snippet], self.runtime.facts.feature_dim)
         return row, version
@@ -203,15 +227,21 @@ class Generator:
                 self.cache.put(got.indices, got.snippets, epoch)
         if version is None:
             # All from cache: the newest version this process has seen (stream or bank).
-            known = [v for v in (self.cache.version if self.cache else None, self.last_bank_version) if v is not None]
+            known = [
+                v
+                for v in (self.cache.version if self.cache else None, self.last_bank_version)
+                if v is not None
+            ]
             version = max(known) if known else None
         return np.stack([found[i] for i in ids]).astype(np.float32), version
 
     def _check_dim(self, snippets: np.ndarray) -> None:
         if snippets.ndim != 2 or snippets.shape[1] != self.runtime.facts.feature_dim:
             # The bank was swapped for an incompatible one after start: not ready, not a bad request.
-            raise IncompatibleArtifacts(f"the bank returned snippets of shape {snippets.shape}; model "
-                                        f"{self.runtime.facts.id!r} takes dimension {self.runtime.facts.feature_dim}")
+            raise IncompatibleArtifacts(
+                f"the bank returned snippets of shape {snippets.shape}; model "
+                f"{self.runtime.facts.id!r} takes dimension {self.runtime.facts.feature_dim}"
+            )
 
     async def _bank_call(self, call: Awaitable[T]) -> T:
         """Await a bank call, translating its failures into this service's errors."""
@@ -219,8 +249,9 @@ class Generator:
             got = await call
         except bc.Unavailable as exc:
             self.metrics.bank_calls.labels("unavailable").inc()
-            raise BankUnreachable(f"the memory bank at {self.settings.bank_url} is unavailable "
-                                  f"({exc.message}); retry later") from exc
+            raise BankUnreachable(
+                f"the memory bank at {self.settings.bank_url} is unavailable ({exc.message}); retry later"
+            ) from exc
         except bc.NotFound as exc:
             self.metrics.bank_calls.labels("not_found").inc()
             raise UnknownSnippet(f"the bank has no such snippet: {exc.detail}") from exc

@@ -38,35 +38,77 @@ def make_metrics() -> GeneratorMetrics:
     r = CollectorRegistry()
     return GeneratorMetrics(
         registry=r,
-        requests=Counter("gmem_generator_requests", "HTTP requests by route and status", ["route", "status"], registry=r),
+        requests=Counter(
+            "gmem_generator_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        ),
         images=Counter("gmem_generator_images", "images generated and returned", registry=r),
-        latency=Histogram("gmem_generator_request_seconds", "request latency by route", ["route"],
-                          buckets=_LATENCY, registry=r),
-        batch_images=Histogram("gmem_generator_batch_images", "images per merged forward batch",
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r),
-        batch_requests=Histogram("gmem_generator_batch_requests", "requests merged into one batch",
-                                 buckets=(1, 2, 4, 8, 16, 32, 64), registry=r),
+        latency=Histogram(
+            "gmem_generator_request_seconds",
+            "request latency by route",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
+        ),
+        batch_images=Histogram(
+            "gmem_generator_batch_images",
+            "images per merged forward batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        ),
+        batch_requests=Histogram(
+            "gmem_generator_batch_requests",
+            "requests merged into one batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        ),
         queue_depth=Gauge("gmem_generator_queue_images", "images waiting for the model", registry=r),
-        forward_per_nfe=Histogram("gmem_generator_forward_seconds_per_nfe",
-                                  "wall time per network evaluation of a (micro-)batch, averaged over its sampler run", buckets=_NFE, registry=r),
-        dropped=Counter("gmem_generator_dropped_requests", "queued requests dropped because the client left",
-                        registry=r),
-        bank_calls=Counter("gmem_generator_bank_calls", "calls to the bank by outcome", ["outcome"], registry=r),
+        forward_per_nfe=Histogram(
+            "gmem_generator_forward_seconds_per_nfe",
+            "wall time per network evaluation of a (micro-)batch, averaged over its sampler run",
+            buckets=_NFE,
+            registry=r,
+        ),
+        dropped=Counter(
+            "gmem_generator_dropped_requests", "queued requests dropped because the client left", registry=r
+        ),
+        bank_calls=Counter(
+            "gmem_generator_bank_calls", "calls to the bank by outcome", ["outcome"], registry=r
+        ),
         cache=Counter("gmem_generator_snippet_cache", "pinned-snippet cache events", ["event"], registry=r),
-        cache_enabled=Gauge("gmem_generator_snippet_cache_enabled", "1 while the Redis-fed cache is coherent",
-                            registry=r),
+        cache_enabled=Gauge(
+            "gmem_generator_snippet_cache_enabled", "1 while the Redis-fed cache is coherent", registry=r
+        ),
         # Triton/TGI-style names: queue time and compute time of each job, separately.
-        queue_seconds=Histogram("gmem_generator_queue_duration_seconds", "time a job waited before its first step",
-                                buckets=_LATENCY, registry=r),
-        inference_seconds=Histogram("gmem_generator_inference_duration_seconds",
-                                    "time from a job's first step to its end", buckets=_LATENCY, registry=r),
-        batch_rows=Histogram("gmem_generator_batch_size", "network rows per step-scheduler forward (CFG rows included)",
-                             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r),
-        batch_jobs=Histogram("gmem_generator_batch_jobs", "jobs sharing one step-scheduler forward",
-                             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r),
+        queue_seconds=Histogram(
+            "gmem_generator_queue_duration_seconds",
+            "time a job waited before its first step",
+            buckets=_LATENCY,
+            registry=r,
+        ),
+        inference_seconds=Histogram(
+            "gmem_generator_inference_duration_seconds",
+            "time from a job's first step to its end",
+            buckets=_LATENCY,
+            registry=r,
+        ),
+        batch_rows=Histogram(
+            "gmem_generator_batch_size",
+            "network rows per step-scheduler forward (CFG rows included)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        ),
+        batch_jobs=Histogram(
+            "gmem_generator_batch_jobs",
+            "jobs sharing one step-scheduler forward",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        ),
         queue_jobs=Gauge("gmem_generator_queue_size", "jobs waiting for the scheduler", registry=r),
         running_jobs=Gauge("gmem_generator_running_jobs", "jobs in the step scheduler's batch", registry=r),
         jobs=Counter("gmem_generator_jobs", "finished jobs by status", ["status"], registry=r),
-        saved_forwards=Counter("gmem_generator_saved_forwards",
-                               "unconditional network rows skipped outside the guidance interval", registry=r),
+        saved_forwards=Counter(
+            "gmem_generator_saved_forwards",
+            "unconditional network rows skipped outside the guidance interval",
+            registry=r,
+        ),
     )

@@ -40,30 +40,45 @@ def check_size(size: str | None, resolution: int) -> None:
         return
     m = _SIZE.match(size)
     if not m or int(m.group(1)) != resolution or int(m.group(2)) != resolution:
-        raise UnsupportedSize(f"size {size!r} is not served: this model draws {resolution}x{resolution} images "
-                                f"only (GET /model resolution); send size '{resolution}x{resolution}' or 'auto'")
+        raise UnsupportedSize(
+            f"size {size!r} is not served: this model draws {resolution}x{resolution} images "
+            f"only (GET /model resolution); send size '{resolution}x{resolution}' or 'auto'"
+        )
 
 
 def openai_router(gen: Generator) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/images/generations", response_model=ImagesResponse, responses=ERROR_RESPONSES,
-                 tags=["openai"])
+    @router.post(
+        "/v1/images/generations", response_model=ImagesResponse, responses=ERROR_RESPONSES, tags=["openai"]
+    )
     async def images_generations(body: ImagesRequest, request: Request) -> ImagesResponse:
         """OpenAI-compatible image generation from a prompt (needs a T2S adapter: GMEM_GENERATOR_T2S)."""
         if body.response_format == "url":
-            raise UnsupportedResponseFormat("response_format 'url' is not served: this service keeps no images to link "
-                                    "to; ask for response_format 'b64_json' (the default here)")
+            raise UnsupportedResponseFormat(
+                "response_format 'url' is not served: this service keeps no images to link "
+                "to; ask for response_format 'b64_json' (the default here)"
+            )
         check_size(body.size, gen.runtime.facts.resolution)
         try:
-            req = GenerateRequest(prompt=body.prompt, n=body.n, seed=body.seed, steps=body.steps,
-                                  sampler=body.sampler, cfg_scale=body.cfg_scale, prompt_mode=body.prompt_mode)
+            req = GenerateRequest(
+                prompt=body.prompt,
+                n=body.n,
+                seed=body.seed,
+                steps=body.steps,
+                sampler=body.sampler,
+                cfg_scale=body.cfg_scale,
+                prompt_mode=body.prompt_mode,
+            )
         except ValidationError as exc:
             raise InvalidInput("; ".join(e["msg"] for e in exc.errors())) from exc
         out = await gen.generate(req, gone=request.is_disconnected)
         read = out.prompt.read if out.prompt is not None else body.prompt
-        return ImagesResponse(created=int(time.time()), data=[ImageData(b64_json=b, revised_prompt=read)
-                                                              for b in out.images],
-                              seed=out.seed, model=out.model)
+        return ImagesResponse(
+            created=int(time.time()),
+            data=[ImageData(b64_json=b, revised_prompt=read) for b in out.images],
+            seed=out.seed,
+            model=out.model,
+        )
 
     return router

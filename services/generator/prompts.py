@@ -55,7 +55,8 @@ class PromptSnippets:
             raise IncompatibleArtifacts(
                 f"T2S adapter {path} maps text to snippets of dimension {self.meta.snippet_dim} from encoder "
                 f"{self.meta.encoder!r}, but model {facts.id!r} takes dimension {facts.feature_dim} from "
-                f"{facts.encoder!r}; train the adapter on this model's bank (python -m training train-t2s)")
+                f"{facts.encoder!r}; train the adapter on this model's bank (python -m training train-t2s)"
+            )
         self.t2s: T2S | None = None
         self.error: str | None = None
         self._cache: OrderedDict[str, tuple[np.ndarray, PromptInfo]] = OrderedDict()
@@ -71,8 +72,10 @@ class PromptSnippets:
 
     def encode(self, prompt: str) -> tuple[np.ndarray, PromptInfo]:
         if self.t2s is None:
-            raise ModelNotReady(f"the T2S adapter {self.path} "
-                           f"{'failed to load: ' + self.error if self.error else 'is loading'}; retry shortly")
+            raise ModelNotReady(
+                f"the T2S adapter {self.path} "
+                f"{'failed to load: ' + self.error if self.error else 'is loading'}; retry shortly"
+            )
         with self._lock:
             hit = self._cache.get(prompt)
             if hit is not None:
@@ -80,8 +83,14 @@ class PromptSnippets:
                 return hit
             # One prompt at a time: encoders are not re-entrant, and a batch of one is the same bits always.
             s, enc = self.t2s.snippets([prompt])
-            info = PromptInfo(text_encoder=self.t2s.text.id, tokens=enc.tokens[0], max_tokens=enc.max_tokens,
-                              truncated=enc.truncated[0], read=enc.read[0], mode="adapter")
+            info = PromptInfo(
+                text_encoder=self.t2s.text.id,
+                tokens=enc.tokens[0],
+                max_tokens=enc.max_tokens,
+                truncated=enc.truncated[0],
+                read=enc.read[0],
+                mode="adapter",
+            )
             self._cache[prompt] = (s[0], info)
             if len(self._cache) > _CACHE_ENTRIES:
                 self._cache.popitem(last=False)
@@ -93,17 +102,21 @@ def open_prompts(settings: GeneratorSettings, facts: ModelFacts) -> PromptSnippe
     if not settings.t2s:
         return None
     if not Path(settings.t2s).is_file():
-        raise IncompatibleArtifacts(f"GMEM_GENERATOR_T2S={settings.t2s}: no such file; give a gmem-t2s adapter "
-                                    "written by python -m training train-t2s, or unset it")
+        raise IncompatibleArtifacts(
+            f"GMEM_GENERATOR_T2S={settings.t2s}: no such file; give a gmem-t2s adapter "
+            "written by python -m training train-t2s, or unset it"
+        )
     return PromptSnippets(settings.t2s, facts, settings.t2s_text_encoder)
 
 
 def check_prompt(prompts: PromptSnippets | None, req: GenerateRequest) -> None:
     """422 for a prompt when no adapter is configured: such a request can never succeed here."""
     if req.prompt is not None and prompts is None:
-        raise PromptUnavailable("this generator has no T2S adapter, so it cannot read a prompt; start it with "
-                                "GMEM_GENERATOR_T2S=FILE (python -m training train-t2s writes one), or send "
-                                "snippet_ids or snippet instead")
+        raise PromptUnavailable(
+            "this generator has no T2S adapter, so it cannot read a prompt; start it with "
+            "GMEM_GENERATOR_T2S=FILE (python -m training train-t2s writes one), or send "
+            "snippet_ids or snippet instead"
+        )
 
 
 def prompt_info(prompts: PromptSnippets | None, req: GenerateRequest) -> PromptInfo | None:
@@ -114,8 +127,9 @@ def prompt_info(prompts: PromptSnippets | None, req: GenerateRequest) -> PromptI
     return info.model_copy(update={"mode": req.prompt_mode or "adapter"})
 
 
-async def prompt_snippets(gen: Generator, req: GenerateRequest,
-                          seeds: list[int]) -> tuple[np.ndarray, list[int | None], int | None]:
+async def prompt_snippets(
+    gen: Generator, req: GenerateRequest, seeds: list[int]
+) -> tuple[np.ndarray, list[int | None], int | None]:
     """Snippets of a prompt request: the adapter's snippet, or its bank neighbours picked by each noise."""
     prompts = gen.prompts
     if prompts is None or req.prompt is None:
@@ -136,8 +150,9 @@ async def _search(gen: Generator, s: np.ndarray, k: int) -> list[bc.Neighbor]:
     try:
         return await gen.bank.search(snippet=s, k=k)
     except bc.Unavailable as exc:
-        raise BankUnreachable(f"the memory bank at {gen.settings.bank_url} is unavailable ({exc.message}); "
-                              "retry later") from exc
+        raise BankUnreachable(
+            f"the memory bank at {gen.settings.bank_url} is unavailable ({exc.message}); retry later"
+        ) from exc
     except bc.BadRequest as exc:
         raise InvalidInput(f"the bank refused the nearest-snippet search: {exc.detail}") from exc
     except bc.ClientError as exc:

@@ -15,7 +15,9 @@ from shared.schemas.jobs import JobCancelled, JobCreated, JobInfo, JobRequest
 
 router = APIRouter(tags=["jobs"])
 
-_404: dict[int | str, dict[str, Any]] = {404: {"model": ERROR_RESPONSES[404]["model"], "description": "unknown or expired job id"}}
+_404: dict[int | str, dict[str, Any]] = {
+    404: {"model": ERROR_RESPONSES[404]["model"], "description": "unknown or expired job id"}
+}
 
 
 def _jobs(request: Request) -> JobService:

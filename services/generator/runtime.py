@@ -42,6 +42,7 @@ log = logging.getLogger("gmem.generator")
 # Rows per network call when batch invariance must be forced by padding.
 FALLBACK_MICRO_BATCH = 4
 
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the service must know about a model file before loading its weights."""
@@ -61,7 +62,9 @@ def read_model_facts(path: str | Path) -> ModelFacts:
     from training.files.modelfile import config_from_json, read_model_meta
 
     meta = read_model_meta(path)
-    return facts_from_config(config_from_json(meta), str(meta.get("id") or Path(path).parent.name or Path(path).stem))
+    return facts_from_config(
+        config_from_json(meta), str(meta.get("id") or Path(path).parent.name or Path(path).stem)
+    )
 
 
 def facts_from_config(cfg: GMemConfig, model_id: str) -> ModelFacts:
@@ -78,7 +81,10 @@ def facts_from_config(cfg: GMemConfig, model_id: str) -> ModelFacts:
         )
 
         decoder = decoder_config(str(spec.get("kind", KIND)))
-        resolution, channels = cfg.input_size * decoder.resolution // decoder.latent_resolution, decoder.out_ch
+        resolution, channels = (
+            cfg.input_size * decoder.resolution // decoder.latent_resolution,
+            decoder.out_ch,
+        )
     return ModelFacts(
         id=str(model_id),
         feature_dim=cfg.snippet_dim,
@@ -104,8 +110,10 @@ def check_bank_compatible(facts: ModelFacts, feature_dim: int, encoder: str, ban
 def prepare_snippet(raw: list[float], feature_dim: int) -> np.ndarray:
     """A caller's raw snippet: right length, finite, non-zero; returned L2-normalised as float32 [1, d]."""
     if len(raw) != feature_dim:
-        raise DimensionMismatch(f"snippet has {len(raw)} values; this model takes snippets of dimension "
-                                f"{feature_dim} (GET /model feature_dim)")
+        raise DimensionMismatch(
+            f"snippet has {len(raw)} values; this model takes snippets of dimension "
+            f"{feature_dim} (GET /model feature_dim)"
+        )
     vec = as_vectors(raw, feature_dim, what="snippet")
     return normalize(vec, what="snippet").astype(np.float32)
 
@@ -116,13 +124,17 @@ def pick_device(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda" and not torch.cuda.is_available():
-        raise IncompatibleArtifacts("GMEM_GENERATOR_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+        raise IncompatibleArtifacts(
+            "GMEM_GENERATOR_DEVICE=cuda but no CUDA device is visible; use auto or cpu"
+        )
     return setting
 
 
-def probe_batch_invariance(model: Any, max_rows: int,
-                           autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-                           ) -> bool:
+def probe_batch_invariance(
+    model: Any,
+    max_rows: int,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> bool:
     """True when every row of the network's output at batch sizes 1..max_rows equals that row run alone.
 
     The rows carry different ``t`` (the step scheduler mixes jobs at different steps in
@@ -139,7 +151,7 @@ def probe_batch_invariance(model: Any, max_rows: int,
     t = torch.rand(max_rows, generator=gen).to(device)
     c = torch.nn.functional.normalize(torch.randn(max_rows, cfg.snippet_dim, generator=gen), dim=1).to(device)
     with torch.inference_mode(), autocast():
-        alone = torch.cat([net(x[i:i + 1], t[i:i + 1], c[i:i + 1]) for i in range(max_rows)])
+        alone = torch.cat([net(x[i : i + 1], t[i : i + 1], c[i : i + 1]) for i in range(max_rows)])
         for b in range(2, max_rows + 1):
             if not torch.equal(net(x[:b], t[:b], c[:b]), alone[:b]):
                 return False
@@ -191,7 +203,9 @@ class Runtime:
             self.invariance = f"padded to {self._micro} rows (latent or compiled model)"
         elif probe_batch_invariance(model, 2 * self.settings.max_batch_size, self._autocast):
             self._micro = 0
-            self.invariance = f"probed: rows identical at every batch size 1..{2 * self.settings.max_batch_size}"
+            self.invariance = (
+                f"probed: rows identical at every batch size 1..{2 * self.settings.max_batch_size}"
+            )
         else:
             self._micro = FALLBACK_MICRO_BATCH
             self.invariance = f"probe found batch-dependent rows; padded to {self._micro} rows"
@@ -210,11 +224,18 @@ class Runtime:
 
     def info(self) -> ModelInfo:
         return ModelInfo(
-            id=self.facts.id, parameters=self.parameters, resolution=self.facts.resolution,
-            channels=self.facts.channels, feature_dim=self.facts.feature_dim,
-            default_steps=self.facts.default_steps, samplers=list(SAMPLERS), encoder=self.facts.encoder,
-            default_sampler=self.facts.default_sampler, max_n=self.settings.max_n,
-            max_steps=self.settings.max_steps, batch_invariance=self.invariance,
+            id=self.facts.id,
+            parameters=self.parameters,
+            resolution=self.facts.resolution,
+            channels=self.facts.channels,
+            feature_dim=self.facts.feature_dim,
+            default_steps=self.facts.default_steps,
+            samplers=list(SAMPLERS),
+            encoder=self.facts.encoder,
+            default_sampler=self.facts.default_sampler,
+            max_n=self.settings.max_n,
+            max_steps=self.settings.max_steps,
+            batch_invariance=self.invariance,
         )
 
     def observe_nfe(self, fn: Callable[[float], None]) -> None:
@@ -235,8 +256,9 @@ class Runtime:
             return torch.autocast("cuda", dtype=getattr(torch, self.settings.dtype))
         return contextlib.nullcontext()
 
-    def forward(self, snippets: np.ndarray, seeds: list[int], steps: int, sampler: str,
-                cfg_scale: float) -> list[bytes]:
+    def forward(
+        self, snippets: np.ndarray, seeds: list[int], steps: int, sampler: str, cfg_scale: float
+    ) -> list[bytes]:
         """PNG bytes of each (snippet, seed), computed in fixed-size micro-batches (see module docstring)."""
         import torch
 
@@ -247,14 +269,16 @@ class Runtime:
         out: list[bytes] = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(seeds), m):
-                chunk_s, chunk_z = snippets[start:start + m], seeds[start:start + m]
+                chunk_s, chunk_z = snippets[start : start + m], seeds[start : start + m]
                 real = len(chunk_z)
                 if real < m:
                     pad = m - real
                     chunk_s = np.concatenate([chunk_s, np.repeat(chunk_s[-1:], pad, axis=0)])
                     chunk_z = list(chunk_z) + [chunk_z[-1]] * pad
                 t0 = time.perf_counter()
-                images = generate(self.model, chunk_s, chunk_z, steps=steps, sampler=sampler, cfg_scale=cfg_scale)
+                images = generate(
+                    self.model, chunk_s, chunk_z, steps=steps, sampler=sampler, cfg_scale=cfg_scale
+                )
                 if self._nfe_observer is not None:
                     # generate() returns host arrays, so the device has finished: wall time / NFE is honest
                     # (it includes the per-chunk noise draw and decode, small next to the network).

@@ -27,9 +27,14 @@ class GeneratorSettings(HttpSettings):
     # populate_by_name: the aliased fields can still be given by name (GeneratorSettings(bank_url=...)).
     model_config = SettingsConfigDict(env_prefix="GMEM_GENERATOR_", extra="ignore", populate_by_name=True)
 
-    model: str = Field("artifacts/mnist-5k/model.safetensors", description="model file (CONTRACT.md section 5)")
-    bank_url: str = Field("http://127.0.0.1:8001", validation_alias=AliasChoices("GMEM_BANK_URL"),
-                          description="bank service URL (shared with the CLI)")
+    model: str = Field(
+        "artifacts/mnist-5k/model.safetensors", description="model file (CONTRACT.md section 5)"
+    )
+    bank_url: str = Field(
+        "http://127.0.0.1:8001",
+        validation_alias=AliasChoices("GMEM_BANK_URL"),
+        description="bank service URL (shared with the CLI)",
+    )
     port: int = Field(8002, ge=1, le=65535, description="HTTP port")
     device: Device = Field("auto", description="auto (CUDA if visible), cpu or cuda")
     # Reduced precision and compilation only apply on CUDA; the CPU path is always float32, eager.
@@ -40,7 +45,9 @@ class GeneratorSettings(HttpSettings):
     max_n: int = Field(16, ge=1, description="largest n of one request")
     max_steps: int = Field(250, ge=1, description="largest steps of one request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
-    request_timeout_s: float = Field(120.0, gt=0, description="a request still unanswered after this gets 503")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="a request still unanswered after this gets 503"
+    )
 
     # Dynamic batching: up to max_batch_size images from compatible requests share
     # one forward; the first waits at most max_batch_wait_ms for company.
@@ -51,11 +58,14 @@ class GeneratorSettings(HttpSettings):
     micro_batch: int = Field(0, ge=0, description="N > 0: every forward on exactly N rows; 0: probe at load")
 
     # Jobs (CONTRACT.md section 7) and the step scheduler (services/generator/jobs/).
-    max_work: int = Field(4000, ge=1, description="largest n x steps x (2 with CFG) of one request; above: 422")
+    max_work: int = Field(
+        4000, ge=1, description="largest n x steps x (2 with CFG) of one request; above: 422"
+    )
     max_queue_jobs: int = Field(64, ge=1, description="jobs waiting (queued or being prepared) before 429")
     job_ttl_s: float = Field(3600.0, gt=0, description="how long a finished job's result is kept")
-    job_claim_idle_s: float = Field(10.0, gt=0, description="with Redis: a job whose replica is silent this long "
-                                                           "is run again by another")
+    job_claim_idle_s: float = Field(
+        10.0, gt=0, description="with Redis: a job whose replica is silent this long is run again by another"
+    )
     max_preview_images: int = Field(16, ge=1, description="previews show at most this many images of a job")
 
     bank_timeout_s: float = Field(5.0, gt=0, description="timeout of each call to the bank")
@@ -65,14 +75,25 @@ class GeneratorSettings(HttpSettings):
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503")
 
     redis_url: str | None = Field(
-        None, validation_alias=AliasChoices("GMEM_REDIS_URL"),
+        None,
+        validation_alias=AliasChoices("GMEM_REDIS_URL"),
         description="enables the pinned-snippet cache fed by the bank's event stream (shared with the bank) and "
-                    "the shared job store (jobs survive a replica; any replica answers for any job)",
+        "the shared job store (jobs survive a replica; any replica answers for any job)",
     )
-    redis_stream: str = Field(DEFAULT_STREAM, validation_alias=AliasChoices(STREAM_ENV),
-                              description="the bank's event stream; the bank's own setting, read here too")
-    t2s: str | None = Field(None, description="gmem-t2s adapter file; enables \"prompt\" (train-t2s writes one)")
-    t2s_text_encoder: str | None = Field(None, description="where the adapter's CLIP/T5 text encoder folder is, "
-                                                           "when not at the path the adapter records")
-    t2s_nearest_k: int = Field(16, ge=1, le=1000, description="bank neighbours a prompt_mode=nearest image picks from")
+    redis_stream: str = Field(
+        DEFAULT_STREAM,
+        validation_alias=AliasChoices(STREAM_ENV),
+        description="the bank's event stream; the bank's own setting, read here too",
+    )
+    t2s: str | None = Field(
+        None, description='gmem-t2s adapter file; enables "prompt" (train-t2s writes one)'
+    )
+    t2s_text_encoder: str | None = Field(
+        None,
+        description="where the adapter's CLIP/T5 text encoder folder is, "
+        "when not at the path the adapter records",
+    )
+    t2s_nearest_k: int = Field(
+        16, ge=1, le=1000, description="bank neighbours a prompt_mode=nearest image picks from"
+    )
     cache_max_entries: int = Field(100_000, ge=1, description="capacity of the pinned-snippet cache")

@@ -60,11 +60,20 @@ class State:
         """Whether source images can be shown; opening the dataset (seconds) runs in the background."""
         s = self.sources
         if s is not None and s.loaded:
-            return {"available": s.available(base_size), "loading": False, "source": s.source, "reason": s.reason}
+            return {
+                "available": s.available(base_size),
+                "loading": False,
+                "source": s.source,
+                "reason": s.reason,
+            }
         if self._opening is None or self._opening.done():
             self._opening = asyncio.create_task(self._open_sources(base_size))
-        return {"available": False, "loading": True, "source": s.source if s else None,
-                "reason": "opening the source dataset…"}
+        return {
+            "available": False,
+            "loading": True,
+            "source": s.source if s else None,
+            "reason": "opening the source dataset…",
+        }
 
 
 def state_of(request: Request) -> State:
@@ -76,12 +85,22 @@ async def _bank_status(st: State) -> dict[str, Any]:
     try:
         info = await st.up.bank.info()
     except ClientError as exc:
-        return {"ok": False, "ready": False, "url": st.settings.bank_url,
-                "state": "down" if exc.status is None else "not_ready",
-                "error": f"the bank at {st.settings.bank_url} is not answering: {exc.detail}"}
+        return {
+            "ok": False,
+            "ready": False,
+            "url": st.settings.bank_url,
+            "state": "down" if exc.status is None else "not_ready",
+            "error": f"the bank at {st.settings.bank_url} is not answering: {exc.detail}",
+        }
     ready = await st.up.bank.ready()
-    return {"ok": True, "ready": ready, "url": st.settings.bank_url, **info.model_dump(),
-            "provenance": st.provenance(info.base_size), "token": st.up.token_configured}
+    return {
+        "ok": True,
+        "ready": ready,
+        "url": st.settings.bank_url,
+        **info.model_dump(),
+        "provenance": st.provenance(info.base_size),
+        "token": st.up.token_configured,
+    }
 
 
 async def _generator_status(st: State) -> dict[str, Any]:
@@ -89,14 +108,29 @@ async def _generator_status(st: State) -> dict[str, Any]:
         model = await st.up.generator.model_info()
     except ClientError as exc:
         # No status: nothing answered (down); a status (503 while the model loads): up but not ready.
-        return {"ok": False, "ready": False, "url": st.settings.generator_url,
-                "state": "down" if exc.status is None else "not_ready",
-                "error": f"the generator at {st.settings.generator_url} is not answering: {exc.detail}"}
+        return {
+            "ok": False,
+            "ready": False,
+            "url": st.settings.generator_url,
+            "state": "down" if exc.status is None else "not_ready",
+            "error": f"the generator at {st.settings.generator_url} is not answering: {exc.detail}",
+        }
     ready = await st.up.generator.ready()
-    return {"ok": True, "ready": ready, "url": st.settings.generator_url, "jobs": await st.up.has_jobs(),
-            "model": {"id": model.id, "parameters": model.parameters, "resolution": model.resolution,
-                      "channels": model.channels, "feature_dim": model.feature_dim,
-                      "default_steps": model.default_steps, "samplers": model.samplers}}
+    return {
+        "ok": True,
+        "ready": ready,
+        "url": st.settings.generator_url,
+        "jobs": await st.up.has_jobs(),
+        "model": {
+            "id": model.id,
+            "parameters": model.parameters,
+            "resolution": model.resolution,
+            "channels": model.channels,
+            "feature_dim": model.feature_dim,
+            "default_steps": model.default_steps,
+            "samplers": model.samplers,
+        },
+    }
 
 
 def create_app(settings: PlaygroundSettings) -> FastAPI:
@@ -108,8 +142,12 @@ def create_app(settings: PlaygroundSettings) -> FastAPI:
         yield
         await st.up.aclose()
 
-    app = FastAPI(title="GMem playground", version="1", lifespan=lifespan,
-                  description="The memory bank and the generator in the browser. The page at / calls /api/*.")
+    app = FastAPI(
+        title="GMem playground",
+        version="1",
+        lifespan=lifespan,
+        description="The memory bank and the generator in the browser. The page at / calls /api/*.",
+    )
     app.state.playground = st
     install_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -149,8 +187,9 @@ def create_app(settings: PlaygroundSettings) -> FastAPI:
     async def start_run(body: GenerateBody) -> JSONResponse:
         """Start a generation with progress; follow it at /api/runs/{id}/events."""
         run = await st.runs.start(body.generator_kwargs())
-        return JSONResponse({"id": run.id, "mode": run.mode, "events": f"/api/runs/{run.id}/events"},
-                            status_code=202)
+        return JSONResponse(
+            {"id": run.id, "mode": run.mode, "events": f"/api/runs/{run.id}/events"}, status_code=202
+        )
 
     @app.get("/api/runs/{run_id}/events", tags=["generate"])
     async def run_events(run_id: str) -> EventSourceResponse:

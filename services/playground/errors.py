@@ -70,12 +70,24 @@ def upstream_error(service: str, url: str, err: ClientError) -> tuple[int, str, 
     detail = err.detail
     if isinstance(err, Unavailable):
         if err.status is None:
-            return 503, f"{service}_unavailable", (f"the {service} service at {url} is unreachable or timed out; "
-                                                    f"start it (or check the playground's --{service}-url)")
+            return (
+                503,
+                f"{service}_unavailable",
+                (
+                    f"the {service} service at {url} is unreachable or timed out; "
+                    f"start it (or check the playground's --{service}-url)"
+                ),
+            )
         return 503, err.code or f"{service}_unavailable", f"the {service} service is unavailable: {detail}"
     if isinstance(err, Unauthorized | Forbidden):
-        return 403, "bank_token", (f"the bank refused the playground's token ({detail}); start the playground "
-                                   "with GMEM_BANK_TOKEN set to the bank's token")
+        return (
+            403,
+            "bank_token",
+            (
+                f"the bank refused the playground's token ({detail}); start the playground "
+                "with GMEM_BANK_TOKEN set to the bank's token"
+            ),
+        )
     if isinstance(err, UnexpectedResponse) or err.status is None or err.status >= 500:
         return 502, "bad_gateway", f"the {service} service answered outside its contract: {detail}"
     return err.status, err.code, f"{service}: {detail}"
@@ -96,7 +108,9 @@ def install_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors()[:5]:
-            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")) or "body"
+            where = (
+                ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")) or "body"
+            )
             parts.append(f"{where}: {err.get('msg')}")
         return envelope(422, "invalid_request", "; ".join(parts))
 
@@ -108,5 +122,6 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return envelope(500, "internal", f"the playground failed on {request.url.path}: {type(exc).__name__}; "
-                        "see its log")
+        return envelope(
+            500, "internal", f"the playground failed on {request.url.path}: {type(exc).__name__}; see its log"
+        )

@@ -56,8 +56,11 @@ def _mnist_5k(name: str) -> np.ndarray:
 def _folder_files(root: Path) -> list[Path]:
     """Files of ``root/<class>/*`` with an image suffix, in sorted (class, name) order: one per base row."""
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [f for c in classes for f in sorted(p for p in c.iterdir()
-                                               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)]
+    return [
+        f
+        for c in classes
+        for f in sorted(p for p in c.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    ]
 
 
 def _png(img: Image.Image) -> bytes:
@@ -109,8 +112,10 @@ class SourceImages:
                 n = len(self._files)
             else:
                 if self.source:
-                    self.reason = (f"the bank's source {self.source!r} is not mnist-5k or an image folder on "
-                                   "this machine (set GMEM_PLAYGROUND_SOURCE to point at it)")
+                    self.reason = (
+                        f"the bank's source {self.source!r} is not mnist-5k or an image folder on "
+                        "this machine (set GMEM_PLAYGROUND_SOURCE to point at it)"
+                    )
                 return
         except Exception as exc:  # noqa: BLE001 - any unreadable dataset only disables provenance
             self._images = self._files = None
@@ -118,8 +123,10 @@ class SourceImages:
             return
         if n != base_size:
             self._images = self._files = None
-            self.reason = (f"the source {self.source!r} holds {n} images but the bank has {base_size} base rows; "
-                           "they are not the same dataset")
+            self.reason = (
+                f"the source {self.source!r} holds {n} images but the bank has {base_size} base rows; "
+                "they are not the same dataset"
+            )
 
     def available(self, base_size: int) -> bool:
         self._load(base_size)

@@ -54,7 +54,9 @@ class Run:
         self.changed = asyncio.Event()
 
     def fail(self, status: int, code: str, message: str) -> None:
-        self.emit("done", {"status": "failed", "http_status": status, "error": {"code": code, "message": message}})
+        self.emit(
+            "done", {"status": "failed", "http_status": status, "error": {"code": code, "message": message}}
+        )
 
 
 async def sse_messages(resp: httpx.Response) -> AsyncIterator[tuple[str, str]]:
@@ -106,8 +108,10 @@ class Runs:
     def get(self, run_id: str) -> Run:
         run = self._runs.get(run_id)
         if run is None:
-            raise NoSuchRun(f"no generation run {run_id!r}: it finished more than {RUN_TTL_S:.0f}s ago or never "
-                            "existed; press Generate again")
+            raise NoSuchRun(
+                f"no generation run {run_id!r}: it finished more than {RUN_TTL_S:.0f}s ago or never "
+                "existed; press Generate again"
+            )
         return run
 
     async def stream(self, run_id: str) -> AsyncIterator[dict[str, str]]:
@@ -147,8 +151,16 @@ class Runs:
             async for event, data in sse_messages(resp):
                 payload = json.loads(data)
                 if event == "progress":
-                    run.emit("progress", {"step": payload.get("step"), "steps": payload.get("steps"),
-                                          "preview": payload.get("preview"), "mode": "jobs", "job": job_id})
+                    run.emit(
+                        "progress",
+                        {
+                            "step": payload.get("step"),
+                            "steps": payload.get("steps"),
+                            "preview": payload.get("preview"),
+                            "mode": "jobs",
+                            "job": job_id,
+                        },
+                    )
                 elif event == "done":
                     final = payload
                     break
@@ -159,7 +171,9 @@ class Runs:
     def _finish_job(self, run: Run, job_id: str, job: dict[str, Any]) -> None:
         status = job.get("status")
         if status == "succeeded" and job.get("result"):
-            run.emit("done", {"status": "succeeded", "result": shape_generation(parse_generation(job["result"]))})
+            run.emit(
+                "done", {"status": "succeeded", "result": shape_generation(parse_generation(job["result"]))}
+            )
         elif status == "failed":
             err = job.get("error") or {}
             code = str(err.get("code", "job_failed"))

@@ -43,7 +43,9 @@ class InterpolateBody(Sampling):
     a: int = Field(ge=0, le=MAX_ID)
     b: int = Field(ge=0, le=MAX_ID)
     method: Literal["linear", "slerp"] = "linear"
-    alphas: list[float] | None = Field(None, min_length=1, description="weights of B; default: `points` evenly")
+    alphas: list[float] | None = Field(
+        None, min_length=1, description="weights of B; default: `points` evenly"
+    )
     points: int = Field(6, ge=2)
     keep: bool = Field(False, description="keep the interpolated snippets in the bank (else deleted after)")
 

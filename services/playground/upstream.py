@@ -33,11 +33,23 @@ JOBS_CHECK_TTL_S = 15.0
 
 def shape_generation(gen: Generation) -> dict[str, Any]:
     """A generation as the page shows it: one entry per image with its own seed and snippet id."""
-    images = [{"png": base64.b64encode(png).decode("ascii"), "seed": gen.seed + k,
-               "snippet_id": gen.indices[k] if k < len(gen.indices) else None}
-              for k, png in enumerate(gen.images)]  # image k uses the noise of seed + k (CONTRACT.md section 6)
-    return {"images": images, "seed": gen.seed, "bank_version": gen.bank_version, "model": gen.model,
-            "steps": gen.steps, "sampler": gen.sampler, "elapsed_ms": gen.elapsed_ms}
+    images = [
+        {
+            "png": base64.b64encode(png).decode("ascii"),
+            "seed": gen.seed + k,
+            "snippet_id": gen.indices[k] if k < len(gen.indices) else None,
+        }
+        for k, png in enumerate(gen.images)
+    ]  # image k uses the noise of seed + k (CONTRACT.md section 6)
+    return {
+        "images": images,
+        "seed": gen.seed,
+        "bank_version": gen.bank_version,
+        "model": gen.model,
+        "steps": gen.steps,
+        "sampler": gen.sampler,
+        "elapsed_ms": gen.elapsed_ms,
+    }
 
 
 class Upstreams:
@@ -46,13 +58,20 @@ class Upstreams:
     def __init__(self, settings: PlaygroundSettings) -> None:
         token = settings.bank_token.get_secret_value() if settings.bank_token else None
         self.settings = settings
-        self.bank = AsyncBankClient(settings.bank_url, token=token, timeout=settings.bank_timeout_s,
-                                    retry=RetryPolicy(attempts=2, max_delay=0.5))
+        self.bank = AsyncBankClient(
+            settings.bank_url,
+            token=token,
+            timeout=settings.bank_timeout_s,
+            retry=RetryPolicy(attempts=2, max_delay=0.5),
+        )
         # One attempt: a person is waiting, and the generator already retries its own bank calls.
-        self.generator = AsyncGeneratorClient(settings.generator_url, timeout=settings.generator_timeout_s,
-                                              retry=RetryPolicy(attempts=1))
-        self.http = httpx.AsyncClient(base_url=settings.generator_url.rstrip("/"),
-                                      timeout=httpx.Timeout(settings.generator_timeout_s, connect=3.0))
+        self.generator = AsyncGeneratorClient(
+            settings.generator_url, timeout=settings.generator_timeout_s, retry=RetryPolicy(attempts=1)
+        )
+        self.http = httpx.AsyncClient(
+            base_url=settings.generator_url.rstrip("/"),
+            timeout=httpx.Timeout(settings.generator_timeout_s, connect=3.0),
+        )
         self._jobs: tuple[float, bool] | None = None
 
     @property
@@ -90,15 +109,19 @@ class Upstreams:
     async def job_events(self, job_id: str) -> AsyncIterator[httpx.Response]:
         """The generator's ``GET /jobs/{id}/events`` stream, open (raises Upstream on a bad status)."""
         try:
-            async with self.http.stream("GET", f"/jobs/{job_id}/events",
-                                        headers={"Accept": "text/event-stream"}) as resp:
+            async with self.http.stream(
+                "GET", f"/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}
+            ) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                     raise Upstream("generator", self.settings.generator_url, error_from_response(resp))
                 yield resp
         except httpx.TransportError as exc:
-            raise Upstream("generator", self.settings.generator_url,
-                           Unavailable(f"event stream of job {job_id} broke: {exc}", code="unavailable")) from exc
+            raise Upstream(
+                "generator",
+                self.settings.generator_url,
+                Unavailable(f"event stream of job {job_id} broke: {exc}", code="unavailable"),
+            ) from exc
 
     async def start_job(self, body: dict[str, Any]) -> str:
         """POST /jobs; the new job's id."""
@@ -126,4 +149,3 @@ class Upstreams:
         await self.bank.aclose()
         await self.generator.aclose()
         await self.http.aclose()
-

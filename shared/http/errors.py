@@ -48,8 +48,14 @@ SHARED_ROWS: list[Row] = [
     (EmptyPool, 409),
 ]
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
-               413: "payload_too_large", 415: "unsupported_media_type", 431: "headers_too_large"}
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
 _RETRY_STATUSES = (429, 503)
 
 
@@ -67,12 +73,22 @@ class ErrorTable:
 
     def response(self, exc: BaseException, retry_after_s: float | None = None) -> JSONResponse:
         """The envelope for ``exc``: its status, its ``code``, its ``headers`` (e.g. WWW-Authenticate)."""
-        return error_response(self.status_of(exc), getattr(exc, "code", "gmem_error"), str(exc),
-                              getattr(exc, "headers", None), retry_after_s=retry_after_s)
+        return error_response(
+            self.status_of(exc),
+            getattr(exc, "code", "gmem_error"),
+            str(exc),
+            getattr(exc, "headers", None),
+            retry_after_s=retry_after_s,
+        )
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
-                   retry_after_s: float | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    retry_after_s: float | None = None,
+) -> JSONResponse:
     """The envelope; ``Retry-After`` on 429/503 when ``retry_after_s`` is given."""
     out = dict(headers or {})
     if retry_after_s is not None and status in _RETRY_STATUSES:
@@ -120,8 +136,9 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-def install_error_handlers(app: FastAPI, table: ErrorTable, *, retry_after_s: float,
-                           json_example: str = '{"...": ...}') -> None:
+def install_error_handlers(
+    app: FastAPI, table: ErrorTable, *, retry_after_s: float, json_example: str = '{"...": ...}'
+) -> None:
     """Register the handlers above on ``app``; ``json_example`` is shown when a body is not JSON."""
     schema_hint = "GET /openapi.json (or /docs)"
 
@@ -137,16 +154,24 @@ def install_error_handlers(app: FastAPI, table: ErrorTable, *, retry_after_s: fl
         if ctype and not _is_json(ctype) and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errs):
             # FastAPI does not parse a JSON body sent under another type (curl -d sends form-urlencoded),
             # which otherwise surfaces as a puzzling "Input should be a valid dictionary".
-            return error_response(415, "unsupported_media_type", f"content type {ctype!r} is not accepted; send "
-                                  "the JSON body with 'Content-Type: application/json'")
+            return error_response(
+                415,
+                "unsupported_media_type",
+                f"content type {ctype!r} is not accepted; send "
+                "the JSON body with 'Content-Type: application/json'",
+            )
         bad_json = next((e for e in errs if e.get("type") == "json_invalid"), None)
         if bad_json is not None:
             # FastAPI's loc here is (body, character offset), which reads as a field name; say it plainly.
             loc = tuple(bad_json.get("loc", ()))
             at = loc[-1] if len(loc) > 1 else "?"
             why = (bad_json.get("ctx") or {}).get("error", "JSON decode error")
-            return error_response(422, "invalid_request", f"request body is not valid JSON ({why} at character "
-                                  f"{at}); send a UTF-8 JSON object such as {json_example}")
+            return error_response(
+                422,
+                "invalid_request",
+                f"request body is not valid JSON ({why} at character "
+                f"{at}); send a UTF-8 JSON object such as {json_example}",
+            )
         return error_response(422, "invalid_request", validation_message(exc, schema_hint))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
@@ -155,19 +180,28 @@ def install_error_handlers(app: FastAPI, table: ErrorTable, *, retry_after_s: fl
         if status == 400:
             # FastAPI's "error parsing the body": bytes that are not UTF-8, JSON nested past the parser's
             # recursion limit. Bad input like any other, so the same 422 on every service.
-            return error_response(422, "invalid_request", f"unreadable request body ({exc.detail}); send UTF-8 "
-                                  f"JSON (nested at most a few levels) matching the schema in {schema_hint}")
+            return error_response(
+                422,
+                "invalid_request",
+                f"unreadable request body ({exc.detail}); send UTF-8 "
+                f"JSON (nested at most a few levels) matching the schema in {schema_hint}",
+            )
         headers = dict(exc.headers or {})
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if status == 404:
-            message = f"no route {request.method} {request.url.path}; this service answers {routes_served(app)}"
+            message = (
+                f"no route {request.method} {request.url.path}; this service answers {routes_served(app)}"
+            )
         elif status == 405:
             allow = allowed_methods(app, request.url.path)
             headers["Allow"] = ", ".join(allow)
-            message = (f"method {request.method} is not allowed on {request.url.path} (allowed: "
-                       f"{', '.join(allow)}); this service answers {routes_served(app)}")
-        return error_response(status, _HTTP_CODES.get(status, "http_error"), message, headers,
-                              retry_after_s=retry_after_s)
+            message = (
+                f"method {request.method} is not allowed on {request.url.path} (allowed: "
+                f"{', '.join(allow)}); this service answers {routes_served(app)}"
+            )
+        return error_response(
+            status, _HTTP_CODES.get(status, "http_error"), message, headers, retry_after_s=retry_after_s
+        )
 
     app.add_exception_handler(GMemError, on_gmem)
     app.add_exception_handler(RequestValidationError, on_validation)

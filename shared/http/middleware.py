@@ -84,10 +84,19 @@ class RequestContext:
     """See the module docstring. ``body_limit_name`` is the setting to name in the 413 message;
     ``access_logger`` the logger of the access lines (``gmem.bank.access``, ``gmem.generator.access``)."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_limit_name: str, body_timeout_s: float,
-                 on_request: OnRequest | None = None, guard: Guard | None = None,
-                 access_logger: str = "gmem.access", route_limits: Mapping[str, int] | None = None,
-                 route_limit_hint: str = "") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_limit_name: str,
+        body_timeout_s: float,
+        on_request: OnRequest | None = None,
+        guard: Guard | None = None,
+        access_logger: str = "gmem.access",
+        route_limits: Mapping[str, int] | None = None,
+        route_limit_hint: str = "",
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         # path -> the most that route can ever need (tighter than max_body_bytes), and what to name in its 413
@@ -132,8 +141,12 @@ class RequestContext:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if state["started"]:
                 raise  # half a response is out: only closing the connection can tell the client
-            resp = error_response(500, "internal_error", f"internal error (a bug); quote request id {rid} "
-                                  "(also in the X-Request-ID header) when reporting it")
+            resp = error_response(
+                500,
+                "internal_error",
+                f"internal error (a bug); quote request id {rid} "
+                "(also in the X-Request-ID header) when reporting it",
+            )
             await resp(scope, receive, send_with_id)
         finally:
             self._record(scope, int(state["status"]), time.perf_counter() - start)
@@ -154,8 +167,11 @@ class RequestContext:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise _Refused(408, "request_timeout", f"the request body did not arrive within "
-                               f"{self.body_timeout_s:g} s; send it at once") from None
+                raise _Refused(
+                    408,
+                    "request_timeout",
+                    f"the request body did not arrive within {self.body_timeout_s:g} s; send it at once",
+                ) from None
             if message["type"] != "http.request":
                 break
             chunk = message.get("body", b"")
@@ -177,14 +193,28 @@ class RequestContext:
 
     def _too_large(self, size: int, limit: int) -> _Refused:
         what = self.limit_name if limit == self.max_body else self.route_limit_hint or self.limit_name
-        return _Refused(413, "payload_too_large", f"request body of {size}+ bytes exceeds the limit of "
-                        f"{limit} bytes ({what}); send a smaller request")
+        return _Refused(
+            413,
+            "payload_too_large",
+            f"request body of {size}+ bytes exceeds the limit of "
+            f"{limit} bytes ({what}); send a smaller request",
+        )
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None)
         method = scope["method"]
         if self.on_request is not None:
             self.on_request(method, route, status, seconds)
-        self.access_log.info("%s %s %d", method, scope["path"], status,
-                        extra={"method": method, "path": scope["path"], "route": route or "unmatched",
-                               "status": status, "ms": round(seconds * 1000, 3)})
+        self.access_log.info(
+            "%s %s %d",
+            method,
+            scope["path"],
+            status,
+            extra={
+                "method": method,
+                "path": scope["path"],
+                "route": route or "unmatched",
+                "status": status,
+                "ms": round(seconds * 1000, 3),
+            },
+        )

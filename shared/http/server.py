@@ -44,10 +44,16 @@ class ServerLimits:
     graceful_shutdown_s: int = 5
 
 
-def _envelope_bytes(status: int, reason: bytes, code: str, message: str, extra: list[tuple[bytes, bytes]]) -> bytes:
+def _envelope_bytes(
+    status: int, reason: bytes, code: str, message: str, extra: list[tuple[bytes, bytes]]
+) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"), *extra]
+    head = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *extra,
+    ]
     lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [k + b": " + v for k, v in head]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
@@ -57,8 +63,13 @@ class GuardedH11Protocol(H11Protocol):
 
     limits: ServerLimits  # set by ``protocol_for``
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, object],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, object],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._header_timer: asyncio.TimerHandle | None = None
         self._waiting_after: object = None
@@ -68,10 +79,15 @@ class GuardedH11Protocol(H11Protocol):
         if len(self.connections) > self.limits.max_connections:
             self.connections.discard(self)
             retry = f"{self.limits.retry_after_s:g}".encode()
-            transport.write(_envelope_bytes(
-                503, b"Service Unavailable", "too_many_connections",
-                f"the server holds its maximum of {self.limits.max_connections} connections; retry shortly",
-                [(b"retry-after", retry)]))
+            transport.write(
+                _envelope_bytes(
+                    503,
+                    b"Service Unavailable",
+                    "too_many_connections",
+                    f"the server holds its maximum of {self.limits.max_connections} connections; retry shortly",
+                    [(b"retry-after", retry)],
+                )
+            )
             transport.close()
             return
         self._arm_header_timer()
@@ -103,9 +119,15 @@ class GuardedH11Protocol(H11Protocol):
         rid = REQUEST_ID.get()
         extra = [(b"x-request-id", rid.encode())] if rid != "-" else []
         try:
-            self.transport.write(_envelope_bytes(400, b"Bad Request", "bad_request",
-                                                 f"{msg} (the request line or headers could not be parsed as "
-                                                 "HTTP/1.1)", extra))
+            self.transport.write(
+                _envelope_bytes(
+                    400,
+                    b"Bad Request",
+                    "bad_request",
+                    f"{msg} (the request line or headers could not be parsed as HTTP/1.1)",
+                    extra,
+                )
+            )
             self.conn.send(h11.ConnectionClosed())
         except h11.LocalProtocolError:
             pass
@@ -119,9 +141,16 @@ def protocol_for(limits: ServerLimits) -> type[GuardedH11Protocol]:
 
 def uvicorn_config(app: ASGIApp, limits: ServerLimits) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=limits.host, port=limits.port, http=protocol_for(limits), access_log=False, log_config=None,
-        timeout_keep_alive=limits.keep_alive_s, h11_max_incomplete_event_size=limits.max_header_bytes,
-        timeout_graceful_shutdown=limits.graceful_shutdown_s, server_header=False,
+        app,
+        host=limits.host,
+        port=limits.port,
+        http=protocol_for(limits),
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=limits.keep_alive_s,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        timeout_graceful_shutdown=limits.graceful_shutdown_s,
+        server_header=False,
     )
 
 

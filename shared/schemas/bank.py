@@ -57,8 +57,17 @@ class BankInfo(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"version": 3, "size": 5002, "base_size": 5000, "feature_dim": 128, "rank": 64,
-                          "encoder": "gmem/mnist-cnn", "format_version": "1"}]
+            "examples": [
+                {
+                    "version": 3,
+                    "size": 5002,
+                    "base_size": 5000,
+                    "feature_dim": 128,
+                    "rank": 64,
+                    "encoder": "gmem/mnist-cnn",
+                    "format_version": "1",
+                }
+            ]
         }
     )
     version: int = Field(ge=0, description="0 for a fresh data dir, +1 per acknowledged mutation")
@@ -67,10 +76,13 @@ class BankInfo(BaseModel):
     feature_dim: int = Field(ge=1)
     rank: int = Field(ge=1)
     encoder: str
-    labels: bool = Field(False, description="base rows carry class labels: POST /bank/retrieve accepts `label`")
+    labels: bool = Field(
+        False, description="base rows carry class labels: POST /bank/retrieve accepts `label`"
+    )
     format_version: str
-    source: str | None = Field(None, description="dataset the base rows were built from (factors `source`); "
-                               "row i is its image i")
+    source: str | None = Field(
+        None, description="dataset the base rows were built from (factors `source`); row i is its image i"
+    )
 
 
 class RetrieveRequest(_Model):
@@ -119,8 +131,11 @@ class RetrieveResponse(BaseModel):
     """Unit-norm snippets, with the bank version and pool size they were read from."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"version": 3, "pool_size": 5000, "indices": [2711],
-                                         "snippets": [[0.01, -0.2, 0.05]]}]}
+        json_schema_extra={
+            "examples": [
+                {"version": 3, "pool_size": 5000, "indices": [2711], "snippets": [[0.01, -0.2, 0.05]]}
+            ]
+        }
     )
     version: int
     pool_size: int = Field(description="snippets in the pool when the indices were drawn")
@@ -132,9 +147,21 @@ class SnippetInfo(BaseModel):
     """GET /bank/snippets/{id}: one snippet and where it came from."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"id": 5001, "kind": "interpolated", "label": None, "parents": [3, 9],
-                                         "alpha": 0.25, "name": "3-to-9", "created_at": "2026-01-01T00:00:00Z",
-                                         "snippet": [0.1, 0.2], "coefficients": [0.4, -0.3]}]}
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 5001,
+                    "kind": "interpolated",
+                    "label": None,
+                    "parents": [3, 9],
+                    "alpha": 0.25,
+                    "name": "3-to-9",
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "snippet": [0.1, 0.2],
+                    "coefficients": [0.4, -0.3],
+                }
+            ]
+        }
     )
     id: int
     kind: Kind
@@ -180,13 +207,18 @@ class InterpolateRequest(_Model):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"i": 3, "j": 9, "alpha": 0.25, "method": "slerp", "name": "3-to-9"}]},
+        json_schema_extra={
+            "examples": [{"i": 3, "j": 9, "alpha": 0.25, "method": "slerp", "name": "3-to-9"}]
+        },
     )
     i: SnippetId
     j: SnippetId
     alpha: FiniteFloat = Field(ge=0.0, le=1.0, description="1 gives snippet i, 0 snippet j")
-    method: Method = Field("linear", description="linear: eq. 11 on the coefficients; slerp: on the unit "
-                           "snippets, then projected back (eq. 10)")
+    method: Method = Field(
+        "linear",
+        description="linear: eq. 11 on the coefficients; slerp: on the unit "
+        "snippets, then projected back (eq. 10)",
+    )
     name: Name | None = None
 
 
@@ -228,6 +260,8 @@ class Neighbor(BaseModel):
 
 class SearchResponse(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"neighbors": [{"id": 42, "distance": 0.0}, {"id": 7, "distance": 0.31}]}]}
+        json_schema_extra={
+            "examples": [{"neighbors": [{"id": 42, "distance": 0.0}, {"id": 7, "distance": 0.31}]}]
+        }
     )
     neighbors: list[Neighbor] = Field(description="nearest first")

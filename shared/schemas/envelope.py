@@ -14,6 +14,8 @@ class ErrorEnvelope(BaseModel):
     """The body of every 4xx/5xx."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"error": {"code": "unknown_snippet", "message": "snippet id 7 ..."}}]}
+        json_schema_extra={
+            "examples": [{"error": {"code": "unknown_snippet", "message": "snippet id 7 ..."}}]
+        }
     )
     error: ErrorDetail

@@ -35,7 +35,9 @@ class WeightedSnippet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: StrictInt = Field(ge=0, description="bank id")
-    weight: StrictFloat = Field(1.0, allow_inf_nan=False, description="finite; the weights must sum to a positive number")
+    weight: StrictFloat = Field(
+        1.0, allow_inf_nan=False, description="finite; the weights must sum to a positive number"
+    )
 
 
 class GenerateRequest(BaseModel):
@@ -54,9 +56,14 @@ class GenerateRequest(BaseModel):
 
     n: StrictInt = Field(1, ge=1, description="number of images; at most the service's GMEM_GENERATOR_MAX_N")
     seed: StrictInt | None = Field(
-        None, ge=0, le=MAX_SEED, description="image k uses the noise of seed + k; drawn and returned when absent"
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="image k uses the noise of seed + k; drawn and returned when absent",
     )
-    steps: StrictInt | None = Field(None, ge=1, description="sampler steps (NFE budget); the model's default when absent")
+    steps: StrictInt | None = Field(
+        None, ge=1, description="sampler steps (NFE budget); the model's default when absent"
+    )
     sampler: Sampler | None = Field(None, description="the model's default when absent")
     snippet_ids: list[StrictInt] | None = Field(
         None, min_length=1, description="bank ids pinning the snippets: one for all images, or one per image"
@@ -66,23 +73,40 @@ class GenerateRequest(BaseModel):
     )
     pool: Pool = Field(Pool.BASE, description="pool the noise-CDF index draws from when no snippet is given")
     # allow_inf_nan=False: a NaN would otherwise be reported as "should be <= 50", which misleads.
-    cfg_scale: StrictFloat = Field(1.0, ge=0.0, le=50.0, allow_inf_nan=False,
-                             description="classifier-free guidance scale; 1 = none")
-    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS,
-                               description="text mapped to a snippet by the T2S adapter (GMEM_GENERATOR_T2S)")
-    prompt_mode: PromptMode | None = Field(None, description="adapter (default): draw from the adapter's snippet; "
-                                                             "nearest: from the bank snippets nearest to it (RDM style)")
+    cfg_scale: StrictFloat = Field(
+        1.0, ge=0.0, le=50.0, allow_inf_nan=False, description="classifier-free guidance scale; 1 = none"
+    )
+    prompt: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="text mapped to a snippet by the T2S adapter (GMEM_GENERATOR_T2S)",
+    )
+    prompt_mode: PromptMode | None = Field(
+        None,
+        description="adapter (default): draw from the adapter's snippet; "
+        "nearest: from the bank snippets nearest to it (RDM style)",
+    )
     snippets: list[WeightedSnippet] | None = Field(
-        None, min_length=1, max_length=MAX_BLEND,
+        None,
+        min_length=1,
+        max_length=MAX_BLEND,
         description="blend of bank snippets in coefficient space (weights finite, positive sum), re-normalised",
     )
-    negative_snippet_id: StrictInt | None = Field(None, ge=0, description="bank id of the CFG null (default: zero vector)")
-    negative_snippet: list[StrictFloat] | None = Field(None, min_length=1, description="a raw feature as the CFG null")
-    guidance_interval: tuple[StrictFloat, StrictFloat] | None = Field(
-        None, description="[t_lo, t_hi] in [0, 1] (0 = noise, 1 = data): CFG only for t inside; "
-                          "outside, the unconditional pass is skipped",
+    negative_snippet_id: StrictInt | None = Field(
+        None, ge=0, description="bank id of the CFG null (default: zero vector)"
     )
-    label: StrictInt | None = Field(None, ge=0, description="draw snippets of this label (labelled banks only)")
+    negative_snippet: list[StrictFloat] | None = Field(
+        None, min_length=1, description="a raw feature as the CFG null"
+    )
+    guidance_interval: tuple[StrictFloat, StrictFloat] | None = Field(
+        None,
+        description="[t_lo, t_hi] in [0, 1] (0 = noise, 1 = data): CFG only for t inside; "
+        "outside, the unconditional pass is skipped",
+    )
+    label: StrictInt | None = Field(
+        None, ge=0, description="draw snippets of this label (labelled banks only)"
+    )
 
     @field_validator("snippet", "negative_snippet")
     @classmethod
@@ -100,9 +124,15 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> GenerateRequest:
-        sources = [k for k in ("snippet_ids", "snippet", "snippets", "label", "prompt") if getattr(self, k) is not None]
+        sources = [
+            k
+            for k in ("snippet_ids", "snippet", "snippets", "label", "prompt")
+            if getattr(self, k) is not None
+        ]
         if len(sources) > 1:
-            raise ValueError(f"give at most one of snippet_ids, snippet, snippets, label and prompt; got {', '.join(sources)}")
+            raise ValueError(
+                f"give at most one of snippet_ids, snippet, snippets, label and prompt; got {', '.join(sources)}"
+            )
         if self.negative_snippet_id is not None and self.negative_snippet is not None:
             raise ValueError("give either negative_snippet_id or negative_snippet, not both")
         if self.snippets is not None and not sum(s.weight for s in self.snippets) > 0:
@@ -110,7 +140,9 @@ class GenerateRequest(BaseModel):
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval
             if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi <= 1.0):
-                raise ValueError(f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo <= t_hi <= 1; got [{lo}, {hi}]")
+                raise ValueError(
+                    f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo <= t_hi <= 1; got [{lo}, {hi}]"
+                )
         if self.snippet_ids is not None and len(self.snippet_ids) not in (1, self.n):
             raise ValueError(
                 f"snippet_ids has {len(self.snippet_ids)} ids for n={self.n}; give one id for all images or one per image"
@@ -154,7 +186,9 @@ class GenerateResponse(BaseModel):
     images: list[str] = Field(description="base64-encoded PNG, one per image")
     seed: int = Field(description="seed of image 0; image k used seed + k")
     indices: list[int | None] = Field(description="bank id of each image's snippet; null for a raw snippet")
-    bank_version: int | None = Field(description="bank version the snippets were read at; null for a raw snippet")
+    bank_version: int | None = Field(
+        description="bank version the snippets were read at; null for a raw snippet"
+    )
     model: str = Field(description="id of the model that drew the images")
     steps: int
     sampler: Sampler
@@ -177,4 +211,6 @@ class ModelInfo(BaseModel):
     default_sampler: str | None = None
     max_n: int | None = None
     max_steps: int | None = None
-    batch_invariance: str | None = Field(None, description="how batched images are kept bit-identical to single ones")
+    batch_invariance: str | None = Field(
+        None, description="how batched images are kept bit-identical to single ones"
+    )

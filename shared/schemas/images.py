@@ -19,16 +19,24 @@ class ImagesRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"prompt": "a handwritten seven", "n": 2, "size": "32x32",
-                                         "response_format": "b64_json"}]},
+        json_schema_extra={
+            "examples": [
+                {"prompt": "a handwritten seven", "n": 2, "size": "32x32", "response_format": "b64_json"}
+            ]
+        },
     )
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     n: int = Field(1, ge=1, description="images; at most the service's GMEM_GENERATOR_MAX_N")
-    size: str | None = Field(None, description="'WxH' equal to the model's resolution (GET /model), or 'auto'")
+    size: str | None = Field(
+        None, description="'WxH' equal to the model's resolution (GET /model), or 'auto'"
+    )
     response_format: Literal["b64_json", "url"] | None = Field(
-        None, description="only b64_json is served; url answers 422")
-    model: str | None = Field(None, description="accepted and ignored: the served model answers (see 'model')")
+        None, description="only b64_json is served; url answers 422"
+    )
+    model: str | None = Field(
+        None, description="accepted and ignored: the served model answers (see 'model')"
+    )
     quality: str | None = Field(None, description="accepted and ignored")
     style: str | None = Field(None, description="accepted and ignored")
     user: str | None = Field(None, description="accepted and ignored")

@@ -16,7 +16,9 @@ FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 class JobRequest(GenerateRequest):
     """POST /jobs: the POST /generate body plus how often to send a preview."""
 
-    preview_every: int | None = Field(None, ge=1, description="send a preview PNG with every k-th progress event")
+    preview_every: int | None = Field(
+        None, ge=1, description="send a preview PNG with every k-th progress event"
+    )
 
 
 class JobCreated(BaseModel):
@@ -36,7 +38,9 @@ class JobInfo(BaseModel):
     created_at: float = Field(description="Unix time")
     started_at: float | None = None
     finished_at: float | None = None
-    result: dict[str, Any] | None = Field(None, description="exactly the POST /generate response, once succeeded")
+    result: dict[str, Any] | None = Field(
+        None, description="exactly the POST /generate response, once succeeded"
+    )
     error: ErrorDetail | None = None
 
 

@@ -42,14 +42,18 @@ def docker_exe() -> str | None:
     return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
 
 
-def run(argv: list[str], env: dict[str, str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], env: dict[str, str], timeout: float, check: bool = True
+) -> subprocess.CompletedProcess:
     try:
         out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         tail = (exc.stdout or b"")[-3000:] if isinstance(exc.stdout, bytes) else (exc.stdout or "")[-3000:]
         raise CommandFailed(f"`{' '.join(argv)}` ran past {timeout:.0f} s:\n{tail}") from None
     if check and out.returncode != 0:
-        raise CommandFailed(f"`{' '.join(argv)}` exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-4000:]}")
+        raise CommandFailed(
+            f"`{' '.join(argv)}` exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-4000:]}"
+        )
     return out
 
 
@@ -65,8 +69,16 @@ class Env:
 
     @property
     def vars(self) -> dict[str, str]:
-        return {**os.environ, "IMAGE_TAG": self.tag, "PROJECT": self.project, "HOSTNET": "1", "OFFLINE": "1",
-                "REDIS_PORT": str(self.redis_port), "REDIS_IMAGE": LOCAL_BASE, "STATE_DIR": str(self.state_dir)}
+        return {
+            **os.environ,
+            "IMAGE_TAG": self.tag,
+            "PROJECT": self.project,
+            "HOSTNET": "1",
+            "OFFLINE": "1",
+            "REDIS_PORT": str(self.redis_port),
+            "REDIS_IMAGE": LOCAL_BASE,
+            "STATE_DIR": str(self.state_dir),
+        }
 
     def script(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return run(["bash", str(SCRIPT), *args], self.vars, timeout)

@@ -47,8 +47,12 @@ TORCH_DISTS = ("torch", "torchvision", "timm", "triton")
 
 @pytest.fixture(scope="module")
 def env(request, tmp_path_factory) -> Env:
-    e = Env(tag=f"test{os.getpid()}", project=f"gmemtest{os.getpid()}", redis_port=free_port(),
-            state_dir=tmp_path_factory.mktemp("dockerd"))
+    e = Env(
+        tag=f"test{os.getpid()}",
+        project=f"gmemtest{os.getpid()}",
+        redis_port=free_port(),
+        state_dir=tmp_path_factory.mktemp("dockerd"),
+    )
     started = time.monotonic()
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
     capture = request.config.pluginmanager.getplugin("capturemanager")
@@ -142,16 +146,26 @@ def test_images_are_offline_non_root_and_the_plain_bank_has_no_torch(env, images
     for name, tag in images.items():
         assert env.inspect(tag, "{{.Config.User}}") == "gmem", f"{name} must run as the gmem user"
         if name in SERVICES:
-            assert "/readyz" in env.inspect(tag, "{{json .Config.Healthcheck}}"), f"{name}: no /readyz healthcheck"
+            assert "/readyz" in env.inspect(tag, "{{json .Config.Healthcheck}}"), (
+                f"{name}: no /readyz healthcheck"
+            )
     probe = f"import importlib.util as u; print([m for m in {TORCH_DISTS!r} if u.find_spec(m)])"
     plain = env.docker("run", "--rm", "--network", "none", images["bank"], "python", "-c", probe).stdout
     assert plain.strip() == "[]", f"the bank image without an encoder has {plain.strip()}"
-    encoder = env.docker("run", "--rm", "--network", "none", images["bank-encoder"], "python", "-c", probe).stdout
+    encoder = env.docker(
+        "run", "--rm", "--network", "none", images["bank-encoder"], "python", "-c", probe
+    ).stdout
     assert "torch" in encoder, "the encoder bank image must carry torch for image inserts"
     # The console scripts are the package's own, installed from the wheelhouse.
-    for name, script in (("bank", "gmem-bank"), ("generator", "gmem-generator"), ("generator-gpu", "gmem"),
-                         ("train", "gmem-train")):
-        out = env.docker("run", "--rm", "--network", "none", "--entrypoint", script, images[name], "--help").stdout
+    for name, script in (
+        ("bank", "gmem-bank"),
+        ("generator", "gmem-generator"),
+        ("generator-gpu", "gmem"),
+        ("train", "gmem-train"),
+    ):
+        out = env.docker(
+            "run", "--rm", "--network", "none", "--entrypoint", script, images[name], "--help"
+        ).stdout
         assert "Usage" in out, f"`{script} --help` in {name}: {out[-500:]}"
     # The torch layer is built once: the CPU and GPU generator images share it on the same base.
     cpu = env.inspect(images["generator"], "{{json .RootFS.Layers}}")
@@ -184,8 +198,15 @@ def test_pip_install_into_fresh_venvs_offline_and_bank_extra_pulls_no_torch(env,
 
 
 def _venv_generate(tmp_path: Path) -> dict:
-    cfg = StackConfig(out_dir=tmp_path / "venv-stack", bank_port=free_port(), generator_port=free_port(),
-                      redis_port=None, use_redis=False, encoder=None, encoder_weights=None)
+    cfg = StackConfig(
+        out_dir=tmp_path / "venv-stack",
+        bank_port=free_port(),
+        generator_port=free_port(),
+        redis_port=None,
+        use_redis=False,
+        encoder=None,
+        encoder_weights=None,
+    )
     with LocalStack(cfg) as local:
         r = httpx.post(local.generator_url + "/generate", json=GENERATE, timeout=300)
         assert r.status_code == 200, r.text
@@ -219,7 +240,9 @@ def test_playground_container_serves_the_page_over_both_services(env, stack):
     assert page.status_code == 200 and 'id="gallery"' in page.text and 'id="upload"' in page.text
     status = httpx.get(PLAYGROUND_URL + "/api/status", timeout=60).json()
     assert status["bank"]["ok"] and status["generator"]["ok"], status
-    assert status["playground"]["token_configured"], "the playground must hold the bank token from deploy/bank.env"
+    assert status["playground"]["token_configured"], (
+        "the playground must hold the bank token from deploy/bank.env"
+    )
 
 
 def _digit_png() -> bytes:
@@ -238,11 +261,20 @@ def _state(ids: list[int]) -> dict:
 
 def test_insert_and_interpolate_survive_restart_and_kill(env, stack):
     auth = {"Authorization": f"Bearer {stack['token']}"}
-    ins = httpx.post(BANK_URL + "/bank/snippets", files={"image": ("one.png", _digit_png(), "image/png")},
-                     data={"name": "one"}, headers=auth, timeout=60)
+    ins = httpx.post(
+        BANK_URL + "/bank/snippets",
+        files={"image": ("one.png", _digit_png(), "image/png")},
+        data={"name": "one"},
+        headers=auth,
+        timeout=60,
+    )
     assert ins.status_code == 201, ins.text
-    mix = httpx.post(BANK_URL + "/bank/interpolate", json={"i": 0, "j": ins.json()["id"], "alpha": 0.5},
-                     headers=auth, timeout=60)
+    mix = httpx.post(
+        BANK_URL + "/bank/interpolate",
+        json={"i": 0, "j": ins.json()["id"], "alpha": 0.5},
+        headers=auth,
+        timeout=60,
+    )
     assert mix.status_code == 201, mix.text
     ids = [ins.json()["id"], mix.json()["id"]]
     before = _state(ids)

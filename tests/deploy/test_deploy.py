@@ -104,8 +104,9 @@ def test_compose_bank_token_comes_from_an_env_file_with_an_example(compose):
     assert env_files == ["deploy/bank.env"]
     example = (DEPLOY / "bank.env.example").read_text()
     assert re.search(r"^GMEM_BANK_TOKEN=", example, re.M)
-    assert "GMEM_BANK_TOKEN" not in str(compose["services"]["bank"].get("environment", {})), \
+    assert "GMEM_BANK_TOKEN" not in str(compose["services"]["bank"].get("environment", {})), (
         "the token must not be written into docker-compose.yml"
+    )
 
 
 def test_compose_gpu_override_uses_the_nvidia_runtime_and_cuda_image(compose, compose_gpu):
@@ -160,8 +161,9 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.bank", "Dockerfile.generator", "Dockerfile.generator-cpu",
-                                  "Dockerfile.train"])
+@pytest.mark.parametrize(
+    "name", ["Dockerfile.bank", "Dockerfile.generator", "Dockerfile.generator-cpu", "Dockerfile.train"]
+)
 def test_dockerfile_copies_exist_and_cmd_flags_are_accepted(name):
     instructions = dockerfile_instructions(DEPLOY / name)
     for op, rest in instructions:
@@ -286,7 +288,9 @@ def bank_entry_modules() -> list[str]:
 def test_bank_requirements_cover_every_module_level_import_of_the_bank():
     needed = dists_for(module_level_imports(bank_entry_modules()))
     assert not needed & TORCH_DISTS, f"the bank imports {needed & TORCH_DISTS} at module level"
-    missing = needed - with_dependencies(requirement_names_of(project_dependencies() + project_extras()["bank"]))
+    missing = needed - with_dependencies(
+        requirement_names_of(project_dependencies() + project_extras()["bank"])
+    )
     assert not missing, f"pyproject.toml's dependencies + [bank] lack {missing}"
 
 
@@ -322,15 +326,37 @@ def test_bank_serves_and_edits_with_torch_unimportable(tmp_path):
     C, B = U[:, :r] * np.sqrt(S[:r]), Vt[:r].T * np.sqrt(S[:r])
     factors = tmp_path / "bank.safetensors"
     meta = BankMeta(encoder="test/none", feature_dim=d, rank=r, source="random", explained_variance=0.5)
-    save_factors(factors, mu.astype(np.float32), B.astype(np.float32), S[:r].astype(np.float32),
-                 C.astype(np.float32), meta)
+    save_factors(
+        factors,
+        mu.astype(np.float32),
+        B.astype(np.float32),
+        S[:r].astype(np.float32),
+        C.astype(np.float32),
+        meta,
+    )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")}
     env["GMEM_BANK_TOKEN"] = "t0ken-long-enough-16"
     log = open(tmp_path / "bank.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", _NO_TORCH, "--factors", str(factors), "--data-dir",
-                             str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _NO_TORCH,
+            "--factors",
+            str(factors),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -344,12 +370,18 @@ def test_bank_serves_and_edits_with_torch_unimportable(tmp_path):
             assert time.monotonic() < deadline, "bank not ready within 60 s"
             time.sleep(0.2)
         assert httpx.get(f"{url}/bank").json()["size"] == n
-        r1 = httpx.post(f"{url}/bank/snippets", json={"feature": rng.normal(size=d).tolist()},
-                        headers={"Authorization": "Bearer t0ken-long-enough-16"})
+        r1 = httpx.post(
+            f"{url}/bank/snippets",
+            json={"feature": rng.normal(size=d).tolist()},
+            headers={"Authorization": "Bearer t0ken-long-enough-16"},
+        )
         assert r1.status_code == 201 and r1.json()["id"] == n
         # An image insert needs an encoder; without one the answer is a clear 4xx, not a crash.
-        r2 = httpx.post(f"{url}/bank/snippets", files={"image": ("x.png", b"\x89PNG", "image/png")},
-                        headers={"Authorization": "Bearer t0ken-long-enough-16"})
+        r2 = httpx.post(
+            f"{url}/bank/snippets",
+            files={"image": ("x.png", b"\x89PNG", "image/png")},
+            headers={"Authorization": "Bearer t0ken-long-enough-16"},
+        )
         assert 400 <= r2.status_code < 500 and "error" in r2.json()
     finally:
         proc.terminate()

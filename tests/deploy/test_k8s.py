@@ -116,9 +116,12 @@ def test_k8s_token_secret_and_redis_are_wired():
     for kind in ("StatefulSet", "Deployment"):
         for obj in k8s_objects(kind):
             for cont in containers(obj):
-                unknown = {e["name"] for e in cont.get("env", []) if e["name"].startswith("GMEM_")} \
-                    - settings_env_names()
-                assert not unknown, f"{obj['metadata']['name']} sets {unknown}, which no settings class defines"
+                unknown = {
+                    e["name"] for e in cont.get("env", []) if e["name"].startswith("GMEM_")
+                } - settings_env_names()
+                assert not unknown, (
+                    f"{obj['metadata']['name']} sets {unknown}, which no settings class defines"
+                )
 
 
 def test_k8s_training_job_runs_torchrun_across_indexed_pods():
@@ -144,20 +147,50 @@ def test_k8s_training_job_runs_torchrun_across_indexed_pods():
 def test_train_multinode_script_trains_across_two_nodes_on_loopback(tmp_path):
     """Two torchrun 'nodes' on this machine: rendezvous on 127.0.0.1, one process each."""
     port = free_port()
-    common = {**{k: v for k, v in os.environ.items() if not k.startswith("GMEM_")},
-              "PYTHON": sys.executable, "NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1",
-              "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    common = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GMEM_")},
+        "PYTHON": sys.executable,
+        "NNODES": "2",
+        "NPROC_PER_NODE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+    }
     out = tmp_path / "model.safetensors"
-    args = ["--bank", "artifacts/mnist-5k/bank.safetensors", "--dataset", "mnist-5k:train", "--out", str(out),
-            "--steps", "2", "--batch-size", "8", "--threads", "1", "--sample-every", "1000",
-            "--ckpt-every", "1000", "--run-dir", str(tmp_path / "run")]
+    args = [
+        "--bank",
+        "artifacts/mnist-5k/bank.safetensors",
+        "--dataset",
+        "mnist-5k:train",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--sample-every",
+        "1000",
+        "--ckpt-every",
+        "1000",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
     procs, logs = [], []
     for rank in (0, 1):
         logs.append(tmp_path / f"node{rank}.log")
         with open(logs[-1], "wb") as fh:
-            procs.append(subprocess.Popen(["bash", "deploy/train-multinode.sh", *args], cwd=ROOT,
-                                          env={**common, "NODE_RANK": str(rank)}, stdout=fh,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    ["bash", "deploy/train-multinode.sh", *args],
+                    cwd=ROOT,
+                    env={**common, "NODE_RANK": str(rank)},
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     try:
         codes = [p.wait(timeout=240) for p in procs]
     finally:

@@ -85,7 +85,7 @@ def test_every_package_dir_is_in_the_wheel():
 def shared_prefix(path: Path) -> str:
     text = path.read_text()
     start = text.index("# ---- shared prefix")
-    return text[start:text.index("# ---- end of shared prefix")]
+    return text[start : text.index("# ---- end of shared prefix")]
 
 
 def test_dockerfiles_share_one_prefix_so_the_torch_layer_is_built_once():
@@ -95,22 +95,30 @@ def test_dockerfiles_share_one_prefix_so_the_torch_layer_is_built_once():
     assert len(prefixes) == 1, "the shared prefix differs between Dockerfiles"
     for p in files:
         lines = p.read_text().splitlines()
-        assert any(re.fullmatch(r"ARG BASE_IMAGE=\S+", line) for line in lines), f"{p.name}: no BASE_IMAGE arg"
+        assert any(re.fullmatch(r"ARG BASE_IMAGE=\S+", line) for line in lines), (
+            f"{p.name}: no BASE_IMAGE arg"
+        )
         assert "FROM ${BASE_IMAGE}" in lines, p.name
 
 
 def test_public_bases_are_pinned_images_a_user_can_pull():
-    bases = {p.name: re.search(r"^ARG BASE_IMAGE=(\S+)$", p.read_text(), re.M).group(1)
-             for p in DEPLOY.glob("Dockerfile.*")}
+    bases = {
+        p.name: re.search(r"^ARG BASE_IMAGE=(\S+)$", p.read_text(), re.M).group(1)
+        for p in DEPLOY.glob("Dockerfile.*")
+    }
     assert bases["Dockerfile.bank"] == bases["Dockerfile.generator-cpu"] == "python:3.11-slim"
-    assert bases["Dockerfile.generator"].startswith("nvidia/cuda:") and bases["Dockerfile.train"] == \
-        bases["Dockerfile.generator"]
+    assert (
+        bases["Dockerfile.generator"].startswith("nvidia/cuda:")
+        and bases["Dockerfile.train"] == bases["Dockerfile.generator"]
+    )
     assert all(":" in b and not b.endswith(":latest") for b in bases.values())
 
 
 def compose_files() -> tuple[dict, dict]:
-    return (yaml.safe_load((ROOT / "docker-compose.yml").read_text()),
-            yaml.safe_load((DEPLOY / "compose.hostnet.yml").read_text()))
+    return (
+        yaml.safe_load((ROOT / "docker-compose.yml").read_text()),
+        yaml.safe_load((DEPLOY / "compose.hostnet.yml").read_text()),
+    )
 
 
 def test_hostnet_override_puts_every_service_on_loopback_of_the_host_network():

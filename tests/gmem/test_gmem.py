@@ -43,7 +43,7 @@ def test_grid_places_cell_k_row_major_in_ceil_sqrt_columns(n, pad):
     for k in range(n):
         r, c = divmod(k, cols)
         y, x = pad + r * (3 + pad), pad + c * (5 + pad)
-        assert (out[y:y + 3, x:x + 5] == k + 1).all()
+        assert (out[y : y + 3, x : x + 5] == k + 1).all()
     # Everything outside the cells is padding.
     assert out.sum() == sum((k + 1) * 15 for k in range(n))
 
@@ -69,15 +69,26 @@ def test_client_settings_read_gmem_variables(monkeypatch):
     monkeypatch.setenv("GMEM_BANK_URL", "http://bank.example:9001")
     monkeypatch.setenv("GMEM_BANK_TOKEN", "s3cret")
     s = ClientSettings()
-    assert (s.bank_url, s.bank_token, s.generator_url) == ("http://bank.example:9001", "s3cret", "http://127.0.0.1:8002")
+    assert (s.bank_url, s.bank_token, s.generator_url) == (
+        "http://bank.example:9001",
+        "s3cret",
+        "http://127.0.0.1:8002",
+    )
     assert ClientSettings(bank_url="http://other").bank_url == "http://other"  # flags override
 
 
 def test_envvar_catalogue_names_follow_each_class_prefix_and_aliases():
     names = {v.name for v in from_settings()}
     # prefix + field name, and an alias choice (the bank reads the shared GMEM_REDIS_URL)
-    assert {"GMEM_BANK_FACTORS", "GMEM_BANK_TOKEN", "GMEM_REDIS_URL", "GMEM_GENERATOR_MODEL",
-            "GMEM_GENERATOR_DEVICE", "GMEM_BANK_URL", "GMEM_GENERATOR_URL"} <= names
+    assert {
+        "GMEM_BANK_FACTORS",
+        "GMEM_BANK_TOKEN",
+        "GMEM_REDIS_URL",
+        "GMEM_GENERATOR_MODEL",
+        "GMEM_GENERATOR_DEVICE",
+        "GMEM_BANK_URL",
+        "GMEM_GENERATOR_URL",
+    } <= names
     assert all(n.startswith("GMEM_") and n == n.upper() for n in names)
     # the services never read the training commands' unprefixed names
     assert not {"GMEM_MODEL", "GMEM_DEVICE", "GMEM_MAX_N", "GMEM_PORT", "GMEM_HOST"} & names
@@ -129,14 +140,27 @@ def test_pick_port_falls_back_when_the_preferred_port_is_taken():
 
 def _gmem(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")}
-    return subprocess.run([sys.executable, "-m", "gmem", *args], cwd=ROOT, env={**base, "COLUMNS": "200", **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gmem", *args],
+        cwd=ROOT,
+        env={**base, "COLUMNS": "200", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_without_services_says_so_in_one_line():
     port = free_port()  # nothing listens there
-    r = _gmem("--bank-url", f"http://127.0.0.1:{port}", "--generator-url", f"http://127.0.0.1:{port}",
-              "generate", "-n", "1")
+    r = _gmem(
+        "--bank-url",
+        f"http://127.0.0.1:{port}",
+        "--generator-url",
+        f"http://127.0.0.1:{port}",
+        "generate",
+        "-n",
+        "1",
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "unreachable" in r.stderr and "Is the stack running?" in r.stderr
 

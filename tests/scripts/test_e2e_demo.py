@@ -46,12 +46,22 @@ class Demo:
 
     def cli(self, *args: str, token: bool = True) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")}
-        env.update(GMEM_BANK_URL=self.summary["bank_url"], GMEM_GENERATOR_URL=self.summary["generator_url"],
-                   COLUMNS="200", NO_COLOR="1")
+        env.update(
+            GMEM_BANK_URL=self.summary["bank_url"],
+            GMEM_GENERATOR_URL=self.summary["generator_url"],
+            COLUMNS="200",
+            NO_COLOR="1",
+        )
         if token:
             env["GMEM_BANK_TOKEN"] = self.summary["token"]
-        return subprocess.run([sys.executable, "-m", "gmem", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "gmem", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -75,9 +85,30 @@ def demo(tmp_path_factory) -> Demo:
     log = out.parent / f"{out.name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")}
     env.update(GMEM_GENERATOR_TORCH_THREADS="2", COLUMNS="200")
-    argv = [sys.executable, "-m", "scripts.demo", "--out", str(out), "--n", str(N), "--steps", str(STEPS),
-            "--points", str(POINTS), "--model", str(ARTIFACTS / "model.safetensors"), "--keep-running",
-            "--bank-port", "0", "--generator-port", "0", "--redis-port", "0", "--playground-port", "0"]
+    argv = [
+        sys.executable,
+        "-m",
+        "scripts.demo",
+        "--out",
+        str(out),
+        "--n",
+        str(N),
+        "--steps",
+        str(STEPS),
+        "--points",
+        str(POINTS),
+        "--model",
+        str(ARTIFACTS / "model.safetensors"),
+        "--keep-running",
+        "--bank-port",
+        "0",
+        "--generator-port",
+        "0",
+        "--redis-port",
+        "0",
+        "--playground-port",
+        "0",
+    ]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
     summary_path = out / "summary.json"
@@ -85,7 +116,9 @@ def demo(tmp_path_factory) -> Demo:
     try:
         while not summary_path.exists():
             assert proc.poll() is None, f"the demo exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"the demo did not finish in {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, (
+                f"the demo did not finish in {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}"
+            )
             time.sleep(0.5)
         demo = Demo(proc, out, json.loads(summary_path.read_text()), log)
         yield demo
@@ -164,14 +197,18 @@ def test_interpolated_snippets_get_ids_and_move_the_image_from_j_to_i(demo):
     assert len(set(it["ids"])) == POINTS and min(it["ids"]) > demo.summary["style"]["id"]
     for sid, alpha in zip(it["ids"], it["alphas"], strict=True):
         s = bank.get_snippet(sid)
-        assert s.kind == "interpolated" and s.parents == [it["i"], it["j"]] and s.alpha == pytest.approx(alpha)
+        assert (
+            s.kind == "interpolated" and s.parents == [it["i"], it["j"]] and s.alpha == pytest.approx(alpha)
+        )
     assert (it["label_j"], it["label_i"]) == (3, 8)  # the strip runs from a 3 (alpha 0) to an 8
     strip = png_array(it["grid"])
     assert strip.shape == (2 + 130, 2 + POINTS * 130)
     # The strip used one seed for every alpha; alpha=1 is snippet i, alpha=0 snippet j.
     seed = it["seed"]
-    ends = {name: png_array(gen.generate(n=1, seed=seed, steps=STEPS, snippet_ids=[sid]).images[0]).astype(int)
-            for name, sid in (("i", it["i"]), ("j", it["j"]))}
+    ends = {
+        name: png_array(gen.generate(n=1, seed=seed, steps=STEPS, snippet_ids=[sid]).images[0]).astype(int)
+        for name, sid in (("i", it["i"]), ("j", it["j"]))
+    }
     at = [png_array(p)[::4, ::4].astype(int) for p in it["images"]]  # undo the 4x upscaling
 
     def dist(x, y):
@@ -204,20 +241,36 @@ def test_demo_printed_where_the_images_are_and_curl_examples(demo):
 
 
 def test_cli_generate_writes_the_generators_images(demo, tmp_path):
-    r = demo.cli("--json", "generate", "-n", "2", "--seed", "5", "--steps", str(STEPS), "--out", str(tmp_path))
+    r = demo.cli(
+        "--json", "generate", "-n", "2", "--seed", "5", "--steps", str(STEPS), "--out", str(tmp_path)
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["seed"] == 5 and len(data["images"]) == 2
     direct = demo.generator().generate(n=2, seed=5, steps=STEPS)
     for path, png in zip(data["images"], direct.images, strict=True):
-        assert np.array_equal(png_array(path), png_array(png)), "the CLI must save exactly what the service drew"
+        assert np.array_equal(png_array(path), png_array(png)), (
+            "the CLI must save exactly what the service drew"
+        )
     assert Path(data["grid"]).is_file()
 
 
 def test_cli_insert_search_interpolate_info(demo, tmp_path):
     image = demo.out / "input-digit-8.png"
-    r = demo.cli("--json", "insert", "--image", str(image), "--name", "cli-8", "--preview", "2",
-                 "--steps", str(STEPS), "--out", str(tmp_path))
+    r = demo.cli(
+        "--json",
+        "insert",
+        "--image",
+        str(image),
+        "--name",
+        "cli-8",
+        "--preview",
+        "2",
+        "--steps",
+        str(STEPS),
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     created = json.loads(r.stdout)
     assert len(created["images"]) == 2 and all(Path(p).is_file() for p in created["images"])
@@ -231,8 +284,20 @@ def test_cli_insert_search_interpolate_info(demo, tmp_path):
     assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
 
     before = demo.bank().info().version
-    r = demo.cli("--json", "interpolate", str(created["id"]), "0", "--alpha", "0.25", "--alpha", "0.75",
-                 "--steps", str(STEPS), "--out", str(tmp_path))
+    r = demo.cli(
+        "--json",
+        "interpolate",
+        str(created["id"]),
+        "0",
+        "--alpha",
+        "0.25",
+        "--alpha",
+        "0.75",
+        "--steps",
+        str(STEPS),
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     inter = json.loads(r.stdout)
     assert len(inter["ids"]) == 2 and inter["version"] == before + 2
@@ -241,7 +306,9 @@ def test_cli_insert_search_interpolate_info(demo, tmp_path):
     r = demo.cli("--json", "info")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info["bank"]["version"] == before + 2 and info["bank"]["feature_dim"] == info["model"]["feature_dim"]
+    assert (
+        info["bank"]["version"] == before + 2 and info["bank"]["feature_dim"] == info["model"]["feature_dim"]
+    )
 
 
 def test_cli_errors_are_one_clear_line_not_a_traceback(demo):
@@ -263,10 +330,14 @@ def test_keep_running_serves_the_playground(demo):
 
 # ---------------------------------------------------------------- Ctrl-C, then a restart keeps the edits
 
+
 def test_ctrl_c_stops_the_stack_and_the_bank_restarts_with_its_edits(demo, tmp_path):
     bank = demo.bank()
     info = bank.info()
-    edits = {sid: bank.get_snippet(sid) for sid in [demo.summary["style"]["id"], *demo.summary["interpolation"]["ids"]]}
+    edits = {
+        sid: bank.get_snippet(sid)
+        for sid in [demo.summary["style"]["id"], *demo.summary["interpolation"]["ids"]]
+    }
     pids = demo.summary["pids"]
 
     demo.proc.send_signal(signal.SIGINT)

@@ -167,7 +167,9 @@ def test_interpolation_endpoints(bank, method, data):
 @PROPS
 @given(coefficient, coefficient, st.floats(0.0, 1.0))
 def test_linear_interpolation_is_eq_11(c_i, c_j, alpha):
-    np.testing.assert_allclose(bankmath.interpolate(c_i, c_j, alpha), alpha * c_i + (1 - alpha) * c_j, atol=1e-9)
+    np.testing.assert_allclose(
+        bankmath.interpolate(c_i, c_j, alpha), alpha * c_i + (1 - alpha) * c_j, atol=1e-9
+    )
 
 
 @PROPS

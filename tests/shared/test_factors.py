@@ -20,8 +20,13 @@ def bank_arrays(n: int = 50, d: int = 12, r: int = 4, seed: int = 0):
     """The arrays of a bank file (mu, B, S, C), its metadata and labels, not yet written."""
     rng = np.random.default_rng(seed)
     f = svd_factors(unit_rows(rng, n, d), r)
-    meta = BankMeta(encoder="gmem/mnist-cnn", feature_dim=d, rank=r, source="synthetic",
-                    explained_variance=f.explained_variance)
+    meta = BankMeta(
+        encoder="gmem/mnist-cnn",
+        feature_dim=d,
+        rank=r,
+        source="synthetic",
+        explained_variance=f.explained_variance,
+    )
     labels = rng.integers(-1, 10, size=n)
     return f.mu, f.B, f.S, f.C, meta, labels
 
@@ -131,7 +136,11 @@ def _write_raw(path: Path, arrays: dict[str, np.ndarray], meta: BankMeta) -> Non
     header: dict = {"__metadata__": meta.to_strings()}
     offset = 0
     for name, arr in arrays.items():
-        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
         offset += arr.nbytes
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
@@ -174,30 +183,52 @@ def _raw(path, header):
     blob += b" " * (-len(blob) % 8)
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * 64)
 
-META = {"format": "gmem-bank", "format_version": "1", "encoder": "e", "feature_dim": "2", "rank": "1", "source": "s"}
 
-@pytest.mark.parametrize("header", [
-    [1, 2, 3],                                                   # JSON, but not an object
-    {"__metadata__": META, "C": {"dtype": "F32", "shape": [2, 1]}},  # no data_offsets
-    {"__metadata__": META, "C": "nonsense"},
-    {"__metadata__": META, "mu": {"dtype": "F32", "shape": [2], "data_offsets": [0]}},
-])
+META = {
+    "format": "gmem-bank",
+    "format_version": "1",
+    "encoder": "e",
+    "feature_dim": "2",
+    "rank": "1",
+    "source": "s",
+}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        [1, 2, 3],  # JSON, but not an object
+        {"__metadata__": META, "C": {"dtype": "F32", "shape": [2, 1]}},  # no data_offsets
+        {"__metadata__": META, "C": "nonsense"},
+        {"__metadata__": META, "mu": {"dtype": "F32", "shape": [2], "data_offsets": [0]}},
+    ],
+)
 def test_malformed_header_is_a_bank_file_error(tmp_path, header):
     _raw(tmp_path / "b.safetensors", header)
     with pytest.raises(BankFileError):
         load_factors(tmp_path / "b.safetensors")
 
+
 def test_saved_bank_is_readable_by_other_users(tmp_path):
-    save_factors(tmp_path / "b.safetensors", np.zeros(2), np.ones((2, 1)), np.ones(1), np.ones((3, 1)),
-                 BankMeta(encoder="e", feature_dim=2, rank=1, source="s", explained_variance=1.0))
+    save_factors(
+        tmp_path / "b.safetensors",
+        np.zeros(2),
+        np.ones((2, 1)),
+        np.ones(1),
+        np.ones((3, 1)),
+        BankMeta(encoder="e", feature_dim=2, rank=1, source="s", explained_variance=1.0),
+    )
     assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) & 0o044 == 0o044
 
 
-@pytest.mark.parametrize(("changes", "says"), [
-    ({"normalized": "yes"}, "normalized='yes'"),     # was silently read as false (g = f in eq. 10)
-    ({"normalized": True}, "must be strings"),        # a JSON bool: was an AttributeError crash
-    ({"rank": 4}, "must be strings"),
-])
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"normalized": "yes"}, "normalized='yes'"),  # was silently read as false (g = f in eq. 10)
+        ({"normalized": True}, "must be strings"),  # a JSON bool: was an AttributeError crash
+        ({"rank": 4}, "must be strings"),
+    ],
+)
 def test_metadata_values_must_be_the_contracts_strings(tmp_path: Path, changes: dict, says: str):
     mu, B, S, C, meta, _ = bank_arrays()
     path = tmp_path / "b.safetensors"
@@ -224,8 +255,14 @@ def test_metadata_that_is_not_an_object_is_refused(tmp_path: Path):
 
 def test_extra_metadata_is_written_as_strings(tmp_path: Path):
     mu, B, S, C, meta, _ = bank_arrays()
-    meta = BankMeta(encoder=meta.encoder, feature_dim=meta.feature_dim, rank=meta.rank, source=meta.source,
-                    explained_variance=meta.explained_variance, extra={"epochs": 3})  # type: ignore[dict-item]
+    meta = BankMeta(
+        encoder=meta.encoder,
+        feature_dim=meta.feature_dim,
+        rank=meta.rank,
+        source=meta.source,
+        explained_variance=meta.explained_variance,
+        extra={"epochs": 3},
+    )  # type: ignore[dict-item]
     path = tmp_path / "b.safetensors"
     save_factors(path, mu, B, S, C, meta)
     with safe_open(str(path), framework="numpy") as fh:

@@ -52,14 +52,27 @@ class SyntheticBank:
     C: np.ndarray
 
 
-def make_bank(path: Path, n: int = N0, d: int = D, r: int = R, seed: int = 0, encoder: str = ENCODER_ID,
-              labels: bool | np.ndarray = True, rows: np.ndarray | None = None,
-              source: str = "synthetic") -> SyntheticBank:
+def make_bank(
+    path: Path,
+    n: int = N0,
+    d: int = D,
+    r: int = R,
+    seed: int = 0,
+    encoder: str = ENCODER_ID,
+    labels: bool | np.ndarray = True,
+    rows: np.ndarray | None = None,
+    source: str = "synthetic",
+) -> SyntheticBank:
     """A rank-r factorisation of ``rows`` (default: n random unit rows of dimension d) written to ``path``."""
     rows = unit_rows(np.random.default_rng(seed), n, d) if rows is None else rows
     f = svd_factors(rows, r)
-    meta = BankMeta(encoder=encoder, feature_dim=rows.shape[1], rank=r, source=source,
-                    explained_variance=f.explained_variance)
+    meta = BankMeta(
+        encoder=encoder,
+        feature_dim=rows.shape[1],
+        rank=r,
+        source=source,
+        explained_variance=f.explained_variance,
+    )
     row_labels = labels if isinstance(labels, np.ndarray) else (bank_labels(len(rows)) if labels else None)
     save_factors(path, f.mu, f.B, f.S, f.C, meta, labels=row_labels)
     f32 = np.float32

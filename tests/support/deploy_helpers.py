@@ -24,8 +24,14 @@ GMEM_VAR = re.compile(r"\bGMEM_[A-Z0-9_]+\b")
 def cli_flags(module: str, *sub: str) -> frozenset[str]:
     """Long flags `python -m <module> [sub] --help` lists."""
     env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
-    out = subprocess.run([sys.executable, "-m", module, *sub, "--help"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", module, *sub, "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, f"`python -m {module} {' '.join(sub)} --help` failed:\n{out.stderr[-2000:]}"
     return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out.stdout))
 
@@ -39,14 +45,20 @@ def arg_after(argv: list[str], flag: str) -> str:
 
 
 # The package's console scripts (pyproject.toml [project.scripts]) and the modules they run.
-CONSOLE_SCRIPTS = {"gmem-bank": "services.bank", "gmem-generator": "services.generator",
-                   "gmem-train": "training", "gmem": "gmem"}
+CONSOLE_SCRIPTS = {
+    "gmem-bank": "services.bank",
+    "gmem-generator": "services.generator",
+    "gmem-train": "training",
+    "gmem": "gmem",
+}
 
 
 def service_module(argv: list[str]) -> str:
     if argv and argv[0] in CONSOLE_SCRIPTS:
         return CONSOLE_SCRIPTS[argv[0]]
-    assert argv[:2] == ["python", "-m"], f"expected `python -m <service> ...` or a console script, got {argv[:3]}"
+    assert argv[:2] == ["python", "-m"], (
+        f"expected `python -m <service> ...` or a console script, got {argv[:3]}"
+    )
     return argv[2]
 
 

@@ -34,7 +34,9 @@ def make_folder(root: Path, per_class: int = 8, size: int = 16) -> Path:
     return root
 
 
-def make_dataset_bank(path: Path, dataset: str, dim: int = 8, rank: int = 4, encoder: str = "test/bars") -> Path:
+def make_dataset_bank(
+    path: Path, dataset: str, dim: int = 8, rank: int = 4, encoder: str = "test/bars"
+) -> Path:
     """A bank for ``dataset`` whose snippets are a fixed random projection of the pixels."""
     from training.data import load_dataset
 
@@ -55,8 +57,17 @@ def make_model(path: Path, seed: int = 0, **overrides) -> Path:
     from training.network.model import GMemDiT
 
     torch.manual_seed(seed)
-    cfg = preset("gmem-tiny", **{**TINY, "input_size": 16, "encoder": "test/bars", "init": "xavier",
-                                 "default_steps": 3, **overrides})
+    cfg = preset(
+        "gmem-tiny",
+        **{
+            **TINY,
+            "input_size": 16,
+            "encoder": "test/bars",
+            "init": "xavier",
+            "default_steps": 3,
+            **overrides,
+        },
+    )
     save_model(path, GMemDiT(cfg), cfg, {"id": "test-tiny"})
     return path
 

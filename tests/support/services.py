@@ -32,8 +32,22 @@ GENERATOR_ENV = {
     "GMEM_GENERATOR_READY_CACHE_S": "0",
 }
 
-__all__ = ["AUTH", "DEFAULT_BANK", "DEFAULT_MODEL", "GENERATOR_ENV", "ROOT", "TOKEN", "Process", "Stack",
-           "free_port", "settings_for", "start_bank", "start_generator", "start_redis", "start_service"]
+__all__ = [
+    "AUTH",
+    "DEFAULT_BANK",
+    "DEFAULT_MODEL",
+    "GENERATOR_ENV",
+    "ROOT",
+    "TOKEN",
+    "Process",
+    "Stack",
+    "free_port",
+    "settings_for",
+    "start_bank",
+    "start_generator",
+    "start_redis",
+    "start_service",
+]
 
 
 def settings_for(bank: SyntheticBank, data_dir: Path, **kw: object) -> BankSettings:
@@ -45,8 +59,14 @@ def start_redis(tmp: Path, port: int | None = None) -> Process:
     return started(redis_process(tmp, port), None)
 
 
-def start_service(factors: Path, data_dir: Path, log_path: Path, env: dict[str, str] | None = None,
-                  args: list[str] | None = None, wait: bool = True) -> Process:
+def start_service(
+    factors: Path,
+    data_dir: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    wait: bool = True,
+) -> Process:
     """``python -m services.bank`` with the test token and none of the caller's GMEM_* variables."""
     proc = bank_process(factors, data_dir, log_path, env={"GMEM_BANK_TOKEN": TOKEN, **(env or {})}, args=args)
     proc.clean_env = True
@@ -55,22 +75,33 @@ def start_service(factors: Path, data_dir: Path, log_path: Path, env: dict[str, 
     return started(proc, "/readyz", timeout=30.0)
 
 
-def start_bank(tmp: Path, factors: Path = DEFAULT_BANK, redis_url: str | None = None, port: int | None = None,
-               data_dir: Path | None = None, encoder: str | None = None) -> Process:
+def start_bank(
+    tmp: Path,
+    factors: Path = DEFAULT_BANK,
+    redis_url: str | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    encoder: str | None = None,
+) -> Process:
     port = port or free_port()
     env = {"GMEM_BANK_TOKEN": TOKEN}
     if redis_url:
         env["GMEM_REDIS_URL"] = redis_url
     if encoder:
         env["GMEM_BANK_ENCODER"] = encoder
-    proc = bank_process(factors, data_dir or tmp / f"bank-data-{port}", tmp / f"bank-{port}.log", port, env=env)
+    proc = bank_process(
+        factors, data_dir or tmp / f"bank-data-{port}", tmp / f"bank-{port}.log", port, env=env
+    )
     return started(proc, "/readyz")
 
 
-def start_generator(tmp: Path, bank_url: str, model: Path = DEFAULT_MODEL, wait_ready: bool = True,
-                    **env: str) -> Process:
+def start_generator(
+    tmp: Path, bank_url: str, model: Path = DEFAULT_MODEL, wait_ready: bool = True, **env: str
+) -> Process:
     port = free_port()
-    proc = generator_process(model, bank_url, tmp / f"generator-{port}.log", port, env={**GENERATOR_ENV, **env})
+    proc = generator_process(
+        model, bank_url, tmp / f"generator-{port}.log", port, env={**GENERATOR_ENV, **env}
+    )
     return started(proc, "/readyz" if wait_ready else "/healthz")
 
 

@@ -18,12 +18,15 @@ from training.files.modelfile import load_model
 from training.official.vae import load_decoder
 
 
-@pytest.mark.parametrize(("load", "error"), [
-    (load_model, ModelFileError),
-    (load_checkpoint, CheckpointFileError),
-    (lambda p: load_encoder("gmem/mnist-cnn", str(p)), EncoderFileError),
-    (load_decoder, VAEFileError),
-])
+@pytest.mark.parametrize(
+    ("load", "error"),
+    [
+        (load_model, ModelFileError),
+        (load_checkpoint, CheckpointFileError),
+        (lambda p: load_encoder("gmem/mnist-cnn", str(p)), EncoderFileError),
+        (load_decoder, VAEFileError),
+    ],
+)
 def test_a_garbage_file_names_its_kind(tmp_path, load, error):
     path = tmp_path / "garbage.safetensors"
     path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")

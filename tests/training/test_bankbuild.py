@@ -49,7 +49,11 @@ def exact_factors(X: np.ndarray, r: int):
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "training", "build-bank", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -59,8 +63,15 @@ def test_cli_features_path_matches_numpy_svd(tmp_path: Path):
     labels = np.arange(len(X)) % 7
     np.save(tmp_path / "labels.npy", labels)
     out = tmp_path / "bank.safetensors"
-    proc = run_cli("--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "labels.npy"),
-                   "--out", str(out), env={"GMEM_BANK_RANK": "5"})
+    proc = run_cli(
+        "--features",
+        str(tmp_path / "f.npy"),
+        "--labels",
+        str(tmp_path / "labels.npy"),
+        "--out",
+        str(out),
+        env={"GMEM_BANK_RANK": "5"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "explained variance" in proc.stdout
     bank = load_factors(out)
@@ -114,7 +125,9 @@ def test_signs_are_deterministic():
 def test_fp16_coefficients(tmp_path: Path):
     X = features()
     np.save(tmp_path / "f.npy", X)
-    run_build(tmp_path / "h.safetensors", 6, tmp_path / "f.npy", None, None, None, None, None, c_dtype="float16")
+    run_build(
+        tmp_path / "h.safetensors", 6, tmp_path / "f.npy", None, None, None, None, None, c_dtype="float16"
+    )
     bank = load_factors(tmp_path / "h.safetensors")
     assert bank.C.dtype == np.float16
     exact = exact_factors(X, 6)[3]
@@ -130,9 +143,24 @@ def _bad(tmp_path: Path, X: np.ndarray) -> Path:
 @pytest.mark.parametrize(
     ("make", "rank", "error", "words"),
     [
-        (lambda p: _bad(p, np.where(np.arange(40)[:, None] == 17, np.nan, features(40, 6))), 3, NonFiniteValue, "row 17"),
-        (lambda p: _bad(p, np.where(np.arange(40)[:, None] == 3, np.inf, features(40, 6))), 3, NonFiniteValue, "row 3"),
-        (lambda p: _bad(p, np.where(np.arange(40)[:, None] == 39, 0.0, features(40, 6))), 3, ZeroVector, "row 39"),
+        (
+            lambda p: _bad(p, np.where(np.arange(40)[:, None] == 17, np.nan, features(40, 6))),
+            3,
+            NonFiniteValue,
+            "row 17",
+        ),
+        (
+            lambda p: _bad(p, np.where(np.arange(40)[:, None] == 3, np.inf, features(40, 6))),
+            3,
+            NonFiniteValue,
+            "row 3",
+        ),
+        (
+            lambda p: _bad(p, np.where(np.arange(40)[:, None] == 39, 0.0, features(40, 6))),
+            3,
+            ZeroVector,
+            "row 39",
+        ),
         (lambda p: _bad(p, features(40, 6)[0]), 1, DimensionMismatch, "2-D"),
         (lambda p: _bad(p, np.zeros((2, 3, 4))), 1, DimensionMismatch, "2-D"),
         (lambda p: _bad(p, np.zeros((0, 4))), 1, DimensionMismatch, "empty"),
@@ -141,7 +169,12 @@ def _bad(tmp_path: Path, X: np.ndarray) -> Path:
         (lambda p: _bad(p, features(3, 6)), 3, InvalidRank, "vary"),  # 3 rows span only 2 directions
         (lambda p: _bad(p, np.array([["a", "b"]])), 1, InvalidInput, "dtype"),
         (lambda p: _bad(p, np.array([[{}, {}]], dtype=object)), 1, BankFileError, "readable"),
-        (lambda p: (p / "junk.npy").write_bytes(b"not an array") and p / "junk.npy", 1, BankFileError, "readable"),
+        (
+            lambda p: (p / "junk.npy").write_bytes(b"not an array") and p / "junk.npy",
+            1,
+            BankFileError,
+            "readable",
+        ),
         (lambda p: p / "missing.npy", 1, BankFileError, "no such"),
     ],
 )

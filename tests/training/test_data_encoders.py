@@ -31,8 +31,14 @@ def test_mnist_5k_shapes_padding_and_splits(mnist):
     assert mnist.images.shape == (5000, 32, 32, 1) and mnist.images.dtype == np.uint8
     assert mnist.labels.dtype == np.int64 and np.array_equal(np.bincount(mnist.labels), [500] * 10)
     # 2 px of zero padding on every side, digits inside.
-    border = np.concatenate([mnist.images[:, :2].ravel(), mnist.images[:, -2:].ravel(),
-                             mnist.images[:, :, :2].ravel(), mnist.images[:, :, -2:].ravel()])
+    border = np.concatenate(
+        [
+            mnist.images[:, :2].ravel(),
+            mnist.images[:, -2:].ravel(),
+            mnist.images[:, :, :2].ravel(),
+            mnist.images[:, :, -2:].ravel(),
+        ]
+    )
     assert border.max() == 0 and mnist.images.max() == 255
     train, held = load_dataset("mnist-5k:train"), load_dataset("mnist-5k:eval")
     assert (len(train), len(held)) == (4500, 500)
@@ -147,7 +153,11 @@ def test_timm_tiny_vit_from_local_weights(tmp_path: Path, mnist):
     from safetensors.torch import save_file
 
     net = _tiny_vit()
-    save_file(net.state_dict(), str(tmp_path / "vit.safetensors"), metadata={"timm_kwargs": json.dumps({"img_size": 32})})
+    save_file(
+        net.state_dict(),
+        str(tmp_path / "vit.safetensors"),
+        metadata={"timm_kwargs": json.dumps({"img_size": 32})},
+    )
     enc = load_encoder("timm/vit_tiny_patch16_224", str(tmp_path / "vit.safetensors"))
     assert (enc.feature_dim, enc.channels, enc.resolution) == (192, 3, 32)
     x = to_model_input(mnist.images[:5])  # grey: repeated to RGB by the encoder
@@ -180,13 +190,15 @@ def test_dinov2_follows_the_papers_preprocessing(tmp_path: Path, mnist):
     enc = load_encoder("timm/vit_base_patch14_dinov2", str(tmp_path / "dinov2_vitb14.pth"))
     assert (enc.feature_dim, enc.resolution, enc.channels) == (768, 224, 3)
     state = {k: v for k, v in hub.items() if k != "mask_token"}
-    state["pos_embed"] = resample_abs_pos_embed(hub["pos_embed"], new_size=(16, 16), num_prefix_tokens=1,
-                                                interpolation="bicubic", antialias=True)
+    state["pos_embed"] = resample_abs_pos_embed(
+        hub["pos_embed"], new_size=(16, 16), num_prefix_tokens=1, interpolation="bicubic", antialias=True
+    )
     ref.load_state_dict(state)
     x = to_model_input(mnist.images[:1])
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    prepared = F.interpolate(((x.repeat(1, 3, 1, 1) + 1) / 2 - mean) / std, size=224, mode="bicubic",
-                             align_corners=False)
+    prepared = F.interpolate(
+        ((x.repeat(1, 3, 1, 1) + 1) / 2 - mean) / std, size=224, mode="bicubic", align_corners=False
+    )
     with torch.no_grad():
         expected = ref.forward_features(prepared)[:, 0]
     torch.testing.assert_close(enc.encode(x), expected, atol=1e-4, rtol=1e-4)
@@ -195,8 +207,23 @@ def test_dinov2_follows_the_papers_preprocessing(tmp_path: Path, mnist):
 def test_train_encoder_command_writes_a_loadable_encoder(tmp_path: Path):
     out = tmp_path / "enc.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "train-encoder", "--dataset", "mnist-5k:eval", "--epochs", "1",
-         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train-encoder",
+            "--dataset",
+            "mnist-5k:eval",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
     )
     assert proc.returncode == 0, proc.stderr
     enc = load_encoder("gmem/mnist-cnn", str(out))
@@ -207,8 +234,24 @@ def test_end_to_end_bank_of_mnist_clusters_by_digit(tmp_path: Path, mnist):
     """build-bank --dataset mnist-5k with the committed encoder: same-digit snippets are nearest."""
     out = tmp_path / "bank.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "build-bank", "--dataset", "mnist-5k", "--encoder", "gmem/mnist-cnn",
-         "--rank", "32", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "build-bank",
+            "--dataset",
+            "mnist-5k",
+            "--encoder",
+            "gmem/mnist-cnn",
+            "--rank",
+            "32",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ),
     )
     assert proc.returncode == 0, proc.stderr

@@ -59,9 +59,24 @@ def files(tmp_path_factory) -> Path:
 
 def test_eval_command_reports_fd_and_consistency(files, tmp_path):
     assert Path(EVALNET_WEIGHTS).exists(), "the committed evalnet artifact is part of the repository"
-    res = CliRunner().invoke(build_app(), ["eval", "--model", str(files / "model.safetensors"), "--bank",
-                                           str(files / "bank.safetensors"), "--dataset", str(files / "ds"),
-                                           "--n", "6", "--steps", "2", "--json-out", str(tmp_path / "r.json")])
+    res = CliRunner().invoke(
+        build_app(),
+        [
+            "eval",
+            "--model",
+            str(files / "model.safetensors"),
+            "--bank",
+            str(files / "bank.safetensors"),
+            "--dataset",
+            str(files / "ds"),
+            "--n",
+            "6",
+            "--steps",
+            "2",
+            "--json-out",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "r.json").read_text())
     assert out["n"] == 6 and out["steps"] == 2 and out["fd"] > 0
@@ -82,7 +97,10 @@ def test_embedded_default_makes_digits_its_snippets_choose():
     from training.files.modelfile import check_compatible, load_model
     from training.flow.generate import sample_tensor
 
-    model_path, bank_path = Path("artifacts/mnist-5k/model.safetensors"), Path("artifacts/mnist-5k/bank.safetensors")
+    model_path, bank_path = (
+        Path("artifacts/mnist-5k/model.safetensors"),
+        Path("artifacts/mnist-5k/bank.safetensors"),
+    )
     assert model_path.stat().st_size + bank_path.stat().st_size < 40 * 2**20
     model, bank = load_model(model_path), load_factors(bank_path)
     check_compatible(model.config, bank.meta)

@@ -69,8 +69,9 @@ def test_mismatched_bank_is_refused_naming_both_dims_and_encoders(files):
     model = load_model(files / "model.safetensors")
     bank = load_factors(files / "bank.safetensors")
     check_compatible(model.config, bank.meta)  # the matching pair passes
-    other = BankMeta(encoder="timm/vit_base_patch14_dinov2", feature_dim=768, rank=4, source="x",
-                     explained_variance=1.0)
+    other = BankMeta(
+        encoder="timm/vit_base_patch14_dinov2", feature_dim=768, rank=4, source="x", explained_variance=1.0
+    )
     with pytest.raises(IncompatibleArtifacts) as err:
         check_compatible(model.meta, other)
     assert "model 8, bank 768" in err.value.message
@@ -125,9 +126,22 @@ def test_grid_geometry_k5_is_3_columns_2_rows_with_equal_padding():
 
 def test_sample_command_writes_the_grid_and_picks_snippets_by_noise(files, tmp_path):
     out = tmp_path / "grid.png"
-    res = CliRunner().invoke(build_app(), ["sample", "--model", str(files / "model.safetensors"), "--bank",
-                                           str(files / "bank.safetensors"), "--n", "5", "--seed", "3",
-                                           "--out", str(out)])
+    res = CliRunner().invoke(
+        build_app(),
+        [
+            "sample",
+            "--model",
+            str(files / "model.safetensors"),
+            "--bank",
+            str(files / "bank.safetensors"),
+            "--n",
+            "5",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(out).size == (3 * (16 + 2) + 2, 2 * (16 + 2) + 2)
     from shared.bankmath import cdf_index
@@ -139,8 +153,18 @@ def test_sample_command_writes_the_grid_and_picks_snippets_by_noise(files, tmp_p
 
 def test_sample_command_refuses_a_bank_of_another_encoder(files, tmp_path):
     other = make_dataset_bank(tmp_path / "other.safetensors", str(files / "ds"), dim=6, encoder="test/other")
-    res = CliRunner().invoke(build_app(), ["sample", "--model", str(files / "model.safetensors"), "--bank",
-                                           str(other), "--out", str(tmp_path / "g.png")])
+    res = CliRunner().invoke(
+        build_app(),
+        [
+            "sample",
+            "--model",
+            str(files / "model.safetensors"),
+            "--bank",
+            str(other),
+            "--out",
+            str(tmp_path / "g.png"),
+        ],
+    )
     assert res.exit_code == 2
     assert "model 8, bank 6" in res.output and "test/other" in res.output
     assert not (tmp_path / "g.png").exists()
@@ -173,8 +197,19 @@ def test_generate_refuses_a_non_finite_cfg_scale(files, scale):
 
 def test_sample_snippet_ids_have_an_environment_variable(files, tmp_path):
     # CONTRACT.md section 3: every setting has a GMEM_* variable; the flag overrides it.
-    args = ["sample", "--model", str(files / "model.safetensors"), "--bank", str(files / "bank.safetensors"),
-            "--n", "2", "--steps", "1", "--out", str(tmp_path / "g.png")]
+    args = [
+        "sample",
+        "--model",
+        str(files / "model.safetensors"),
+        "--bank",
+        str(files / "bank.safetensors"),
+        "--n",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "g.png"),
+    ]
     res = CliRunner().invoke(build_app(), args, env={"GMEM_SNIPPET_IDS": "3 5"})
     assert res.exit_code == 0, res.output
     assert "[3, 5]" in res.output

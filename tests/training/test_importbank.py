@@ -48,7 +48,11 @@ def test_svd_dict_imports_as_is(tmp_path: Path):
     out = tmp_path / "bank.safetensors"
     proc = subprocess.run(
         [sys.executable, "-m", "training", "import-bank", str(tmp_path / "dmd.pth"), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
     )
     assert proc.returncode == 0, proc.stderr
     ours = load_factors(out)
@@ -59,17 +63,23 @@ def test_svd_dict_imports_as_is(tmp_path: Path):
     np.testing.assert_array_equal(ours.mu, svd["mean"].numpy())
     # The authors' get(idx) = C[idx] M^T + mean; our snippet is its normalisation.
     theirs = svd["C"][[0, 7]] @ svd["M"].T + svd["mean"]
-    np.testing.assert_allclose(ours.snippets([0, 7]), torch.nn.functional.normalize(theirs, dim=1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        ours.snippets([0, 7]), torch.nn.functional.normalize(theirs, dim=1).numpy(), atol=1e-5
+    )
     # Their add_exact(f) = ((f - mean) M) / S: our eq. 10 with normalized=false gives the same coefficients.
     f = bank[3].numpy()
     ours_c = project(f, ours.mu, ours.B, ours.S, normalized=ours.meta.normalized).coefficients[0]
-    np.testing.assert_allclose(ours_c, (((bank[3] - svd["mean"]) @ svd["M"]) / svd["S"]).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        ours_c, (((bank[3] - svd["mean"]) @ svd["M"]) / svd["S"]).numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_svd_dict_truncates_to_a_smaller_rank(tmp_path: Path):
     svd = official_svd_dict(raw_cls_tokens(), 8)
     torch.save(svd, tmp_path / "dmd.pth")
-    meta = run_import(tmp_path / "dmd.pth", tmp_path / "b.safetensors", rank=3, encoder="timm/other", source="x")
+    meta = run_import(
+        tmp_path / "dmd.pth", tmp_path / "b.safetensors", rank=3, encoder="timm/other", source="x"
+    )
     ours = load_factors(tmp_path / "b.safetensors")
     assert meta.rank == 3 and ours.meta.encoder == "timm/other" and ours.meta.source == "x"
     np.testing.assert_array_equal(ours.S, svd["S"][:3].numpy())
@@ -116,12 +126,21 @@ class Payload:
         (lambda p: torch.save(torch.randn(10, 4)[:, :0].contiguous(), p), DimensionMismatch, "empty"),
         (lambda p: torch.save([1, 2, 3], p), BankFileError, "list"),
         (lambda p: torch.save({"C": torch.ones(3, 2), "M": torch.ones(4, 2)}, p), BankFileError, "lacks"),
-        (lambda p: torch.save({**official_svd_dict(raw_cls_tokens(), 4), "M": torch.randn(32, 4)}, p),
-         BankFileError, "diag"),
-        (lambda p: torch.save({**official_svd_dict(raw_cls_tokens(), 4), "C": torch.randn(200, 5)}, p),
-         DimensionMismatch, "inconsistent"),
-        (lambda p: torch.save({**official_svd_dict(raw_cls_tokens(), 4), "latent_dim": 64}, p),
-         DimensionMismatch, "latent_dim"),
+        (
+            lambda p: torch.save({**official_svd_dict(raw_cls_tokens(), 4), "M": torch.randn(32, 4)}, p),
+            BankFileError,
+            "diag",
+        ),
+        (
+            lambda p: torch.save({**official_svd_dict(raw_cls_tokens(), 4), "C": torch.randn(200, 5)}, p),
+            DimensionMismatch,
+            "inconsistent",
+        ),
+        (
+            lambda p: torch.save({**official_svd_dict(raw_cls_tokens(), 4), "latent_dim": 64}, p),
+            DimensionMismatch,
+            "latent_dim",
+        ),
         (lambda p: torch.save(torch.full((5, 4), float("nan")), p), NonFiniteValue, "NaN"),
     ],
 )

@@ -17,33 +17,53 @@ def official_keys(depth: int, h: int, hd: int, mlp_hidden: int) -> dict[str, tup
     """The state_dict of the release's LightningDiT (LINs-lab/GMem ``models/lightningdit.py``), written out by hand."""
     keys = {
         "pos_embed": (1, 256, h),
-        "x_embedder.proj.weight": (h, 32, 1, 1), "x_embedder.proj.bias": (h,),
-        "t_embedder.mlp.0.weight": (h, 256), "t_embedder.mlp.0.bias": (h,),
-        "t_embedder.mlp.2.weight": (h, h), "t_embedder.mlp.2.bias": (h,),
-        "condition_projection.linear.weight": (h, 768), "condition_projection.linear.bias": (h,),
-        "feat_rope.freqs_cos": (256, hd), "feat_rope.freqs_sin": (256, hd),
-        "projector.0.0.weight": (2048, h), "projector.0.0.bias": (2048,),
-        "projector.0.2.weight": (2048, 2048), "projector.0.2.bias": (2048,),
-        "projector.0.4.weight": (768, 2048), "projector.0.4.bias": (768,),
+        "x_embedder.proj.weight": (h, 32, 1, 1),
+        "x_embedder.proj.bias": (h,),
+        "t_embedder.mlp.0.weight": (h, 256),
+        "t_embedder.mlp.0.bias": (h,),
+        "t_embedder.mlp.2.weight": (h, h),
+        "t_embedder.mlp.2.bias": (h,),
+        "condition_projection.linear.weight": (h, 768),
+        "condition_projection.linear.bias": (h,),
+        "feat_rope.freqs_cos": (256, hd),
+        "feat_rope.freqs_sin": (256, hd),
+        "projector.0.0.weight": (2048, h),
+        "projector.0.0.bias": (2048,),
+        "projector.0.2.weight": (2048, 2048),
+        "projector.0.2.bias": (2048,),
+        "projector.0.4.weight": (768, 2048),
+        "projector.0.4.bias": (768,),
         "final_layer.norm_final.weight": (h,),
-        "final_layer.linear.weight": (32, h), "final_layer.linear.bias": (32,),
-        "final_layer.adaLN_modulation.1.weight": (2 * h, h), "final_layer.adaLN_modulation.1.bias": (2 * h,),
+        "final_layer.linear.weight": (32, h),
+        "final_layer.linear.bias": (32,),
+        "final_layer.adaLN_modulation.1.weight": (2 * h, h),
+        "final_layer.adaLN_modulation.1.bias": (2 * h,),
     }
     for i in range(depth):
         b = f"blocks.{i}."
-        keys.update({
-            b + "norm1.weight": (h,), b + "norm2.weight": (h,),
-            b + "attn.qkv.weight": (3 * h, h), b + "attn.qkv.bias": (3 * h,),
-            b + "attn.proj.weight": (h, h), b + "attn.proj.bias": (h,),
-            b + "mlp.w12.weight": (2 * mlp_hidden, h), b + "mlp.w12.bias": (2 * mlp_hidden,),
-            b + "mlp.w3.weight": (h, mlp_hidden), b + "mlp.w3.bias": (h,),
-            b + "adaLN_modulation.1.weight": (6 * h, h), b + "adaLN_modulation.1.bias": (6 * h,),
-        })
+        keys.update(
+            {
+                b + "norm1.weight": (h,),
+                b + "norm2.weight": (h,),
+                b + "attn.qkv.weight": (3 * h, h),
+                b + "attn.qkv.bias": (3 * h,),
+                b + "attn.proj.weight": (h, h),
+                b + "attn.proj.bias": (h,),
+                b + "mlp.w12.weight": (2 * mlp_hidden, h),
+                b + "mlp.w12.bias": (2 * mlp_hidden,),
+                b + "mlp.w3.weight": (h, mlp_hidden),
+                b + "mlp.w3.bias": (h,),
+                b + "adaLN_modulation.1.weight": (6 * h, h),
+                b + "adaLN_modulation.1.bias": (6 * h,),
+            }
+        )
     return keys
 
 
-@pytest.mark.parametrize("name,depth,h,hd,mlp_hidden,count", [
-    ("gmem-XL/1", 28, 1152, 72, 3072, 358), ("gmem-B/1", 12, 768, 64, 2048, 166)])
+@pytest.mark.parametrize(
+    "name,depth,h,hd,mlp_hidden,count",
+    [("gmem-XL/1", 28, 1152, 72, 3072, 358), ("gmem-B/1", 12, 768, 64, 2048, 166)],
+)
 def test_official_presets_have_the_release_state_dict(name, depth, h, hd, mlp_hidden, count):
     with torch.device("meta"):  # no XL weights are allocated
         net = GMemDiT(preset(name))

@@ -67,8 +67,9 @@ def test_batch_equals_single_runs_bit_for_bit(tiny, sampler):
     net, cfg = tiny
     c = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     batch = sample_tensor(net, cfg, c, [5, 6, 7, 8], steps=3, sampler=sampler)
-    singles = torch.cat([sample_tensor(net, cfg, c[i : i + 1], [5 + i], steps=3, sampler=sampler)
-                         for i in range(4)])
+    singles = torch.cat(
+        [sample_tensor(net, cfg, c[i : i + 1], [5 + i], steps=3, sampler=sampler) for i in range(4)]
+    )
     assert torch.equal(batch, singles)
 
 
@@ -76,8 +77,12 @@ def test_batch_equals_singles_with_cfg(tiny):
     net, cfg = tiny
     c = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
     batch = sample_tensor(net, cfg, c, [1, 2, 3], steps=2, sampler="sde", cfg_scale=3.0)
-    singles = torch.cat([sample_tensor(net, cfg, c[i : i + 1], [1 + i], steps=2, sampler="sde", cfg_scale=3.0)
-                         for i in range(3)])
+    singles = torch.cat(
+        [
+            sample_tensor(net, cfg, c[i : i + 1], [1 + i], steps=2, sampler="sde", cfg_scale=3.0)
+            for i in range(3)
+        ]
+    )
     assert torch.equal(batch, singles)
 
 
@@ -132,10 +137,14 @@ def test_heun_sde_calls_and_last_mean_step():
 
     out = run_sampler("sde", v, torch.zeros(1, 2), 49, gens(0), sde_solver="heun")
     assert len(calls) == network_calls("sde", 49, "heun") == 99
-    assert abs(calls[-1] - 0.996) < 1e-6 and abs(calls[-2] - 0.996) < 1e-6  # Heun end point, then the mean step
+    assert (
+        abs(calls[-1] - 0.996) < 1e-6 and abs(calls[-2] - 0.996) < 1e-6
+    )  # Heun end point, then the mean step
     assert out.shape == (1, 2)
-    assert torch.equal(heun_sde(v, torch.zeros(1, 2), time_grid(3, end=0.996), gens(7)),
-                       heun_sde(v, torch.zeros(1, 2), time_grid(3, end=0.996), gens(7)))
+    assert torch.equal(
+        heun_sde(v, torch.zeros(1, 2), time_grid(3, end=0.996), gens(7)),
+        heun_sde(v, torch.zeros(1, 2), time_grid(3, end=0.996), gens(7)),
+    )
 
 
 def test_per_image_noise_needs_one_generator_per_image():
@@ -168,7 +177,9 @@ def _field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x * 1.7) - x * t.view(-1, *([1] * (x.dim() - 1)))
 
 
-@pytest.mark.parametrize("name,solver", [("euler", "euler"), ("heun", "euler"), ("sde", "euler"), ("sde", "heun")])
+@pytest.mark.parametrize(
+    "name,solver", [("euler", "euler"), ("heun", "euler"), ("sde", "euler"), ("sde", "heun")]
+)
 def test_states_stepped_together_in_one_batch_equal_run_sampler_alone(name, solver):
     """Jobs at different steps, step counts and samplers share each evaluation, bit for bit."""
     from training.flow.samplers import SamplerOptions, SamplerState
@@ -176,12 +187,31 @@ def test_states_stepped_together_in_one_batch_equal_run_sampler_alone(name, solv
     opts = SamplerOptions(sde_solver=solver)
     shapes = (1, 4, 4)
     jobs = [(name, 7, [3, 4]), ("euler", 5, [9]), (name, 11, [1])]
-    alone = [run_sampler(s, _field, torch.randn(len(seeds), *shapes, generator=gens(seeds[0] + 100)[0]), nsteps,
-                         gens(*seeds), sde_solver=solver) for s, nsteps, seeds in jobs]
+    alone = [
+        run_sampler(
+            s,
+            _field,
+            torch.randn(len(seeds), *shapes, generator=gens(seeds[0] + 100)[0]),
+            nsteps,
+            gens(*seeds),
+            sde_solver=solver,
+        )
+        for s, nsteps, seeds in jobs
+    ]
     states = []
     for i, (s, nsteps, seeds) in enumerate(jobs):
-        states.append((i, SamplerState(s, torch.randn(len(seeds), *shapes, generator=gens(seeds[0] + 100)[0]), nsteps,
-                                       gens(*seeds), opts)))
+        states.append(
+            (
+                i,
+                SamplerState(
+                    s,
+                    torch.randn(len(seeds), *shapes, generator=gens(seeds[0] + 100)[0]),
+                    nsteps,
+                    gens(*seeds),
+                    opts,
+                ),
+            )
+        )
     joined: list[tuple[int, SamplerState]] = [states[0]]
     waiting = states[1:]
     forwards = 0
@@ -195,7 +225,7 @@ def test_states_stepped_together_in_one_batch_equal_run_sampler_alone(name, solv
         at = 0
         for _, state in joined:
             n = state.pending[0].shape[0]
-            state.advance(v[at:at + n])
+            state.advance(v[at : at + n])
             at += n
         forwards += 1
         joined = [(i, state) for i, state in joined if not state.done]

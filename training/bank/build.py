@@ -80,7 +80,9 @@ def check_feature_array(X: np.ndarray, what: str = "features") -> None:
 
 def check_rank(rank: int, n: int, d: int) -> None:
     if not 1 <= rank <= min(n, d):
-        raise InvalidRank(f"rank {rank} is not allowed for {n} rows of dimension {d}; use 1 <= rank <= {min(n, d)}")
+        raise InvalidRank(
+            f"rank {rank} is not allowed for {n} rows of dimension {d}; use 1 <= rank <= {min(n, d)}"
+        )
 
 
 def _release(X: np.ndarray) -> None:
@@ -109,7 +111,9 @@ def _rows(X: np.ndarray, start: int, stop: int, normalize: bool, what: str) -> n
     return chunk
 
 
-def _moments(X: np.ndarray, normalize: bool, chunk_rows: int, what: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _moments(
+    X: np.ndarray, normalize: bool, chunk_rows: int, what: str, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Pass 1: mean and centred scatter matrix, both float64.
 
     Sums are taken around a shift (the first chunk's mean) so that
@@ -119,7 +123,9 @@ def _moments(X: np.ndarray, normalize: bool, chunk_rows: int, what: str, progres
     shift = _rows(X, 0, min(n, chunk_rows), normalize, what).mean(axis=0)
     total = np.zeros(d)
     gram = np.zeros((d, d))
-    for start in tqdm(range(0, n, chunk_rows), desc="bank pass 1/2 (scatter)", unit="chunk", disable=not progress):
+    for start in tqdm(
+        range(0, n, chunk_rows), desc="bank pass 1/2 (scatter)", unit="chunk", disable=not progress
+    ):
         chunk = _rows(X, start, start + chunk_rows, normalize, what) - shift
         total += chunk.sum(axis=0)
         gram += chunk.T @ chunk
@@ -171,18 +177,39 @@ def factorise(
     B = V * root_S
     to_C = V / root_S
     C = np.empty((n, rank), dtype=np.dtype(str(c_dtype)))
-    for start in tqdm(range(0, n, chunk_rows), desc="bank pass 2/2 (coefficients)", unit="chunk", disable=not progress):
+    for start in tqdm(
+        range(0, n, chunk_rows), desc="bank pass 2/2 (coefficients)", unit="chunk", disable=not progress
+    ):
         C[start : start + chunk_rows] = (_rows(X, start, start + chunk_rows, normalize, what) - mu) @ to_C
         _release(X)
-    return Factorisation(mu=mu.astype(np.float32), B=B.astype(np.float32), S=S.astype(np.float32), C=C,
-                         explained_variance=explained)
+    return Factorisation(
+        mu=mu.astype(np.float32),
+        B=B.astype(np.float32),
+        S=S.astype(np.float32),
+        C=C,
+        explained_variance=explained,
+    )
 
 
-def write_bank(out: str | os.PathLike[str], fac: Factorisation, encoder: str, source: str, normalized: bool = True,
-               labels: np.ndarray | None = None, extra: dict[str, str] | None = None) -> BankMeta:
+def write_bank(
+    out: str | os.PathLike[str],
+    fac: Factorisation,
+    encoder: str,
+    source: str,
+    normalized: bool = True,
+    labels: np.ndarray | None = None,
+    extra: dict[str, str] | None = None,
+) -> BankMeta:
     """Save a factorisation as a factors file (atomic); returns its metadata."""
-    meta = BankMeta(encoder=encoder, feature_dim=int(fac.B.shape[0]), rank=int(fac.B.shape[1]), source=source,
-                    explained_variance=fac.explained_variance, normalized=normalized, extra=dict(extra or {}))
+    meta = BankMeta(
+        encoder=encoder,
+        feature_dim=int(fac.B.shape[0]),
+        rank=int(fac.B.shape[1]),
+        source=source,
+        explained_variance=fac.explained_variance,
+        normalized=normalized,
+        extra=dict(extra or {}),
+    )
     save_factors(out, fac.mu, fac.B, fac.S, fac.C, meta, labels=labels)
     return meta
 
@@ -206,57 +233,102 @@ def load_labels(path: str | os.PathLike[str], n: int) -> np.ndarray:
     except (FileNotFoundError, ValueError, OSError, EOFError) as exc:
         raise BankFileError(f"{path}: not a readable .npy array of labels ({exc})") from exc
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise DimensionMismatch(f"{path}: labels must be {n} integers (one per row); got {labels.dtype} {labels.shape}")
+        raise DimensionMismatch(
+            f"{path}: labels must be {n} integers (one per row); got {labels.dtype} {labels.shape}"
+        )
     return cast(np.ndarray, labels.astype(np.int64))
 
 
-def dataset_features(dataset: str, encoder_id: str, weights: str | None, batch_size: int = 256,
-                     device: str = "cpu") -> tuple[np.ndarray, np.ndarray, str]:
+def dataset_features(
+    dataset: str, encoder_id: str, weights: str | None, batch_size: int = 256, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Raw encoder features ``f(x)`` of every image of ``dataset``, with labels and the source id."""
     ds = load_dataset(dataset)
     encoder = load_encoder(encoder_id, weights, device=device)
     feats = np.empty((len(ds), encoder.feature_dim), dtype=np.float32)
     with torch.no_grad():
-        for start in tqdm(range(0, len(ds), batch_size), desc=f"encode {ds.source} with {encoder_id}", unit="batch"):
+        for start in tqdm(
+            range(0, len(ds), batch_size), desc=f"encode {ds.source} with {encoder_id}", unit="batch"
+        ):
             batch = to_model_input(ds.images[start : start + batch_size])
             feats[start : start + batch_size] = encoder.encode(batch, batch_size=batch_size).numpy()
     return feats, ds.labels, ds.source
 
 
 def build_bank_command(
-    out: Path = typer.Option(..., "--out", envvar="GMEM_BANK_OUT", help="factors file to write (.safetensors)"),
+    out: Path = typer.Option(
+        ..., "--out", envvar="GMEM_BANK_OUT", help="factors file to write (.safetensors)"
+    ),
     rank: int = typer.Option(..., "--rank", envvar="GMEM_BANK_RANK", help="rank r of the factorisation"),
-    features: Path | None = typer.Option(None, "--features", envvar="GMEM_FEATURES",
-                                         help="N x d .npy array of raw features f(x)"),
-    dataset: str | None = typer.Option(None, "--dataset", envvar="GMEM_DATASET",
-                                       help="mnist-5k[:train|:eval] or DIR/<class>/*.png|jpg|jpeg|webp"),
-    encoder: str | None = typer.Option(None, "--encoder", envvar="GMEM_ENCODER",
-                                       help="encoder id (default gmem/mnist-cnn; with --features: recorded only)"),
-    encoder_weights: str | None = typer.Option(None, "--encoder-weights", envvar="GMEM_ENCODER_WEIGHTS",
-                                               help="local weights file of the encoder"),
-    labels: Path | None = typer.Option(None, "--labels", envvar="GMEM_LABELS",
-                                       help="with --features: .npy of N integer labels"),
-    source: str | None = typer.Option(None, "--source", envvar="GMEM_SOURCE",
-                                      help="with --features: dataset id recorded in the file"),
-    c_dtype: CDtype = typer.Option(CDtype.float32, "--c-dtype", envvar="GMEM_BANK_C_DTYPE",
-                                   help="storage type of C"),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, envvar="GMEM_BATCH_SIZE", help="encoder batch size"),
+    features: Path | None = typer.Option(
+        None, "--features", envvar="GMEM_FEATURES", help="N x d .npy array of raw features f(x)"
+    ),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        envvar="GMEM_DATASET",
+        help="mnist-5k[:train|:eval] or DIR/<class>/*.png|jpg|jpeg|webp",
+    ),
+    encoder: str | None = typer.Option(
+        None,
+        "--encoder",
+        envvar="GMEM_ENCODER",
+        help="encoder id (default gmem/mnist-cnn; with --features: recorded only)",
+    ),
+    encoder_weights: str | None = typer.Option(
+        None, "--encoder-weights", envvar="GMEM_ENCODER_WEIGHTS", help="local weights file of the encoder"
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", envvar="GMEM_LABELS", help="with --features: .npy of N integer labels"
+    ),
+    source: str | None = typer.Option(
+        None, "--source", envvar="GMEM_SOURCE", help="with --features: dataset id recorded in the file"
+    ),
+    c_dtype: CDtype = typer.Option(
+        CDtype.float32, "--c-dtype", envvar="GMEM_BANK_C_DTYPE", help="storage type of C"
+    ),
+    batch_size: int = typer.Option(
+        256, "--batch-size", min=1, envvar="GMEM_BATCH_SIZE", help="encoder batch size"
+    ),
     device: str = typer.Option("cpu", "--device", envvar="GMEM_DEVICE", help="torch device for the encoder"),
 ) -> None:
     """Build a memory bank factors file from features or from a dataset through an encoder."""
     try:
-        meta = run_build(out, rank, features, dataset, encoder, encoder_weights, labels, source, c_dtype,
-                         batch_size, device)
+        meta = run_build(
+            out,
+            rank,
+            features,
+            dataset,
+            encoder,
+            encoder_weights,
+            labels,
+            source,
+            c_dtype,
+            batch_size,
+            device,
+        )
     except GMemError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"wrote {out}: rank {meta.rank} of feature_dim {meta.feature_dim}, "
-               f"explained variance {meta.explained_variance:.4f}, encoder {meta.encoder}, source {meta.source}")
+    typer.echo(
+        f"wrote {out}: rank {meta.rank} of feature_dim {meta.feature_dim}, "
+        f"explained variance {meta.explained_variance:.4f}, encoder {meta.encoder}, source {meta.source}"
+    )
 
 
-def run_build(out: Path, rank: int, features: Path | None, dataset: str | None, encoder: str | None,
-              encoder_weights: str | None, labels: Path | None, source: str | None,
-              c_dtype: CDtype = CDtype.float32, batch_size: int = 256, device: str = "cpu") -> BankMeta:
+def run_build(
+    out: Path,
+    rank: int,
+    features: Path | None,
+    dataset: str | None,
+    encoder: str | None,
+    encoder_weights: str | None,
+    labels: Path | None,
+    source: str | None,
+    c_dtype: CDtype = CDtype.float32,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> BankMeta:
     """The build-bank command without its CLI shell (one source: features or dataset)."""
     if (features is None) == (dataset is None):
         raise InvalidInput("give exactly one source: --features F.npy or --dataset NAME_OR_DIR")

@@ -56,7 +56,9 @@ def import_svd_dict(obj: dict[str, Any], path: str | Path, rank: int | None = No
     """Validate the authors' SVD dict and return ``mu, B, S, C`` (optionally truncated to ``rank``)."""
     missing = [k for k in SVD_KEYS if k not in obj]
     if missing:
-        raise BankFileError(f"{path}: SVD bank dict lacks {missing}; expected keys C, M, S, mean, latent_dim, feature_dim")
+        raise BankFileError(
+            f"{path}: SVD bank dict lacks {missing}; expected keys C, M, S, mean, latent_dim, feature_dim"
+        )
     C, B, S, mu = (_array(obj[k], k, path) for k in SVD_KEYS)
     if B.ndim != 2 or C.ndim != 2 or S.ndim != 1 or mu.ndim != 1:
         raise DimensionMismatch(
@@ -64,7 +66,9 @@ def import_svd_dict(obj: dict[str, Any], path: str | Path, rank: int | None = No
         )
     d, r = B.shape
     if C.shape[1] != r or S.shape[0] != r or mu.shape[0] != d:
-        raise DimensionMismatch(f"{path}: inconsistent shapes C {C.shape}, M {B.shape}, S {S.shape}, mean {mu.shape}")
+        raise DimensionMismatch(
+            f"{path}: inconsistent shapes C {C.shape}, M {B.shape}, S {S.shape}, mean {mu.shape}"
+        )
     for key, expected in (("latent_dim", r), ("feature_dim", d)):
         if key in obj and int(obj[key]) != expected:
             raise DimensionMismatch(f"{path}: {key} = {int(obj[key])} but the tensors say {expected}")
@@ -87,16 +91,28 @@ def import_svd_dict(obj: dict[str, Any], path: str | Path, rank: int | None = No
     return mu, B, S, np.ascontiguousarray(C)
 
 
-def run_import(src: str | Path, out: str | Path, rank: int | None = None, encoder: str = "timm/vit_base_patch14_dinov2",
-               source: str = "gmem-official", c_dtype: CDtype = CDtype.float32) -> BankMeta:
+def run_import(
+    src: str | Path,
+    out: str | Path,
+    rank: int | None = None,
+    encoder: str = "timm/vit_base_patch14_dinov2",
+    source: str = "gmem-official",
+    c_dtype: CDtype = CDtype.float32,
+) -> BankMeta:
     """Convert one official bank file at ``src`` into a factors file at ``out``."""
     obj = read_official(src)
     if isinstance(obj, dict):
         mu, B, S, C = import_svd_dict(obj, src, rank)
-        meta = BankMeta(encoder=encoder, feature_dim=int(B.shape[0]), rank=int(B.shape[1]), source=source,
-                        # The dict holds no trace of the discarded directions: the kept share is unknown.
-                        explained_variance=math.nan, normalized=False,
-                        extra={"imported_from": Path(src).name, "official_layout": "svd"})
+        meta = BankMeta(
+            encoder=encoder,
+            feature_dim=int(B.shape[0]),
+            rank=int(B.shape[1]),
+            source=source,
+            # The dict holds no trace of the discarded directions: the kept share is unknown.
+            explained_variance=math.nan,
+            normalized=False,
+            extra={"imported_from": Path(src).name, "official_layout": "svd"},
+        )
         save_factors(out, mu, B, S, C.astype(np.dtype(str(c_dtype))), meta)
         return meta
     if isinstance(obj, torch.Tensor):
@@ -105,8 +121,14 @@ def run_import(src: str | Path, out: str | Path, rank: int | None = None, encode
         r = DEFAULT_FULL_RANK if rank is None else rank
         check_rank(r, *X.shape)
         fac = factorise(X, r, normalize=True, c_dtype=c_dtype, what=f"{src} (full bank)")
-        return write_bank(out, fac, encoder, source, normalized=True,
-                          extra={"imported_from": Path(src).name, "official_layout": "full"})
+        return write_bank(
+            out,
+            fac,
+            encoder,
+            source,
+            normalized=True,
+            extra={"imported_from": Path(src).name, "official_layout": "full"},
+        )
     raise BankFileError(
         f"{src}: holds a {type(obj).__name__}; expected the authors' SVD dict (C, M, S, mean, latent_dim, "
         "feature_dim) or a full-bank tensor [N, d]"
@@ -115,13 +137,27 @@ def run_import(src: str | Path, out: str | Path, rank: int | None = None, encode
 
 def import_bank_command(
     src: Path = typer.Argument(..., help="the authors' bank file (.pth): SVD dict or full-bank tensor"),
-    out: Path = typer.Option(..., "--out", envvar="GMEM_BANK_OUT", help="factors file to write (.safetensors)"),
-    rank: int | None = typer.Option(None, "--rank", envvar="GMEM_BANK_RANK",
-                                    help=f"rank (full bank: default {DEFAULT_FULL_RANK}; SVD dict: truncate)"),
-    encoder: str = typer.Option("timm/vit_base_patch14_dinov2", "--encoder", envvar="GMEM_ENCODER",
-                                help="encoder id recorded in the file"),
-    source: str = typer.Option("gmem-official", "--source", envvar="GMEM_SOURCE", help="dataset id recorded in the file"),
-    c_dtype: CDtype = typer.Option(CDtype.float32, "--c-dtype", envvar="GMEM_BANK_C_DTYPE", help="storage type of C"),
+    out: Path = typer.Option(
+        ..., "--out", envvar="GMEM_BANK_OUT", help="factors file to write (.safetensors)"
+    ),
+    rank: int | None = typer.Option(
+        None,
+        "--rank",
+        envvar="GMEM_BANK_RANK",
+        help=f"rank (full bank: default {DEFAULT_FULL_RANK}; SVD dict: truncate)",
+    ),
+    encoder: str = typer.Option(
+        "timm/vit_base_patch14_dinov2",
+        "--encoder",
+        envvar="GMEM_ENCODER",
+        help="encoder id recorded in the file",
+    ),
+    source: str = typer.Option(
+        "gmem-official", "--source", envvar="GMEM_SOURCE", help="dataset id recorded in the file"
+    ),
+    c_dtype: CDtype = typer.Option(
+        CDtype.float32, "--c-dtype", envvar="GMEM_BANK_C_DTYPE", help="storage type of C"
+    ),
 ) -> None:
     """Import the paper authors' memory bank (SVD dict or full tensor) as a factors file."""
     try:
@@ -129,5 +165,7 @@ def import_bank_command(
     except GMemError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"wrote {out}: rank {meta.rank} of feature_dim {meta.feature_dim}, normalized "
-               f"{str(meta.normalized).lower()}, explained variance {meta.explained_variance:.4f}")
+    typer.echo(
+        f"wrote {out}: rank {meta.rank} of feature_dim {meta.feature_dim}, normalized "
+        f"{str(meta.normalized).lower()}, explained variance {meta.explained_variance:.4f}"
+    )

@@ -59,11 +59,17 @@ class MnistCNN(nn.Module):
 
         def stage(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.SiLU(),
-                nn.Conv2d(cout, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.SiLU(),
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.GroupNorm(4, cout),
+                nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, stride=2, padding=1),
+                nn.GroupNorm(4, cout),
+                nn.SiLU(),
             )
 
-        self.stages = nn.Sequential(stage(channels, width), stage(width, 2 * width), stage(2 * width, 4 * width))
+        self.stages = nn.Sequential(
+            stage(channels, width), stage(width, 2 * width), stage(2 * width, 4 * width)
+        )
         # Flatten rather than average-pool the 4x4 map: position (slant, stroke placement)
         # is part of a digit's style and must survive into the snippet.
         self.to_feature = nn.Linear(4 * width * 16, feature_dim)
@@ -78,9 +84,15 @@ class MnistEvalNet(nn.Module):
     def __init__(self, channels: int = 1, feature_dim: int = 64, num_classes: int = 10) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 8 * 8, feature_dim), nn.ReLU(),
+            nn.Conv2d(channels, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 8 * 8, feature_dim),
+            nn.ReLU(),
         )
         self.head = nn.Linear(feature_dim, num_classes)
 
@@ -95,7 +107,10 @@ class EncoderKind(StrEnum):
     evalnet = "evalnet"
 
 
-EMBEDDED: dict[str, Callable[..., nn.Module]] = {"gmem/mnist-cnn": MnistCNN, "gmem/mnist-evalnet": MnistEvalNet}
+EMBEDDED: dict[str, Callable[..., nn.Module]] = {
+    "gmem/mnist-cnn": MnistCNN,
+    "gmem/mnist-evalnet": MnistEvalNet,
+}
 
 
 # --------------------------------------------------------------------------- encoder wrapper
@@ -193,7 +208,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- embedded weights files
 
 
-def save_embedded(path: str | Path, encoder_id: str, net: nn.Module, feature_dim: int, extra: dict[str, Any] | None = None) -> None:
+def save_embedded(
+    path: str | Path, encoder_id: str, net: nn.Module, feature_dim: int, extra: dict[str, Any] | None = None
+) -> None:
     """Weights of an embedded encoder as safetensors with self-describing metadata."""
     meta = {
         "format": ENCODER_FORMAT,
@@ -205,7 +222,9 @@ def save_embedded(path: str | Path, encoder_id: str, net: nn.Module, feature_dim
     }
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp), metadata=meta
+        )
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -239,7 +258,9 @@ def _load_embedded(encoder_id: str, weights: str | None, device: str | torch.dev
     net = EMBEDDED[encoder_id](feature_dim=feature_dim, **json.loads(meta.get("arch", "{}")))
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise IncompatibleArtifacts(f"{path}: weights do not fit {encoder_id} (missing {missing}, unexpected {unexpected})")
+        raise IncompatibleArtifacts(
+            f"{path}: weights do not fit {encoder_id} (missing {missing}, unexpected {unexpected})"
+        )
     channels, resolution = int(meta.get("channels", 1)), int(meta.get("resolution", 32))
 
     def preprocess(x: torch.Tensor) -> torch.Tensor:
@@ -320,8 +341,17 @@ def _load_timm(encoder_id: str, weights: str | None, device: str | torch.device)
         return cast(torch.Tensor, net(x))
 
     image_size = 256 if encoder_id == DINOV2_ID else resolution
-    return Encoder(encoder_id, net, cast(int, net.num_features), channels, resolution, preprocess, features, device,
-                   image_size=image_size)
+    return Encoder(
+        encoder_id,
+        net,
+        cast(int, net.num_features),
+        channels,
+        resolution,
+        preprocess,
+        features,
+        device,
+        image_size=image_size,
+    )
 
 
 def load_encoder(encoder_id: str, weights: str | None = None, device: str | torch.device = "cpu") -> Encoder:

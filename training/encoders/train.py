@@ -45,7 +45,9 @@ class EncoderTrainConfig:
 
 PRESETS: dict[EncoderKind, EncoderTrainConfig] = {
     EncoderKind.mnist_cnn: EncoderTrainConfig("gmem/mnist-cnn", feature_dim=128, epochs=20, seed=0, lr=3e-3),
-    EncoderKind.evalnet: EncoderTrainConfig("gmem/mnist-evalnet", feature_dim=64, epochs=8, seed=1234, recon_weight=0.0),
+    EncoderKind.evalnet: EncoderTrainConfig(
+        "gmem/mnist-evalnet", feature_dim=64, epochs=8, seed=1234, recon_weight=0.0
+    ),
 }
 
 
@@ -58,11 +60,20 @@ class SnippetDecoder(nn.Module):
         self.from_feature = nn.Linear(feature_dim, 4 * width * 16)
 
         def up(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(cin, cout, 3, padding=1),
-                                 nn.GroupNorm(4, cout), nn.SiLU())
+            return nn.Sequential(
+                nn.Upsample(scale_factor=2),
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.GroupNorm(4, cout),
+                nn.SiLU(),
+            )
 
-        self.body = nn.Sequential(up(4 * width, 2 * width), up(2 * width, width), up(width, width),
-                                  nn.Conv2d(width, channels, 3, padding=1), nn.Tanh())
+        self.body = nn.Sequential(
+            up(4 * width, 2 * width),
+            up(2 * width, width),
+            up(width, width),
+            nn.Conv2d(width, channels, 3, padding=1),
+            nn.Tanh(),
+        )
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return cast(torch.Tensor, self.body(self.from_feature(s).view(-1, 4 * self.width, 4, 4)))
@@ -74,7 +85,9 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Te
         yield order[start : start + batch_size]
 
 
-def train_snippet_encoder(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> tuple[MnistCNN, dict[str, Any]]:
+def train_snippet_encoder(
+    x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig
+) -> tuple[MnistCNN, dict[str, Any]]:
     """Train ``gmem/mnist-cnn`` with classification + reconstruction on the unit-norm feature."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -109,7 +122,9 @@ def train_snippet_encoder(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainCon
     return net.eval(), stats
 
 
-def train_evalnet(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> tuple[MnistEvalNet, dict[str, Any]]:
+def train_evalnet(
+    x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig
+) -> tuple[MnistEvalNet, dict[str, Any]]:
     """Train the evaluation classifier (cross-entropy only)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -135,19 +150,28 @@ def train_evalnet(x: torch.Tensor, y: torch.Tensor, cfg: EncoderTrainConfig) -> 
     return net.eval(), stats
 
 
-def run_training(out: str, dataset: str, kind: EncoderKind, epochs: int | None = None,
-                 seed: int | None = None, threads: int = 2) -> dict[str, Any]:
+def run_training(
+    out: str,
+    dataset: str,
+    kind: EncoderKind,
+    epochs: int | None = None,
+    seed: int | None = None,
+    threads: int = 2,
+) -> dict[str, Any]:
     """Train one embedded network on ``dataset`` and write its weights to ``out``; returns final stats."""
     torch.set_num_threads(threads)
     kind = EncoderKind(kind)
     cfg = PRESETS[kind]
-    cfg = EncoderTrainConfig(**{**cfg.__dict__, "epochs": epochs or cfg.epochs,
-                                "seed": cfg.seed if seed is None else seed})
+    cfg = EncoderTrainConfig(
+        **{**cfg.__dict__, "epochs": epochs or cfg.epochs, "seed": cfg.seed if seed is None else seed}
+    )
     ds = load_dataset(dataset)
     if (ds.labels < 0).any():
         raise InvalidInput(f"{dataset}: training an embedded network needs a label for every image")
     if ds.resolution != 32:
-        raise InvalidInput(f"{dataset}: embedded networks take 32x32 images; got {ds.resolution}x{ds.resolution}")
+        raise InvalidInput(
+            f"{dataset}: embedded networks take 32x32 images; got {ds.resolution}x{ds.resolution}"
+        )
     x = to_model_input(ds.images)
     y = torch.from_numpy(np.asarray(ds.labels))
     net: nn.Module
@@ -155,28 +179,48 @@ def run_training(out: str, dataset: str, kind: EncoderKind, epochs: int | None =
         net, stats = train_snippet_encoder(x, y, cfg)
     else:
         net, stats = train_evalnet(x, y, cfg)
-    extra = {"dataset": dataset, "seed": cfg.seed, "epochs": cfg.epochs,
-             **{k: f"{v:.5f}" for k, v in stats.items()}}
+    extra = {
+        "dataset": dataset,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        **{k: f"{v:.5f}" for k, v in stats.items()},
+    }
     save_embedded(out, cfg.encoder_id, net, cfg.feature_dim, extra)
-    print(f"wrote {out}: {cfg.encoder_id}, feature_dim {cfg.feature_dim}, " +
-          ", ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+    print(
+        f"wrote {out}: {cfg.encoder_id}, feature_dim {cfg.feature_dim}, "
+        + ", ".join(f"{k} {v:.4f}" for k, v in stats.items())
+    )
     return stats
 
 
 def train_encoder_command(
-    out: str = typer.Option(..., "--out", envvar="GMEM_ENCODER_OUT", help="weights file to write (.safetensors)"),
+    out: str = typer.Option(
+        ..., "--out", envvar="GMEM_ENCODER_OUT", help="weights file to write (.safetensors)"
+    ),
     dataset: str = typer.Option("mnist-5k:train", "--dataset", envvar="GMEM_DATASET", help="training images"),
-    kind: EncoderKind = typer.Option(EncoderKind.mnist_cnn, "--kind", envvar="GMEM_ENCODER_KIND",
-                                     help="which embedded network to train"),
-    epochs: int = typer.Option(0, "--epochs", min=0, envvar="GMEM_ENCODER_EPOCHS",
-                               help="passes over the data (0 = the kind's default)"),
+    kind: EncoderKind = typer.Option(
+        EncoderKind.mnist_cnn, "--kind", envvar="GMEM_ENCODER_KIND", help="which embedded network to train"
+    ),
+    epochs: int = typer.Option(
+        0,
+        "--epochs",
+        min=0,
+        envvar="GMEM_ENCODER_EPOCHS",
+        help="passes over the data (0 = the kind's default)",
+    ),
     seed: int = typer.Option(-1, "--seed", envvar="GMEM_SEED", help="random seed (-1 = the kind's default)"),
     threads: int = typer.Option(2, "--threads", min=1, envvar="GMEM_THREADS", help="torch CPU threads"),
 ) -> None:
     """Train an embedded encoder (gmem/mnist-cnn) or the Frechet evaluation network (evalnet)."""
     try:
-        run_training(out=out, dataset=dataset, kind=kind, epochs=epochs or None,
-                     seed=None if seed < 0 else seed, threads=threads)
+        run_training(
+            out=out,
+            dataset=dataset,
+            kind=kind,
+            epochs=epochs or None,
+            seed=None if seed < 0 else seed,
+            threads=threads,
+        )
     except GMemError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc

@@ -62,12 +62,20 @@ def config_to_json(config: GMemConfig) -> dict[str, Any]:
 def normalization(config: GMemConfig) -> dict[str, Any]:
     """How the network's space maps to pixels: the "normalisation" the model file's config records."""
     if config.space == "pixel":
-        return {"space": "pixel", "range": [-1.0, 1.0], "encode": "x = pixel / 127.5 - 1",
-                "decode": "pixel = clamp(127.5 x + 128, 0, 255)"}
-    return {"space": "latent", "encode": "x = (z - latent_mean) / latent_std * latent_multiplier",
-            "decode": "z = x * latent_std / latent_multiplier + latent_mean, then the decoder",
-            "latent_mean": config.latent_mean, "latent_std": config.latent_std,
-            "latent_multiplier": config.latent_multiplier}
+        return {
+            "space": "pixel",
+            "range": [-1.0, 1.0],
+            "encode": "x = pixel / 127.5 - 1",
+            "decode": "pixel = clamp(127.5 x + 128, 0, 255)",
+        }
+    return {
+        "space": "latent",
+        "encode": "x = (z - latent_mean) / latent_std * latent_multiplier",
+        "decode": "z = x * latent_std / latent_multiplier + latent_mean, then the decoder",
+        "latent_mean": config.latent_mean,
+        "latent_std": config.latent_std,
+        "latent_multiplier": config.latent_multiplier,
+    }
 
 
 def config_from_json(data: dict[str, Any]) -> GMemConfig:
@@ -84,14 +92,30 @@ def config_from_json(data: dict[str, Any]) -> GMemConfig:
         raise ModelFileError(f"model config is not a valid GMem network: {exc}") from exc
 
 
-def save_model(path: str | os.PathLike[str], net: torch.nn.Module, config: GMemConfig,
-               extra: dict[str, Any] | None = None) -> None:
+def save_model(
+    path: str | os.PathLike[str],
+    net: torch.nn.Module,
+    config: GMemConfig,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write weights + metadata atomically and durably (shared.fileio); ``extra`` goes into the config JSON."""
-    meta = {"id": config.name, **config_to_json(config), "normalization": normalization(config), **(extra or {})}
+    meta = {
+        "id": config.name,
+        **config_to_json(config),
+        "normalization": normalization(config),
+        **(extra or {}),
+    }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": FORMAT_VERSION,
-                                          "config": json.dumps(meta, sort_keys=True)})
+        save_file(
+            tensors,
+            tmp,
+            metadata={
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "config": json.dumps(meta, sort_keys=True),
+            },
+        )
 
 
 def read_model_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -106,8 +130,10 @@ def read_model_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelFileError(f"{p}: not a readable safetensors model file ({exc})") from exc
     fmt, ver = md.get("format"), md.get("format_version")
     if fmt != FORMAT or ver != FORMAT_VERSION:
-        raise ModelFileError(f"{p}: format={fmt!r} format_version={ver!r}; this reader knows "
-                            f"format={FORMAT!r} format_version={FORMAT_VERSION!r}")
+        raise ModelFileError(
+            f"{p}: format={fmt!r} format_version={ver!r}; this reader knows "
+            f"format={FORMAT!r} format_version={FORMAT_VERSION!r}"
+        )
     try:
         return cast("dict[str, Any]", json.loads(md["config"]))
     except (KeyError, json.JSONDecodeError) as exc:

@@ -71,9 +71,17 @@ def sample_tensor(
     # The config's SdeSolver is a StrEnum: each member is the very string the sampler's Literal names.
     solver = cast(SamplerSdeSolver, config.sampling.sde_solver)
     with torch.inference_mode():
-        return run_sampler(sampler, velocity, x, steps, generators, time_shift=config.sampling.time_shift,
-                           diffusion_norm=config.sampling.diffusion_norm, sde_solver=solver,
-                           last_step_size=config.sampling.last_step_size)
+        return run_sampler(
+            sampler,
+            velocity,
+            x,
+            steps,
+            generators,
+            time_shift=config.sampling.time_shift,
+            diffusion_norm=config.sampling.diffusion_norm,
+            sde_solver=solver,
+            last_step_size=config.sampling.last_step_size,
+        )
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -96,8 +104,10 @@ def decode(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
 def check_snippets(snippets: np.ndarray | None, n: int, dim: int) -> torch.Tensor:
     arr = np.asarray(snippets, dtype=np.float32)
     if arr.ndim != 2 or arr.shape != (n, dim):
-        raise DimensionMismatch(f"snippets have shape {arr.shape}; expected ({n}, {dim}): one unit vector of "
-                                f"length {dim} per seed")
+        raise DimensionMismatch(
+            f"snippets have shape {arr.shape}; expected ({n}, {dim}): one unit vector of "
+            f"length {dim} per seed"
+        )
     if not np.all(np.isfinite(arr)):
         raise NonFiniteValue("snippets contain NaN or infinite values")
     return torch.from_numpy(arr)

@@ -72,7 +72,9 @@ def time_grid(steps: int, shift: float = 1.0, end: float = 1.0) -> torch.Tensor:
 def per_image_noise(like: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """One N(0, I) draw per image, each from its own CPU generator, stacked and moved to ``like``."""
     if len(generators) != like.shape[0]:
-        raise ValueError(f"need one generator per image: {len(generators)} generators for {like.shape[0]} images")
+        raise ValueError(
+            f"need one generator per image: {len(generators)} generators for {like.shape[0]} images"
+        )
     z = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generators])
     return z.to(device=like.device, dtype=like.dtype)
 
@@ -88,7 +90,9 @@ def _pairs(grid: torch.Tensor) -> zip[tuple[float, float]]:
 # ------------------------------------------------------------------ programs
 
 
-def _euler(x: torch.Tensor, grid: torch.Tensor, generators: Sequence[torch.Generator], norm: float) -> Program:
+def _euler(
+    x: torch.Tensor, grid: torch.Tensor, generators: Sequence[torch.Generator], norm: float
+) -> Program:
     """Euler ODE: ``x <- x + (t1 - t0) v(x, t0)``; one call per step."""
     for t0, t1 in _pairs(grid):
         v = yield x, t0
@@ -111,8 +115,9 @@ def _drift(v: torch.Tensor, x: torch.Tensor, t: float, norm: float) -> torch.Ten
     return v + norm * (t * v - x)
 
 
-def _euler_maruyama(x: torch.Tensor, grid: torch.Tensor, generators: Sequence[torch.Generator],
-                    norm: float) -> Program:
+def _euler_maruyama(
+    x: torch.Tensor, grid: torch.Tensor, generators: Sequence[torch.Generator], norm: float
+) -> Program:
     """Euler-Maruyama SDE; the final step is the mean (no noise), one call per step."""
     steps = len(grid) - 1
     for i, (t0, t1) in enumerate(_pairs(grid)):
@@ -124,8 +129,13 @@ def _euler_maruyama(x: torch.Tensor, grid: torch.Tensor, generators: Sequence[to
     return x
 
 
-def _heun_sde(x: torch.Tensor, grid: torch.Tensor, generators: Sequence[torch.Generator], norm: float,
-              last_step_size: float) -> Program:
+def _heun_sde(
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    norm: float,
+    last_step_size: float,
+) -> Program:
     """The release's Heun SDE: noise, then a Heun drift step; then ``x + h drift(x, 1 - h)`` without noise."""
     for t0, t1 in _pairs(grid):
         dt = t1 - t0
@@ -179,8 +189,14 @@ class SamplerState:
     ``advance(v)`` feeds it; ``step`` counts completed sampler steps (0..steps).
     """
 
-    def __init__(self, name: str, x: torch.Tensor, steps: int, generators: Sequence[torch.Generator],
-                 options: SamplerOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        x: torch.Tensor,
+        steps: int,
+        generators: Sequence[torch.Generator],
+        options: SamplerOptions | None = None,
+    ) -> None:
         self.sampler = _sampler(name)
         self.options = options or SamplerOptions()
         self.steps = int(steps)
@@ -260,14 +276,16 @@ def _drive(program: Program, velocity_fn: VelocityFn) -> torch.Tensor:
         return cast(torch.Tensor, stop.value)
 
 
-def euler(velocity_fn: VelocityFn, x: torch.Tensor, grid: torch.Tensor,
-          generators: Sequence[torch.Generator] = ()) -> torch.Tensor:
+def euler(
+    velocity_fn: VelocityFn, x: torch.Tensor, grid: torch.Tensor, generators: Sequence[torch.Generator] = ()
+) -> torch.Tensor:
     """Euler ODE on ``grid``."""
     return _drive(_euler(x, grid, generators, 1.0), velocity_fn)
 
 
-def heun(velocity_fn: VelocityFn, x: torch.Tensor, grid: torch.Tensor,
-         generators: Sequence[torch.Generator] = ()) -> torch.Tensor:
+def heun(
+    velocity_fn: VelocityFn, x: torch.Tensor, grid: torch.Tensor, generators: Sequence[torch.Generator] = ()
+) -> torch.Tensor:
     """Heun ODE on ``grid``."""
     return _drive(_heun(x, grid, generators, 1.0), velocity_fn)
 
@@ -277,20 +295,32 @@ def sde_drift(velocity_fn: VelocityFn, x: torch.Tensor, t: float, norm: float) -
     return _drift(velocity_fn(x, _t(t, x)), x, t, norm)
 
 
-def euler_maruyama(velocity_fn: VelocityFn, x: torch.Tensor, grid: torch.Tensor,
-                   generators: Sequence[torch.Generator], norm: float = 1.0) -> torch.Tensor:
+def euler_maruyama(
+    velocity_fn: VelocityFn,
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    norm: float = 1.0,
+) -> torch.Tensor:
     """Euler-Maruyama SDE on ``grid``."""
     return _drive(_euler_maruyama(x, grid, generators, norm), velocity_fn)
 
 
-def heun_sde(velocity_fn: VelocityFn, x: torch.Tensor, grid: torch.Tensor,
-             generators: Sequence[torch.Generator], norm: float = 1.0, last_step_size: float = 0.004) -> torch.Tensor:
+def heun_sde(
+    velocity_fn: VelocityFn,
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    norm: float = 1.0,
+    last_step_size: float = 0.004,
+) -> torch.Tensor:
     """The release's Heun SDE on ``grid``."""
     return _drive(_heun_sde(x, grid, generators, norm, last_step_size), velocity_fn)
 
 
-def cfg_active(t: float, scale: float, interval_start: float = 0.0,
-               interval: tuple[float, float] | None = None) -> bool:
+def cfg_active(
+    t: float, scale: float, interval_start: float = 0.0, interval: tuple[float, float] | None = None
+) -> bool:
     """Whether classifier-free guidance applies at time ``t`` (the unconditional pass is needed)."""
     if scale == 1.0 or t < interval_start:
         return False
@@ -302,8 +332,12 @@ def combine_cfg(v_c: torch.Tensor, v_u: torch.Tensor, scale: float) -> torch.Ten
     return v_u + scale * (v_c - v_u)
 
 
-def guided(net_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], c: torch.Tensor,
-           scale: float = 1.0, interval_start: float = 0.0) -> VelocityFn:
+def guided(
+    net_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    c: torch.Tensor,
+    scale: float = 1.0,
+    interval_start: float = 0.0,
+) -> VelocityFn:
     """Velocity function of snippets ``c`` with classifier-free guidance (null = zero snippet).
 
     ``v = v_u + scale (v_c - v_u)`` from one forward on a 2N batch; for

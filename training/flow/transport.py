@@ -57,8 +57,9 @@ def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (like.ndim - 1))) if t.ndim else t
 
 
-def sample_time(n: int, how: TimeSampling, device: torch.device | str = "cpu",
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_time(
+    n: int, how: TimeSampling, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> torch.Tensor:
     """t in (0, 1): uniform, or logit-normal ``sigmoid(N(0, 1))`` (the release's ``use_lognorm``)."""
     if how == "uniform":
         return torch.rand(n, generator=generator).to(device)

@@ -63,7 +63,6 @@ class Rows:
 def open_rows(dataset: str) -> Rows:
     """mnist-5k (already in memory) or an image folder read lazily, shard by shard."""
 
-
     if dataset == MNIST_NAME or dataset.startswith(MNIST_NAME + ":"):
         ds = load_dataset(dataset)
         return Rows(len(ds), ds.labels, ds.source, lambda a, b: ds.images[a:b])
@@ -74,8 +73,12 @@ def open_rows(dataset: str) -> Rows:
     with Image.open(files[0]) as first:
         mode = "L" if first.mode in ("L", "1", "I;16", "I") else "RGB"
         size = first.size[0]
-    return Rows(len(files), labels, str(root),
-                lambda a, b: np.stack([read_image(p, mode, (size, size)) for p in files[a:b]]))
+    return Rows(
+        len(files),
+        labels,
+        str(root),
+        lambda a, b: np.stack([read_image(p, mode, (size, size)) for p in files[a:b]]),
+    )
 
 
 def shard_name(k: int) -> str:
@@ -86,8 +89,9 @@ def _fingerprint(args: dict[str, Any]) -> str:
     return json.dumps(args, sort_keys=True)
 
 
-def encode_shard(images: np.ndarray, labels: np.ndarray, start: int, ae: Any, encoder: Any, flip: bool,
-                 repa: bool) -> dict[str, torch.Tensor]:
+def encode_shard(
+    images: np.ndarray, labels: np.ndarray, start: int, ae: Any, encoder: Any, flip: bool, repa: bool
+) -> dict[str, torch.Tensor]:
     """All tensors of one shard (see the module docstring)."""
 
     x = to_model_input(images)
@@ -106,29 +110,55 @@ def encode_shard(images: np.ndarray, labels: np.ndarray, start: int, ae: Any, en
 
 def _channel_sums(latents: torch.Tensor) -> dict[str, str]:
     z = latents.double()
-    return {"count": str(z.shape[0] * z.shape[2] * z.shape[3]),
-            "sum": json.dumps(z.sum(dim=(0, 2, 3)).tolist()), "sumsq": json.dumps((z * z).sum(dim=(0, 2, 3)).tolist())}
+    return {
+        "count": str(z.shape[0] * z.shape[2] * z.shape[3]),
+        "sum": json.dumps(z.sum(dim=(0, 2, 3)).tolist()),
+        "sumsq": json.dumps((z * z).sum(dim=(0, 2, 3)).tolist()),
+    }
 
 
-def write_cache(dataset: str, vae: str, encoder_id: str, out: Path, encoder_weights: str | None = None,
-                shard_size: int = 1000, flip: bool = False, repa: bool = False, batch_size: int = 256,
-                progress: bool = True, limit_shards: int | None = None) -> dict[str, Any]:
+def write_cache(
+    dataset: str,
+    vae: str,
+    encoder_id: str,
+    out: Path,
+    encoder_weights: str | None = None,
+    shard_size: int = 1000,
+    flip: bool = False,
+    repa: bool = False,
+    batch_size: int = 256,
+    progress: bool = True,
+    limit_shards: int | None = None,
+) -> dict[str, Any]:
     """Write (or finish) the cache; returns the manifest. ``limit_shards`` stops early (tests of resume)."""
-
 
     if shard_size < 1:
         raise InvalidInput(f"--shard-size must be at least 1; got {shard_size}")
     rows = open_rows(dataset)
     ae = load_autoencoder(vae)
     enc = load_encoder(encoder_id, encoder_weights)
-    args = {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": rows.source, "n": rows.n,
-            "shard_size": shard_size, "flip": flip, "repa": repa, "encoder": encoder_id, "vae": ae.spec()}
+    args = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dataset": rows.source,
+        "n": rows.n,
+        "shard_size": shard_size,
+        "flip": flip,
+        "repa": repa,
+        "encoder": encoder_id,
+        "vae": ae.spec(),
+    }
     out.mkdir(parents=True, exist_ok=True)
     stamp = _fingerprint(args)
     n_shards = math.ceil(rows.n / shard_size)
     todo = [k for k in range(n_shards) if not _shard_done(out / shard_name(k), stamp)]
-    bar = tqdm(total=rows.n, initial=(n_shards - len(todo)) * shard_size if todo else rows.n, desc="cache",
-               unit="img", disable=not progress)
+    bar = tqdm(
+        total=rows.n,
+        initial=(n_shards - len(todo)) * shard_size if todo else rows.n,
+        desc="cache",
+        unit="img",
+        disable=not progress,
+    )
     for written, k in enumerate(todo):
         if limit_shards is not None and written >= limit_shards:
             bar.close()
@@ -159,8 +189,10 @@ def _shard_done(path: Path, stamp: str) -> bool:
     except Exception:  # a torn or foreign file: rewrite it (shards are written atomically, so rare)
         return False
     if md.get("fingerprint") != stamp:
-        raise IncompatibleArtifacts(f"{path} was written with other arguments ({md.get('fingerprint')}); "
-                                    "use a fresh --out folder or the same arguments to resume")
+        raise IncompatibleArtifacts(
+            f"{path} was written with other arguments ({md.get('fingerprint')}); "
+            "use a fresh --out folder or the same arguments to resume"
+        )
     return True
 
 
@@ -178,8 +210,16 @@ def finish_manifest(out: Path, args: dict[str, Any], n_shards: int, feature_dim:
         total_sq = sq if total_sq is None else total_sq + sq
     mean = cast(np.ndarray, total) / count
     std = np.sqrt(np.maximum(cast(np.ndarray, total_sq) / count - mean**2, 0.0))
-    manifest = {**args, "complete": True, "shards": n_shards, "latent_shape": shape, "feature_dim": feature_dim,
-                "latent_mean": mean.tolist(), "latent_std": std.tolist(), "written_unix": int(time.time())}
+    manifest = {
+        **args,
+        "complete": True,
+        "shards": n_shards,
+        "latent_shape": shape,
+        "feature_dim": feature_dim,
+        "latent_mean": mean.tolist(),
+        "latent_std": std.tolist(),
+        "written_unix": int(time.time()),
+    }
     write_atomic(out / MANIFEST, [(json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()])
     return manifest
 
@@ -188,12 +228,16 @@ def read_manifest(cache: str | os.PathLike[str]) -> dict[str, Any]:
     """``cache.json`` of a finished cache, format and version checked."""
     path = Path(cache) / MANIFEST
     if not path.is_file():
-        raise InvalidInput(f"{cache}: no {MANIFEST}; the cache is missing or unfinished (rerun "
-                           "`python -m training cache` with the same arguments to finish it)")
+        raise InvalidInput(
+            f"{cache}: no {MANIFEST}; the cache is missing or unfinished (rerun "
+            "`python -m training cache` with the same arguments to finish it)"
+        )
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise IncompatibleArtifacts(f"{path}: format={manifest.get('format')!r} format_version="
-                                    f"{manifest.get('format_version')!r}; expected {FORMAT!r} {FORMAT_VERSION!r}")
+        raise IncompatibleArtifacts(
+            f"{path}: format={manifest.get('format')!r} format_version="
+            f"{manifest.get('format_version')!r}; expected {FORMAT!r} {FORMAT_VERSION!r}"
+        )
     return cast("dict[str, Any]", manifest)
 
 
@@ -219,18 +263,41 @@ def tensor_shape(cache: str | os.PathLike[str], key: str) -> list[int]:
 
 
 def cache_command(
-    dataset: Annotated[str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")],
-    vae: Annotated[str, typer.Option(help="gmem-vae file, converted VA-VAE, or diffusers AutoencoderKL folder",
-                                     envvar="GMEM_VAE")],
-    encoder: Annotated[str, typer.Option(help="snippet encoder id (gmem/mnist-cnn, timm/vit_base_patch14_dinov2)",
-                                         envvar="GMEM_ENCODER")],
-    out: Annotated[Path, typer.Option(help="cache folder (created; resumed when it holds shards)",
-                                      envvar="GMEM_CACHE")],
-    encoder_weights: Annotated[str | None, typer.Option(help="local encoder weights", envvar="GMEM_ENCODER_WEIGHTS")] = None,
-    shard_size: Annotated[int, typer.Option(help="images per shard (bounds memory)", envvar="GMEM_SHARD_SIZE")] = 1000,
-    flip: Annotated[bool, typer.Option(help="also cache each image's horizontal flip", envvar="GMEM_CACHE_FLIP")] = False,
-    repa: Annotated[bool, typer.Option("--repa/--no-repa", help="also cache the encoder's patch features (REPA)",
-                                       envvar="GMEM_CACHE_REPA")] = True,
+    dataset: Annotated[
+        str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")
+    ],
+    vae: Annotated[
+        str,
+        typer.Option(
+            help="gmem-vae file, converted VA-VAE, or diffusers AutoencoderKL folder", envvar="GMEM_VAE"
+        ),
+    ],
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="snippet encoder id (gmem/mnist-cnn, timm/vit_base_patch14_dinov2)", envvar="GMEM_ENCODER"
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="cache folder (created; resumed when it holds shards)", envvar="GMEM_CACHE")
+    ],
+    encoder_weights: Annotated[
+        str | None, typer.Option(help="local encoder weights", envvar="GMEM_ENCODER_WEIGHTS")
+    ] = None,
+    shard_size: Annotated[
+        int, typer.Option(help="images per shard (bounds memory)", envvar="GMEM_SHARD_SIZE")
+    ] = 1000,
+    flip: Annotated[
+        bool, typer.Option(help="also cache each image's horizontal flip", envvar="GMEM_CACHE_FLIP")
+    ] = False,
+    repa: Annotated[
+        bool,
+        typer.Option(
+            "--repa/--no-repa",
+            help="also cache the encoder's patch features (REPA)",
+            envvar="GMEM_CACHE_REPA",
+        ),
+    ] = True,
     threads: Annotated[int, typer.Option(help="CPU threads", envvar="GMEM_THREADS")] = 1,
 ) -> None:
     """Write the latent + snippet (+ REPA feature) cache of a dataset in one streaming pass."""
@@ -242,6 +309,8 @@ def cache_command(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
     dt = time.time() - t0
-    typer.echo(f"wrote {out}: {manifest['n']} images in {manifest['shards']} shards, latents "
-               f"{manifest['latent_shape']}; encoded {manifest['written_now']} now, "
-               f"{manifest['written_now'] / max(dt, 1e-9):.0f} images/s")
+    typer.echo(
+        f"wrote {out}: {manifest['n']} images in {manifest['shards']} shards, latents "
+        f"{manifest['latent_shape']}; encoded {manifest['written_now']} now, "
+        f"{manifest['written_now'] / max(dt, 1e-9):.0f} images/s"
+    )

@@ -24,19 +24,37 @@ from training.files.modelfile import config_from_json, read_model_meta
 from training.network.config import GMemConfig
 
 # Field -> value every release network has (facts 2a, 2b); anything else cannot load into their code.
-RELEASE_LAYOUT = dict(space="latent", input_size=16, in_channels=32, patch_size=1, mlp="swiglu", norm="rmsnorm",
-                      rope=True, qk_norm=False, learn_sigma=False, adapter="linear", conditioning="snippet",
-                      snippet_dim=768, repa_dim=768, repa_hidden=2048, mlp_ratio=4.0)
+RELEASE_LAYOUT = dict(
+    space="latent",
+    input_size=16,
+    in_channels=32,
+    patch_size=1,
+    mlp="swiglu",
+    norm="rmsnorm",
+    rope=True,
+    qk_norm=False,
+    learn_sigma=False,
+    adapter="linear",
+    conditioning="snippet",
+    snippet_dim=768,
+    repa_dim=768,
+    repa_hidden=2048,
+    mlp_ratio=4.0,
+)
 
 
 def check_release_layout(cfg: GMemConfig, where: str) -> None:
     """IncompatibleArtifacts naming every field that differs from the release's layout."""
-    diffs = [f"{k}: {getattr(cfg, k)!r} (release {v!r})" for k, v in RELEASE_LAYOUT.items() if getattr(cfg, k) != v]
+    diffs = [
+        f"{k}: {getattr(cfg, k)!r} (release {v!r})" for k, v in RELEASE_LAYOUT.items() if getattr(cfg, k) != v
+    ]
     if cfg.latent_mean is None or cfg.latent_std is None:
         diffs.append("latent_mean/latent_std missing")
     if diffs:
-        raise IncompatibleArtifacts(f"{where} is not in the release's layout ({'; '.join(diffs)}); export needs a "
-                                    "gmem-XL/1 or gmem-B/1 network trained with REPA on VA-VAE latents")
+        raise IncompatibleArtifacts(
+            f"{where} is not in the release's layout ({'; '.join(diffs)}); export needs a "
+            "gmem-XL/1 or gmem-B/1 network trained with REPA on VA-VAE latents"
+        )
 
 
 def export_official(model: Path, out: Path, stats_out: Path | None = None) -> tuple[int, Path]:
@@ -56,11 +74,17 @@ def export_official(model: Path, out: Path, stats_out: Path | None = None) -> tu
 
 
 def export_official_command(
-    model: Annotated[Path, typer.Option(help="our model file (release layout, e.g. gmem-XL/1 with REPA)",
-                                        envvar="GMEM_MODEL")],
-    out: Annotated[Path, typer.Option(help="release network .pth to write (bare state dict)", envvar="GMEM_OUT")],
-    latent_stats_out: Annotated[Path | None, typer.Option(help="latents_stats.pt (default: beside --out)",
-                                                          envvar="GMEM_LATENT_STATS_OUT")] = None,
+    model: Annotated[
+        Path,
+        typer.Option(help="our model file (release layout, e.g. gmem-XL/1 with REPA)", envvar="GMEM_MODEL"),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="release network .pth to write (bare state dict)", envvar="GMEM_OUT")
+    ],
+    latent_stats_out: Annotated[
+        Path | None,
+        typer.Option(help="latents_stats.pt (default: beside --out)", envvar="GMEM_LATENT_STATS_OUT"),
+    ] = None,
 ) -> None:
     """Export a latent GMem network to the authors' release layout (loadable by their code, strict)."""
     try:

@@ -59,8 +59,10 @@ def _spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
 def reduce_bank(bank: BankFactors, method: str, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(coefficients [M, r], labels [M]) of the reduced bank, labels ascending, rows in source order per label."""
     if bank.labels is None or not np.any(np.asarray(bank.labels) >= 0):
-        raise InvalidInput(f"{bank.path}: the bank has no labels; reduce-bank keeps k rows per label and needs "
-                           "a labelled bank (build-bank --dataset on a labelled dataset records them)")
+        raise InvalidInput(
+            f"{bank.path}: the bank has no labels; reduce-bank keeps k rows per label and needs "
+            "a labelled bank (build-bank --dataset on a labelled dataset records them)"
+        )
     labels = np.asarray(bank.labels)
     rng = np.random.default_rng(seed)
     coeffs, out_labels = [], []
@@ -71,7 +73,9 @@ def reduce_bank(bank: BankFactors, method: str, k: int, seed: int = 0) -> tuple[
             c = np.asarray(bank.C[pick], dtype=np.float32)
         else:
             centres = _spherical_kmeans(bank.snippets(rows).astype(np.float64), k, rng)
-            c = ((centres - bank.mu.astype(np.float64)) @ bank.B.astype(np.float64) / bank.S).astype(np.float32)
+            c = ((centres - bank.mu.astype(np.float64)) @ bank.B.astype(np.float64) / bank.S).astype(
+                np.float32
+            )
         coeffs.append(c)
         out_labels.append(np.full(len(c), int(label), dtype=np.int64))
     return np.concatenate(coeffs), np.concatenate(out_labels)
@@ -90,12 +94,24 @@ def reduce_bank_command(
         src = load_factors(bank)
         C, labels = reduce_bank(src, name, k, seed)
         meta = src.meta.__class__(
-            encoder=src.meta.encoder, feature_dim=src.meta.feature_dim, rank=src.meta.rank, source=src.meta.source,
-            explained_variance=src.meta.explained_variance, normalized=src.meta.normalized,
-            extra={**src.meta.extra, "reduced_from": str(bank), "reduction": f"{name}@{k}", "reduction_seed": str(seed)})
+            encoder=src.meta.encoder,
+            feature_dim=src.meta.feature_dim,
+            rank=src.meta.rank,
+            source=src.meta.source,
+            explained_variance=src.meta.explained_variance,
+            normalized=src.meta.normalized,
+            extra={
+                **src.meta.extra,
+                "reduced_from": str(bank),
+                "reduction": f"{name}@{k}",
+                "reduction_seed": str(seed),
+            },
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         save_factors(out, src.mu, src.B, src.S, C, meta, labels=labels)
     except GMemError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"wrote {out}: {len(C)} snippets ({name}@{k} over {len(np.unique(labels))} labels) from {src.size}")
+    typer.echo(
+        f"wrote {out}: {len(C)} snippets ({name}@{k} over {len(np.unique(labels))} labels) from {src.size}"
+    )

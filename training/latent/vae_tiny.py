@@ -65,14 +65,20 @@ class TinyVAE(nn.Module):
         self.cfg = cfg = cfg or TinyVAEConfig()
         w = cfg.width
         self.encoder = nn.Sequential(
-            _conv_block(cfg.image_channels, w), _conv_block(w, w, 2),
-            _conv_block(w, 2 * w), _conv_block(2 * w, 2 * w, 2), _conv_block(2 * w, 2 * w),
+            _conv_block(cfg.image_channels, w),
+            _conv_block(w, w, 2),
+            _conv_block(w, 2 * w),
+            _conv_block(2 * w, 2 * w, 2),
+            _conv_block(2 * w, 2 * w),
             nn.Conv2d(2 * w, 2 * cfg.latent_channels, 3, padding=1),
         )
         self.decoder = nn.Sequential(
-            _conv_block(cfg.latent_channels, 2 * w), _conv_block(2 * w, 2 * w),
-            nn.Upsample(scale_factor=2.0, mode="nearest"), _conv_block(2 * w, w),
-            nn.Upsample(scale_factor=2.0, mode="nearest"), _conv_block(w, w),
+            _conv_block(cfg.latent_channels, 2 * w),
+            _conv_block(2 * w, 2 * w),
+            nn.Upsample(scale_factor=2.0, mode="nearest"),
+            _conv_block(2 * w, w),
+            nn.Upsample(scale_factor=2.0, mode="nearest"),
+            _conv_block(w, w),
             nn.Conv2d(w, cfg.image_channels, 3, padding=1),
         )
 
@@ -99,8 +105,15 @@ def vae_loss(vae: TinyVAE, x: torch.Tensor, generator: torch.Generator) -> tuple
     return F.l1_loss(rec, x) + mse + vae.cfg.beta * kl, float(mse.detach())
 
 
-def train_tiny_vae(x: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                   cfg: TinyVAEConfig | None = None, progress: bool = True) -> tuple[TinyVAE, list[float]]:
+def train_tiny_vae(
+    x: torch.Tensor,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    cfg: TinyVAEConfig | None = None,
+    progress: bool = True,
+) -> tuple[TinyVAE, list[float]]:
     """Train on images [N, C, 32, 32] in [-1, 1]; every batch and noise draw derives from (seed, step)."""
 
     torch.manual_seed(seed)
@@ -134,8 +147,13 @@ def reconstruction_mse(vae: TinyVAE, x: torch.Tensor, batch: int = 500) -> float
 def save_tiny_vae(path: str | os.PathLike[str], vae: TinyVAE, extra: dict[str, Any] | None = None) -> None:
     """Weights + ``format = gmem-vae`` metadata, written atomically and durably."""
 
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND,
-            "arch": json.dumps(asdict(vae.cfg), sort_keys=True), **{k: str(v) for k, v in (extra or {}).items()}}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "arch": json.dumps(asdict(vae.cfg), sort_keys=True),
+        **{k: str(v) for k, v in (extra or {}).items()},
+    }
     tensors = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -150,11 +168,15 @@ def build_tiny_vae(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Ti
 
 
 def train_vae_command(
-    dataset: Annotated[str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")],
+    dataset: Annotated[
+        str, typer.Option(help="mnist-5k[:train|:eval] or DIR/<class>/*.png", envvar="GMEM_DATASET")
+    ],
     out: Annotated[Path, typer.Option(help="VAE file to write (format gmem-vae)", envvar="GMEM_OUT")],
     steps: Annotated[int, typer.Option(help="optimisation steps", envvar="GMEM_VAE_STEPS")] = 1000,
     batch_size: Annotated[int, typer.Option(help="batch size", envvar="GMEM_BATCH_SIZE")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay to 0)", envvar="GMEM_LR")] = 2e-3,
+    lr: Annotated[
+        float, typer.Option(help="Adam learning rate (cosine decay to 0)", envvar="GMEM_LR")
+    ] = 2e-3,
     latent_channels: Annotated[int, typer.Option(help="latent channels", envvar="GMEM_VAE_CHANNELS")] = 4,
     seed: Annotated[int, typer.Option(help="seed", envvar="GMEM_SEED")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads", envvar="GMEM_THREADS")] = 1,
@@ -167,19 +189,26 @@ def train_vae_command(
             raise InvalidInput(f"--steps must be at least 1; got {steps}")
         ds = load_dataset(dataset)
         if ds.resolution % 4:
-            raise InvalidInput(f"the tiny VAE downsamples by 4; dataset resolution {ds.resolution} is not a multiple")
+            raise InvalidInput(
+                f"the tiny VAE downsamples by 4; dataset resolution {ds.resolution} is not a multiple"
+            )
         x = to_model_input(ds.images)
         t0 = time.time()
-        cfg = TinyVAEConfig(image_channels=x.shape[1], latent_channels=latent_channels, resolution=ds.resolution)
+        cfg = TinyVAEConfig(
+            image_channels=x.shape[1], latent_channels=latent_channels, resolution=ds.resolution
+        )
         vae, _ = train_tiny_vae(x, steps, batch_size, lr, seed, cfg)
         mse = reconstruction_mse(vae, x)
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_tiny_vae(out, vae, {"dataset": ds.source, "steps": steps, "reconstruction_mse": f"{mse:.6f}",
-                                 "seed": seed})
+        save_tiny_vae(
+            out, vae, {"dataset": ds.source, "steps": steps, "reconstruction_mse": f"{mse:.6f}", "seed": seed}
+        )
     except GMemError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
     psnr = 10 * np.log10(4.0 / max(mse, 1e-12))  # peak-to-peak 2 in [-1, 1] units
-    typer.echo(f"wrote {out}: {ds.resolution}x{ds.resolution}x{x.shape[1]} -> {ds.resolution // 4}x"
-               f"{ds.resolution // 4}x{latent_channels}, reconstruction MSE {mse:.5f} (PSNR {psnr:.1f} dB) "
-               f"on {len(ds)} images, {time.time() - t0:.0f} s")
+    typer.echo(
+        f"wrote {out}: {ds.resolution}x{ds.resolution}x{x.shape[1]} -> {ds.resolution // 4}x"
+        f"{ds.resolution // 4}x{latent_channels}, reconstruction MSE {mse:.5f} (PSNR {psnr:.1f} dB) "
+        f"on {len(ds)} images, {time.time() - t0:.0f} s"
+    )

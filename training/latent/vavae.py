@@ -70,8 +70,11 @@ class Encoder(nn.Module):
         levels, c_in, res = [], cfg.ch, cfg.resolution
         for level, c_out in enumerate(widths):
             last = level == len(widths) - 1
-            levels.append(_DownLevel(c_in, c_out, cfg.num_res_blocks, attn=res in cfg.attn_resolutions,
-                                     downsample=not last))
+            levels.append(
+                _DownLevel(
+                    c_in, c_out, cfg.num_res_blocks, attn=res in cfg.attn_resolutions, downsample=not last
+                )
+            )
             c_in, res = c_out, res if last else res // 2
         self.down = nn.ModuleList(levels)
         self.mid = _Mid(c_in)
@@ -109,7 +112,9 @@ def vavae_shapes(cfg: DecoderConfig | None = None) -> dict[str, tuple[int, ...]]
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def autoencoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint") -> dict[str, torch.Tensor]:
+def autoencoder_state_from_checkpoint(
+    obj: object, where: str = "VA-VAE checkpoint"
+) -> dict[str, torch.Tensor]:
     """``encoder.*``, ``quant_conv.*``, ``post_quant_conv.*`` and ``decoder.*`` of the release's checkpoint.
 
     Every tensor must be there with its exact shape (the release's loader runs with

@@ -85,8 +85,12 @@ class SamplingDefaults:
 
 # The model file's JSON key of each sampling default (flat keys, as every model file has them).
 SAMPLING_KEYS: dict[str, str] = {
-    "sampler": "default_sampler", "steps": "default_steps", "sde_solver": "sde_solver",
-    "diffusion_norm": "diffusion_norm", "last_step_size": "last_step_size", "time_shift": "time_shift",
+    "sampler": "default_sampler",
+    "steps": "default_steps",
+    "sde_solver": "sde_solver",
+    "diffusion_norm": "diffusion_norm",
+    "last_step_size": "last_step_size",
+    "time_shift": "time_shift",
     "cfg_interval_start": "cfg_interval_start",
 }
 
@@ -104,7 +108,9 @@ class GMemConfig:
     latent_mean: tuple[float, ...] | None = None
     latent_std: tuple[float, ...] | None = None
     latent_multiplier: float = 1.0
-    decoder: dict[str, str] | None = None  # e.g. {"kind": "vavae-f16d32", "weights": "..."} (training/official/vae.py)
+    decoder: dict[str, str] | None = (
+        None  # e.g. {"kind": "vavae-f16d32", "weights": "..."} (training/official/vae.py)
+    )
     # transformer
     patch_size: int = 2
     hidden_size: int = 192
@@ -151,9 +157,13 @@ class GMemConfig:
     def validate(self) -> GMemConfig:
         """Raise ValueError on sizes that cannot build a network."""
         if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+            )
         if self.rope and self.head_dim % 4:
             raise ValueError(f"RoPE needs head_dim divisible by 4; got {self.head_dim}")
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -162,8 +172,13 @@ class GMemConfig:
 
 
 _OPTION_FIELDS: dict[str, type[StrEnum]] = {
-    "space": Space, "mlp": Mlp, "norm": Norm, "init": Init, "conditioning": Conditioning,
-    "adapter": AdapterKind, "mask_strategy": MaskStrategy,
+    "space": Space,
+    "mlp": Mlp,
+    "norm": Norm,
+    "init": Init,
+    "conditioning": Conditioning,
+    "adapter": AdapterKind,
+    "mask_strategy": MaskStrategy,
 }
 _FIELDS = frozenset(f.name for f in fields(GMemConfig))
 
@@ -184,15 +199,25 @@ def with_overrides(cfg: GMemConfig, **overrides: Any) -> GMemConfig:
 
 def _lightning(cfg: GMemConfig) -> GMemConfig:
     """hustvl/LightningDiT ``models/lightningdit.py`` blocks, as the GMem release uses them."""
-    return replace(cfg, mlp=Mlp.swiglu, norm=Norm.rmsnorm, rope=True, adapter=AdapterKind.linear, init=Init.xavier)
+    return replace(
+        cfg, mlp=Mlp.swiglu, norm=Norm.rmsnorm, rope=True, adapter=AdapterKind.linear, init=Init.xavier
+    )
 
 
 def _latent_vavae(cfg: GMemConfig) -> GMemConfig:
     """16x16x32 VA-VAE latents with DINOv2-B/14 snippets and the release's Heun SDE (49 steps, CFG from t = 0.89)."""
-    return replace(cfg, space=Space.latent, input_size=16, in_channels=32, snippet_dim=768,
-                   encoder="timm/vit_base_patch14_dinov2", decoder={"kind": "vavae-f16d32"},
-                   sampling=replace(cfg.sampling, sampler="sde", sde_solver=SdeSolver.heun, steps=49,
-                                    cfg_interval_start=0.89))
+    return replace(
+        cfg,
+        space=Space.latent,
+        input_size=16,
+        in_channels=32,
+        snippet_dim=768,
+        encoder="timm/vit_base_patch14_dinov2",
+        decoder={"kind": "vavae-f16d32"},
+        sampling=replace(
+            cfg.sampling, sampler="sde", sde_solver=SdeSolver.heun, steps=49, cfg_interval_start=0.89
+        ),
+    )
 
 
 _BASE = GMemConfig()
@@ -201,19 +226,44 @@ _RELEASE = _lightning(_latent_vavae(replace(_BASE, patch_size=1)))
 PRESETS: dict[str, GMemConfig] = {
     "gmem-tiny": replace(_BASE, name="gmem-tiny", patch_size=4, hidden_size=128, depth=6, num_heads=2),
     # Latent space of the embedded tiny VAE (8x8x4 for mnist-5k); patch 2 (16 tokens) keeps CPU runs short.
-    "gmem-tiny-latent": replace(_BASE, name="gmem-tiny-latent", space=Space.latent, input_size=8, in_channels=4,
-                                patch_size=2, hidden_size=128, depth=6, num_heads=2, repa_hidden=256,
-                                encoder_depth=2),
+    "gmem-tiny-latent": replace(
+        _BASE,
+        name="gmem-tiny-latent",
+        space=Space.latent,
+        input_size=8,
+        in_channels=4,
+        patch_size=2,
+        hidden_size=128,
+        depth=6,
+        num_heads=2,
+        repa_hidden=256,
+        encoder_depth=2,
+    ),
     "gmem-S/2": replace(_BASE, name="gmem-S/2", patch_size=2, hidden_size=384, depth=12, num_heads=6),
     "gmem-B/1": replace(_RELEASE, name="gmem-B/1", hidden_size=768, depth=12, num_heads=12, repa_dim=768),
     "gmem-XL/1": replace(_RELEASE, name="gmem-XL/1", hidden_size=1152, depth=28, num_heads=16, repa_dim=768),
-    "gmem-B/1-lightning": replace(_RELEASE, name="gmem-B/1-lightning", hidden_size=768, depth=12, num_heads=12,
-                                  repa_dim=0),
-    "sit-XL/2": replace(_BASE, name="sit-XL/2", space=Space.latent, input_size=32, in_channels=4, snippet_dim=768,
-                        encoder="timm/vit_base_patch14_dinov2", decoder={"kind": "sd-vae-ft-ema"},
-                        patch_size=2, hidden_size=1152, depth=28, num_heads=16, mlp=Mlp.gelu,
-                        norm=Norm.layernorm, rope=False, learn_sigma=True,
-                        sampling=replace(_BASE.sampling, sampler="sde", steps=250)),
+    "gmem-B/1-lightning": replace(
+        _RELEASE, name="gmem-B/1-lightning", hidden_size=768, depth=12, num_heads=12, repa_dim=0
+    ),
+    "sit-XL/2": replace(
+        _BASE,
+        name="sit-XL/2",
+        space=Space.latent,
+        input_size=32,
+        in_channels=4,
+        snippet_dim=768,
+        encoder="timm/vit_base_patch14_dinov2",
+        decoder={"kind": "sd-vae-ft-ema"},
+        patch_size=2,
+        hidden_size=1152,
+        depth=28,
+        num_heads=16,
+        mlp=Mlp.gelu,
+        norm=Norm.layernorm,
+        rope=False,
+        learn_sigma=True,
+        sampling=replace(_BASE.sampling, sampler="sde", steps=250),
+    ),
 }
 
 

@@ -100,12 +100,19 @@ class TimestepEmbedder(nn.Module):
     def frequency_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
         """``[cos(t w_k), sin(t w_k)]``, ``w_k = exp(-ln(1e4) k / (dim/2))``: cos first, as the release does."""
         half = dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        )
         args = t.float()[:, None] * freqs[None]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return cast(torch.Tensor, self.mlp(self.frequency_embedding(t, self.freq_dim).to(cast(nn.Linear, self.mlp[0]).weight.dtype)))
+        return cast(
+            torch.Tensor,
+            self.mlp(
+                self.frequency_embedding(t, self.freq_dim).to(cast(nn.Linear, self.mlp[0]).weight.dtype)
+            ),
+        )
 
 
 class PatchEmbed(nn.Module):

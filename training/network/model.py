@@ -58,12 +58,15 @@ def _mask_random(c: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 _MASKS: dict[MaskStrategy, Callable[[torch.Tensor, float], torch.Tensor]] = {
-    MaskStrategy.zero: _mask_zero, MaskStrategy.noise: _mask_noise, MaskStrategy.random: _mask_random,
+    MaskStrategy.zero: _mask_zero,
+    MaskStrategy.noise: _mask_noise,
+    MaskStrategy.random: _mask_random,
 }
 _ADAPTERS: dict[AdapterKind, Callable[[int, int], nn.Module]] = {
     AdapterKind.linear: lambda d, h: RowLinear(d, h),
-    AdapterKind.mlp: lambda d, h: nn.Sequential(RowLinear(d, h), nn.SiLU(), RowLinear(h, h), nn.SiLU(),
-                                                RowLinear(h, h)),
+    AdapterKind.mlp: lambda d, h: nn.Sequential(
+        RowLinear(d, h), nn.SiLU(), RowLinear(h, h), nn.SiLU(), RowLinear(h, h)
+    ),
 }
 _MLPS: dict[Mlp, Callable[[int, float], nn.Module]] = {
     Mlp.swiglu: lambda h, ratio: SwiGLU(h, int(2 / 3 * ratio * h)),
@@ -131,9 +134,13 @@ class GMemBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), RowLinear(h, 6 * h))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: AxialRoPE | None) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(cond).chunk(6, -1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(cond).chunk(
+            6, -1
+        )
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
-        return cast(torch.Tensor, x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return cast(
+            torch.Tensor, x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        )
 
 
 class FinalLayer(nn.Module):
@@ -149,7 +156,6 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
         return cast(torch.Tensor, self.linear(modulate(self.norm_final(x), shift, scale)))
-
 
 
 class GMemDiT(nn.Module):
@@ -169,10 +175,17 @@ class GMemDiT(nn.Module):
         self.feat_rope = AxialRoPE(cfg.head_dim, grid) if cfg.rope else None
         self.blocks = nn.ModuleList(GMemBlock(cfg) for _ in range(cfg.depth))
         if cfg.repa_dim:
-            self.projector = nn.ModuleList([nn.Sequential(
-                nn.Linear(h, cfg.repa_hidden), nn.SiLU(), nn.Linear(cfg.repa_hidden, cfg.repa_hidden), nn.SiLU(),
-                nn.Linear(cfg.repa_hidden, cfg.repa_dim)
-            )])
+            self.projector = nn.ModuleList(
+                [
+                    nn.Sequential(
+                        nn.Linear(h, cfg.repa_hidden),
+                        nn.SiLU(),
+                        nn.Linear(cfg.repa_hidden, cfg.repa_hidden),
+                        nn.SiLU(),
+                        nn.Linear(cfg.repa_hidden, cfg.repa_dim),
+                    )
+                ]
+            )
         self.final_layer = FinalLayer(cfg)
         self.initialize_weights()
 
@@ -206,7 +219,9 @@ class GMemDiT(nn.Module):
         cond: torch.Tensor = self.t_embedder(t)
         if self.cfg.conditioning == "snippet":
             if c is None:
-                raise ValueError("this network is snippet-conditioned: pass c [N, snippet_dim] (zeros = null)")
+                raise ValueError(
+                    "this network is snippet-conditioned: pass c [N, snippet_dim] (zeros = null)"
+                )
             cond = cond + self.condition_projection(c.to(cond.dtype))
         elif self.cfg.conditioning == "class":
             if c is None:
@@ -234,8 +249,9 @@ class GMemDiT(nn.Module):
         out = self.unpatchify(self.final_layer(h, cond))
         return out[:, : self.cfg.in_channels], z
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
-                return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         # return_features: (v, projected tokens) for the REPA loss; through forward so DDP sees the call.
         out = self.forward_features(x, t, c)
         return out if return_features else out[0]

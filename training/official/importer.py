@@ -62,8 +62,15 @@ BANK_SOURCE = "imagenet-1k/train@256"
 # evaluations; w(t) = 1 * (1 - t). The ODE configs use Euler on linspace(0, 1, 50) with time shift 0.3
 # (the shift never reaches the SDE path, there or here). CFG is off (scale 1) unless asked; its interval
 # keeps guidance to t >= 0.89.
-RELEASE_SAMPLING = SamplingDefaults(sampler="sde", sde_solver=SdeSolver.heun, steps=49, diffusion_norm=1.0,
-                                    last_step_size=0.004, time_shift=0.3, cfg_interval_start=0.89)
+RELEASE_SAMPLING = SamplingDefaults(
+    sampler="sde",
+    sde_solver=SdeSolver.heun,
+    steps=49,
+    diffusion_norm=1.0,
+    last_step_size=0.004,
+    time_shift=0.3,
+    cfg_interval_start=0.89,
+)
 ROPE_TOLERANCE = 1e-5
 
 
@@ -104,21 +111,26 @@ def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in state.items():
         while k.startswith("module."):
-            k = k[len("module."):]
+            k = k[len("module.") :]
         out[k] = v
     return out
 
 
-def select_network_state(obj: Any, ema: bool = True, where: str = "network") -> tuple[dict[str, torch.Tensor], str]:
+def select_network_state(
+    obj: Any, ema: bool = True, where: str = "network"
+) -> tuple[dict[str, torch.Tensor], str]:
     """The network weights inside a release file: ``ema`` or ``model`` of a training container, or the bare dict."""
     if not isinstance(obj, Mapping):
-        raise IncompatibleArtifacts(f"{where}: expected a state dict or {{'model', 'ema', 'config'}}, "
-                                    f"found {type(obj).__name__}")
+        raise IncompatibleArtifacts(
+            f"{where}: expected a state dict or {{'model', 'ema', 'config'}}, found {type(obj).__name__}"
+        )
     if "ema" in obj or "model" in obj:
         key = "ema" if ema else "model"
         if key not in obj:
             other = "--no-ema" if ema else "--ema"
-            raise IncompatibleArtifacts(f"{where}: the checkpoint has {sorted(obj)} but no {key!r}; try {other}")
+            raise IncompatibleArtifacts(
+                f"{where}: the checkpoint has {sorted(obj)} but no {key!r}; try {other}"
+            )
         state, detail = obj[key], f"training checkpoint, {key!r} weights"
     else:
         state, detail = obj, "bare state dict"
@@ -142,13 +154,18 @@ def detect_preset(state: Mapping[str, torch.Tensor], where: str = "network") -> 
     for name in RELEASE_PRESETS:
         if (PRESETS[name].hidden_size, PRESETS[name].depth) == (hidden, depth):
             return name
-    known = ", ".join(f"{n} (hidden {PRESETS[n].hidden_size}, depth {PRESETS[n].depth})" for n in RELEASE_PRESETS)
-    raise IncompatibleArtifacts(f"{where}: hidden size {hidden} and depth {depth} match no release network; "
-                                f"known: {known}. Pass --preset to force one.")
+    known = ", ".join(
+        f"{n} (hidden {PRESETS[n].hidden_size}, depth {PRESETS[n].depth})" for n in RELEASE_PRESETS
+    )
+    raise IncompatibleArtifacts(
+        f"{where}: hidden size {hidden} and depth {depth} match no release network; "
+        f"known: {known}. Pass --preset to force one."
+    )
 
 
 def _collapse_blocks(keys: list[str], universe: Mapping[str, Any]) -> list[str]:
     """Name whole absent/extra transformer blocks once ("blocks.12-27.*") instead of key by key."""
+
     def block_of(k: str) -> int | None:
         parts = k.split(".")
         return int(parts[1]) if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() else None
@@ -181,14 +198,20 @@ def match_network_keys(
     Raises IncompatibleArtifacts naming every missing, unexpected or misshapen key.
     """
     ignored = sorted(k for k in state if k not in expected and k.startswith("projector."))
-    problems = state_dict_problems({k: v for k, v in state.items() if k not in ignored}, expected, _collapse_blocks)
+    problems = state_dict_problems(
+        {k: v for k, v in state.items() if k not in ignored}, expected, _collapse_blocks
+    )
     if problems:
-        raise IncompatibleArtifacts(f"{where}: does not fit our network ({'; '.join(problems)}). "
-                                    "Check --preset and that the file is a GMem LightningDiT network.")
+        raise IncompatibleArtifacts(
+            f"{where}: does not fit our network ({'; '.join(problems)}). "
+            "Check --preset and that the file is a GMem LightningDiT network."
+        )
     return ignored
 
 
-def check_rope_tables(state: Mapping[str, torch.Tensor], head_dim: int, grid: int, where: str = "network") -> float:
+def check_rope_tables(
+    state: Mapping[str, torch.Tensor], head_dim: int, grid: int, where: str = "network"
+) -> float:
     """Max deviation of the stored ``feat_rope`` tables from our recomputation; refuses a different layout."""
     ours = AxialRoPE(head_dim, grid)
     worst = 0.0
@@ -205,8 +228,13 @@ def check_rope_tables(state: Mapping[str, torch.Tensor], head_dim: int, grid: in
     return worst
 
 
-def release_config(preset_name: str, mean: torch.Tensor, std: torch.Tensor, decoder_path: str | Path = DECODER_FILE,
-                   **overrides: Any) -> GMemConfig:
+def release_config(
+    preset_name: str,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    decoder_path: str | Path = DECODER_FILE,
+    **overrides: Any,
+) -> GMemConfig:
     """Our GMemConfig for a release network: latent 16x16x32, decoding through the VA-VAE at ``decoder_path``."""
     return preset(
         preset_name,
@@ -221,8 +249,9 @@ def release_config(preset_name: str, mean: torch.Tensor, std: torch.Tensor, deco
     )
 
 
-def convert_network(state: Mapping[str, torch.Tensor], config: GMemConfig,
-                    where: str = "network") -> tuple[GMemDiT, list[str], float]:
+def convert_network(
+    state: Mapping[str, torch.Tensor], config: GMemConfig, where: str = "network"
+) -> tuple[GMemDiT, list[str], float]:
     """Load release weights into our GMemDiT for ``config`` (strict); returns (net, ignored keys, rope deviation)."""
     with torch.device("meta"):
         net = GMemDiT(config)
@@ -239,14 +268,18 @@ def read_latent_stats(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """``latents_stats.pt``: {'mean': [1,32,1,1], 'std': [1,32,1,1]}, finite, std > 0."""
     obj = read_release_file(path, "latent stats")
     if not isinstance(obj, Mapping) or not {"mean", "std"} <= set(obj):
-        raise IncompatibleArtifacts(f"latent stats: {path} must hold {{'mean', 'std'}}; "
-                                    f"found {sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__}")
+        raise IncompatibleArtifacts(
+            f"latent stats: {path} must hold {{'mean', 'std'}}; "
+            f"found {sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__}"
+        )
     out = []
     for key in ("mean", "std"):
         t = obj[key]
         if not isinstance(t, torch.Tensor) or t.numel() != LATENT_CHANNELS:
             shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise IncompatibleArtifacts(f"latent stats: {key!r} is {shape}; expected [1, {LATENT_CHANNELS}, 1, 1]")
+            raise IncompatibleArtifacts(
+                f"latent stats: {key!r} is {shape}; expected [1, {LATENT_CHANNELS}, 1, 1]"
+            )
         t = t.double().reshape(-1)
         if not torch.isfinite(t).all():
             raise IncompatibleArtifacts(f"latent stats: {key!r} holds NaN or infinite values")
@@ -256,8 +289,14 @@ def read_latent_stats(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
-def import_network(path: Path, out_dir: Path, stats: Path, ema: bool = True, preset_name: str | None = None,
-                   overrides: Mapping[str, Any] | None = None) -> PartReport:
+def import_network(
+    path: Path,
+    out_dir: Path,
+    stats: Path,
+    ema: bool = True,
+    preset_name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> PartReport:
     """Release network -> DIR/model.safetensors (our model file, latent space, release sampler settings).
 
     ``overrides`` replace preset fields (tests use a B/1-width network of fewer blocks).
@@ -267,14 +306,23 @@ def import_network(path: Path, out_dir: Path, stats: Path, ema: bool = True, pre
     mean, std = read_latent_stats(stats)
     config = release_config(name, mean, std, (out_dir / DECODER_FILE).resolve(), **(overrides or {}))
     net, ignored, rope_dev = convert_network(state, config, str(path))
-    save_model(out_dir / MODEL_FILE, net, config, extra={
-        "source": "LINs-lab/GMem release", "source_file": path.name, "source_weights": detail,
-    })
+    save_model(
+        out_dir / MODEL_FILE,
+        net,
+        config,
+        extra={
+            "source": "LINs-lab/GMem release",
+            "source_file": path.name,
+            "source_weights": detail,
+        },
+    )
     notes = [f"preset {name}", f"feat_rope matches recomputation (max dev {rope_dev:.1e})"]
     if ignored:
         notes.append(f"ignored {len(ignored)} REPA projector tensors (projector.*, train-time only)")
     params = sum(p.numel() for p in net.parameters())
-    return PartReport("network", path.name, detail, len(state) - len(ignored), params, str(out_dir / MODEL_FILE), notes)
+    return PartReport(
+        "network", path.name, detail, len(state) - len(ignored), params, str(out_dir / MODEL_FILE), notes
+    )
 
 
 # ----------------------------------------------------------------------------- VA-VAE and bank
@@ -294,9 +342,18 @@ def import_vae(path: Path, out_dir: Path, stats: Path | None = None) -> PartRepo
     ignored = [k for k in ignored if k not in full]
     groups = sorted({k.split(".")[0] for k in ignored})
     notes = [f"ignored {len(ignored)} tensors ({', '.join(groups)})"] if ignored else []
-    notes.append(f"encoder + decoder -> {out_dir / VAE_FILE}" + (" with the release's latent stats" if stats else ""))
-    return PartReport("vae decoder", path.name, "Lightning checkpoint", len(state),
-                      sum(t.numel() for t in state.values()), str(out_dir / DECODER_FILE), notes)
+    notes.append(
+        f"encoder + decoder -> {out_dir / VAE_FILE}" + (" with the release's latent stats" if stats else "")
+    )
+    return PartReport(
+        "vae decoder",
+        path.name,
+        "Lightning checkpoint",
+        len(state),
+        sum(t.numel() for t in state.values()),
+        str(out_dir / DECODER_FILE),
+        notes,
+    )
 
 
 def import_bank(path: Path, out_dir: Path, rank: int | None) -> PartReport:
@@ -304,12 +361,18 @@ def import_bank(path: Path, out_dir: Path, rank: int | None) -> PartReport:
     target = out_dir / BANK_FILE
     meta = run_import(path, target, rank=rank, encoder=DINOV2_ID, source=BANK_SOURCE)
     layout = meta.extra.get("official_layout", "?")
-    detail = {"full": "full bank [N, 768], rows L2-normalised then factorised",
-              "svd": "SVD dict, imported as is"}.get(layout, layout)
-    notes = [f"rank {meta.rank}" + (f" (default {DEFAULT_FULL_RANK})" if rank is None and layout == "full" else ""),
-             f"normalized={str(meta.normalized).lower()}",
-             "explained variance unknown (the SVD dict keeps no trace of the dropped directions)"
-             if math.isnan(meta.explained_variance) else f"explained variance {meta.explained_variance:.4f}"]
+    detail = {
+        "full": "full bank [N, 768], rows L2-normalised then factorised",
+        "svd": "SVD dict, imported as is",
+    }.get(layout, layout)
+    notes = [
+        f"rank {meta.rank}"
+        + (f" (default {DEFAULT_FULL_RANK})" if rank is None and layout == "full" else ""),
+        f"normalized={str(meta.normalized).lower()}",
+        "explained variance unknown (the SVD dict keeps no trace of the dropped directions)"
+        if math.isnan(meta.explained_variance)
+        else f"explained variance {meta.explained_variance:.4f}",
+    ]
     size = load_factors(target).size
     return PartReport("bank", path.name, detail, size, size * meta.rank, str(target), notes)
 
@@ -323,36 +386,67 @@ def print_summary(reports: list[PartReport]) -> None:
     for col in ("part", "source", "container", "tensors/rows", "values", "written", "notes"):
         table.add_column(col)
     for r in reports:
-        table.add_row(r.part, r.source, r.detail, str(r.tensors), f"{r.parameters:,}", r.out, "; ".join(r.notes))
+        table.add_row(
+            r.part, r.source, r.detail, str(r.tensors), f"{r.parameters:,}", r.out, "; ".join(r.notes)
+        )
     Console().print(table)
 
 
 def import_official_command(
-    out: Annotated[Path, typer.Option(help="Output folder (created if missing).", envvar="GMEM_OFFICIAL_OUT")],
-    network: Annotated[Path | None, typer.Option(help="Release network .pth (bare or {model, ema, config}).",
-                                                 envvar="GMEM_OFFICIAL_NETWORK")] = None,
-    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="From a training checkpoint take 'ema' "
-                                      "(default, as the authors evaluate) or 'model'.",
-                                      envvar="GMEM_OFFICIAL_EMA")] = True,
-    vae: Annotated[Path | None, typer.Option(help="VA-VAE checkpoint vavae-imagenet256-f16d32-dinov2.pt.",
-                                             envvar="GMEM_OFFICIAL_VAE")] = None,
-    latent_stats: Annotated[Path | None, typer.Option(help="latents_stats.pt (required with --network).",
-                                                      envvar="GMEM_OFFICIAL_LATENT_STATS")] = None,
-    bank: Annotated[Path | None, typer.Option(help="Full bank [N, 768] tensor or SVD dict .pth.",
-                                              envvar="GMEM_OFFICIAL_BANK")] = None,
-    rank: Annotated[int | None, typer.Option(help=f"Rank for factorising a full bank (default {DEFAULT_FULL_RANK}); "
-                                             "truncates an SVD dict.",
-                                             envvar="GMEM_OFFICIAL_RANK")] = None,
-    preset: Annotated[str | None, typer.Option(help="gmem-XL/1 or gmem-B/1-lightning; default: from shapes.",
-                                               envvar="GMEM_OFFICIAL_PRESET")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output folder (created if missing).", envvar="GMEM_OFFICIAL_OUT")
+    ],
+    network: Annotated[
+        Path | None,
+        typer.Option(
+            help="Release network .pth (bare or {model, ema, config}).", envvar="GMEM_OFFICIAL_NETWORK"
+        ),
+    ] = None,
+    ema: Annotated[
+        bool,
+        typer.Option(
+            "--ema/--no-ema",
+            help="From a training checkpoint take 'ema' (default, as the authors evaluate) or 'model'.",
+            envvar="GMEM_OFFICIAL_EMA",
+        ),
+    ] = True,
+    vae: Annotated[
+        Path | None,
+        typer.Option(
+            help="VA-VAE checkpoint vavae-imagenet256-f16d32-dinov2.pt.", envvar="GMEM_OFFICIAL_VAE"
+        ),
+    ] = None,
+    latent_stats: Annotated[
+        Path | None,
+        typer.Option(help="latents_stats.pt (required with --network).", envvar="GMEM_OFFICIAL_LATENT_STATS"),
+    ] = None,
+    bank: Annotated[
+        Path | None,
+        typer.Option(help="Full bank [N, 768] tensor or SVD dict .pth.", envvar="GMEM_OFFICIAL_BANK"),
+    ] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Rank for factorising a full bank (default {DEFAULT_FULL_RANK}); truncates an SVD dict.",
+            envvar="GMEM_OFFICIAL_RANK",
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="gmem-XL/1 or gmem-B/1-lightning; default: from shapes.", envvar="GMEM_OFFICIAL_PRESET"
+        ),
+    ] = None,
 ) -> None:
     """Convert the paper authors' released GMem (network, VA-VAE, latent stats, bank) for serving."""
     try:
         if not any((network, vae, bank)):
             raise typer.BadParameter("give at least one of --network, --vae, --bank")
         if network is not None and latent_stats is None:
-            raise typer.BadParameter("--network needs --latent-stats (latents_stats.pt from "
-                                     "hustvl/vavae-imagenet256-f16d32-dinov2): the model file records them")
+            raise typer.BadParameter(
+                "--network needs --latent-stats (latents_stats.pt from "
+                "hustvl/vavae-imagenet256-f16d32-dinov2): the model file records them"
+            )
         if preset is not None and preset not in RELEASE_PRESETS + ("gmem-B/1",):
             raise typer.BadParameter(f"--preset {preset!r}: choose gmem-XL/1, gmem-B/1-lightning or gmem-B/1")
         out.mkdir(parents=True, exist_ok=True)
@@ -372,10 +466,23 @@ def import_official_command(
         raise typer.Exit(2) from exc
     print_summary(reports)
     if network is not None and not (out / DECODER_FILE).exists():
-        typer.echo(f"note: {out / DECODER_FILE} is missing; the model decodes through it. "
-                   "Run again with --vae vavae-imagenet256-f16d32-dinov2.pt --out same folder.", err=True)
+        typer.echo(
+            f"note: {out / DECODER_FILE} is missing; the model decodes through it. "
+            "Run again with --vae vavae-imagenet256-f16d32-dinov2.pt --out same folder.",
+            err=True,
+        )
 
 
-__all__ = ["import_official_command", "read_release_file", "select_network_state", "detect_preset",
-           "match_network_keys", "check_rope_tables", "convert_network", "release_config", "read_latent_stats",
-           "RELEASE_PRESETS", "RELEASE_SAMPLING"]
+__all__ = [
+    "import_official_command",
+    "read_release_file",
+    "select_network_state",
+    "detect_preset",
+    "match_network_keys",
+    "check_rope_tables",
+    "convert_network",
+    "release_config",
+    "read_latent_stats",
+    "RELEASE_PRESETS",
+    "RELEASE_SAMPLING",
+]

@@ -58,8 +58,9 @@ DECODERS: dict[str, DecoderConfig] = {KIND: DecoderConfig()}
 def decoder_config(kind: str) -> DecoderConfig:
     """The sizes of decoder ``kind``; a kind this reader has no decoder for is refused."""
     if kind not in DECODERS:
-        raise IncompatibleArtifacts(f"decoder kind {kind!r} is not supported; the decoders here are "
-                                    f"{', '.join(map(repr, DECODERS))}")
+        raise IncompatibleArtifacts(
+            f"decoder kind {kind!r} is not supported; the decoders here are {', '.join(map(repr, DECODERS))}"
+        )
     return DECODERS[kind]
 
 
@@ -157,8 +158,16 @@ class Decoder(nn.Module):
         c_in = widths[-1]
         # Built coarsest-first but stored by level index, as the release does (up.4 is 16x16).
         for level in reversed(range(len(widths))):
-            levels.insert(0, _UpLevel(c_in, widths[level], cfg.num_res_blocks + 1,
-                                      attn=res in cfg.attn_resolutions, upsample=level != 0))
+            levels.insert(
+                0,
+                _UpLevel(
+                    c_in,
+                    widths[level],
+                    cfg.num_res_blocks + 1,
+                    attn=res in cfg.attn_resolutions,
+                    upsample=level != 0,
+                ),
+            )
             c_in = widths[level]
             res = res * 2 if level != 0 else res
         self.up = nn.ModuleList(levels)
@@ -205,8 +214,9 @@ def decoder_shapes(cfg: DecoderConfig | None = None) -> dict[str, tuple[int, ...
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def resolve_decoder_path(spec: str | os.PathLike[str] | Mapping[str, Any],
-                         base_dir: str | os.PathLike[str] | None = None) -> Path:
+def resolve_decoder_path(
+    spec: str | os.PathLike[str] | Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None
+) -> Path:
     """The weights file a model config's decoder spec names.
 
     ``spec`` is a path or ``{"kind": "vavae-f16d32", "weights": PATH}``. A relative path
@@ -219,8 +229,10 @@ def resolve_decoder_path(spec: str | os.PathLike[str] | Mapping[str, Any],
         if kind != KIND:
             raise IncompatibleArtifacts(f"decoder kind {kind!r} is not supported; this decoder is {KIND!r}")
         if not spec.get("weights"):
-            raise IncompatibleArtifacts("the model's decoder spec names no weights file; re-run "
-                                        "`python -m training import-official --vae ... --out DIR`")
+            raise IncompatibleArtifacts(
+                "the model's decoder spec names no weights file; re-run "
+                "`python -m training import-official --vae ... --out DIR`"
+            )
         spec = str(spec["weights"])
     path = Path(spec)
     if base_dir is not None and not path.is_absolute():
@@ -230,8 +242,11 @@ def resolve_decoder_path(spec: str | os.PathLike[str] | Mapping[str, Any],
     return path
 
 
-def load_decoder(spec: str | os.PathLike[str] | Mapping[str, Any], device: str | torch.device = "cpu",
-                 base_dir: str | os.PathLike[str] | None = None) -> VAEDecoder:
+def load_decoder(
+    spec: str | os.PathLike[str] | Mapping[str, Any],
+    device: str | torch.device = "cpu",
+    base_dir: str | os.PathLike[str] | None = None,
+) -> VAEDecoder:
     """Load a decoder written by ``import-official`` (safetensors of post_quant_conv.* and decoder.*).
 
     ``spec``: a path or the model config's decoder dict (see ``resolve_decoder_path``).
@@ -240,8 +255,10 @@ def load_decoder(spec: str | os.PathLike[str] | Mapping[str, Any], device: str |
     try:
         state = load_file(str(path), device="cpu")
     except (FileNotFoundError, SafetensorError, OSError) as exc:
-        raise VAEFileError(f"{path}: cannot read the VA-VAE decoder file ({exc}); "
-                           "create it with `python -m training import-official --vae ... --out DIR`") from exc
+        raise VAEFileError(
+            f"{path}: cannot read the VA-VAE decoder file ({exc}); "
+            "create it with `python -m training import-official --vae ... --out DIR`"
+        ) from exc
     with torch.device("meta"):
         module = VAEDecoder()
     problems = state_dict_problems(state, {k: v.shape for k, v in module.state_dict().items()})
@@ -258,7 +275,9 @@ def load_decoder(spec: str | os.PathLike[str] | Mapping[str, Any], device: str |
 _NOT_DECODER = ("encoder.", "quant_conv.", "loss.", "foundation_model.", "linear_proj.")
 
 
-def decoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint") -> tuple[dict[str, torch.Tensor], list[str]]:
+def decoder_state_from_checkpoint(
+    obj: object, where: str = "VA-VAE checkpoint"
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Pick ``post_quant_conv.*`` and ``decoder.*`` out of the release's ``{"state_dict": ...}``.
 
     Every decoder tensor must be present with its exact shape; unknown ``decoder.*``
@@ -267,22 +286,30 @@ def decoder_state_from_checkpoint(obj: object, where: str = "VA-VAE checkpoint")
     """
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise IncompatibleArtifacts(f"{where}: expected a Lightning checkpoint {{'state_dict': {{name: tensor}}}} "
-                                    "or a bare state dict of tensors")
+        raise IncompatibleArtifacts(
+            f"{where}: expected a Lightning checkpoint {{'state_dict': {{name: tensor}}}} "
+            "or a bare state dict of tensors"
+        )
     expected = decoder_shapes()
     picked = {k: v for k, v in state.items() if k.startswith(("decoder.", "post_quant_conv."))}
     ignored = sorted(k for k in state if k not in picked)
     problems = state_dict_problems(picked, expected)
     if problems:
-        raise IncompatibleArtifacts(f"{where}: not the VA-VAE f16d32 decoder ({'; '.join(problems)}). "
-                                    "Use vavae-imagenet256-f16d32-dinov2.pt from hustvl/vavae-imagenet256-f16d32-dinov2")
+        raise IncompatibleArtifacts(
+            f"{where}: not the VA-VAE f16d32 decoder ({'; '.join(problems)}). "
+            "Use vavae-imagenet256-f16d32-dinov2.pt from hustvl/vavae-imagenet256-f16d32-dinov2"
+        )
     strays = [k for k in ignored if not k.startswith(_NOT_DECODER)]
     if strays:
-        raise IncompatibleArtifacts(f"{where}: unexpected keys outside the autoencoder: {', '.join(strays[:10])}")
+        raise IncompatibleArtifacts(
+            f"{where}: unexpected keys outside the autoencoder: {', '.join(strays[:10])}"
+        )
     return {k: picked[k].float().contiguous() for k in expected}, ignored
 
 
 def save_decoder(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
     """Write decoder weights to safetensors atomically (temp file in the same folder, then rename)."""
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "gmem-vae-decoder", "format_version": "1", "kind": KIND})
+        save_file(
+            state, str(tmp), metadata={"format": "gmem-vae-decoder", "format_version": "1", "kind": KIND}
+        )

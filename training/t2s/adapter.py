@@ -54,14 +54,25 @@ class T2SMeta:
     extra: dict[str, str]
 
 
-def save_t2s(path: str | Path, adapter: Adapter, text: TextEncoder, encoder: str, extra: dict[str, str]) -> None:
+def save_t2s(
+    path: str | Path, adapter: Adapter, text: TextEncoder, encoder: str, extra: dict[str, str]
+) -> None:
     """Write the adapter file (atomic); embeds the tiny text encoder's weights when it is the one used."""
-    tensors = {f"adapter.{k.removeprefix('mlp.')}": v.detach().contiguous().cpu()
-               for k, v in adapter.state_dict().items()}
+    tensors = {
+        f"adapter.{k.removeprefix('mlp.')}": v.detach().contiguous().cpu()
+        for k, v in adapter.state_dict().items()
+    }
     lin0, lin2 = adapter.mlp[0], adapter.mlp[2]
-    meta = {"format": T2S_FORMAT, "format_version": T2S_VERSION, "text_encoder": text.id,
-            "text_dim": str(lin0.in_features), "snippet_dim": str(lin2.out_features),
-            "hidden": str(lin0.out_features), "encoder": encoder, **extra}
+    meta = {
+        "format": T2S_FORMAT,
+        "format_version": T2S_VERSION,
+        "text_encoder": text.id,
+        "text_dim": str(lin0.in_features),
+        "snippet_dim": str(lin2.out_features),
+        "hidden": str(lin0.out_features),
+        "encoder": encoder,
+        **extra,
+    }
     if isinstance(text, TinyTextEncoder):
         tensors.update({f"text.{k}": v.detach().contiguous().cpu() for k, v in text.net.state_dict().items()})
         meta.update(tiny_metadata(text.net, text.vocab))
@@ -77,11 +88,19 @@ def read_t2s_meta(path: str | Path) -> T2SMeta:
     except (OSError, ValueError, RuntimeError) as exc:
         raise EncoderUnavailable(f"{path}: not a readable safetensors adapter file ({exc})") from exc
     if md.get("format") != T2S_FORMAT or md.get("format_version") != T2S_VERSION:
-        raise UnknownFormat(f"{path}: format {md.get('format')!r} version {md.get('format_version')!r}; "
-                            f"this reader knows {T2S_FORMAT!r} version {T2S_VERSION}")
+        raise UnknownFormat(
+            f"{path}: format {md.get('format')!r} version {md.get('format_version')!r}; "
+            f"this reader knows {T2S_FORMAT!r} version {T2S_VERSION}"
+        )
     try:
-        return T2SMeta(md["text_encoder"], int(md["text_dim"]), int(md["snippet_dim"]), int(md["hidden"]),
-                       md["encoder"], md)
+        return T2SMeta(
+            md["text_encoder"],
+            int(md["text_dim"]),
+            int(md["snippet_dim"]),
+            int(md["hidden"]),
+            md["encoder"],
+            md,
+        )
     except (KeyError, ValueError) as exc:
         raise UnknownFormat(f"{path}: gmem-t2s metadata is missing or malformed ({exc})") from exc
 
@@ -118,13 +137,18 @@ def load_t2s(path: str | Path, text_encoder: str | None = None, device: str = "c
     else:
         text = load_text_encoder(text_encoder or _resolve_folder(meta.text_encoder, path), device)
     if text.dim != meta.text_dim:
-        raise DimensionMismatch(f"{path}: the adapter takes text features of dimension {meta.text_dim}, but the "
-                                f"text encoder {text.id!r} gives {text.dim}; use the encoder it was trained with")
+        raise DimensionMismatch(
+            f"{path}: the adapter takes text features of dimension {meta.text_dim}, but the "
+            f"text encoder {text.id!r} gives {text.dim}; use the encoder it was trained with"
+        )
     adapter = Adapter(meta.text_dim, meta.snippet_dim, meta.hidden)
-    adapter.load_state_dict({f"mlp.{k.removeprefix('adapter.')}": v for k, v in tensors.items()
-                             if k.startswith("adapter.")})
+    adapter.load_state_dict(
+        {f"mlp.{k.removeprefix('adapter.')}": v for k, v in tensors.items() if k.startswith("adapter.")}
+    )
     return T2S(adapter, text, meta)
 
 
 def describe(meta: T2SMeta) -> str:
-    return json.dumps({"text_encoder": meta.text_encoder, "snippet_dim": meta.snippet_dim, "encoder": meta.encoder})
+    return json.dumps(
+        {"text_encoder": meta.text_encoder, "snippet_dim": meta.snippet_dim, "encoder": meta.encoder}
+    )

@@ -31,15 +31,27 @@ THICKNESS = ("thin strokes", "", "thick strokes")
 SLANT = ("slanted left", "upright", "slanted right")
 SIZE = ("small", "", "large")
 TEMPLATES = (
-    "a handwritten {w}", "a handwritten digit {n}", "the digit {w}", "a picture of a {w}",
-    "an image of the number {n}", "a {w}", "number {w}", "a drawing of the digit {w}",
+    "a handwritten {w}",
+    "a handwritten digit {n}",
+    "the digit {w}",
+    "a picture of a {w}",
+    "an image of the number {n}",
+    "a {w}",
+    "number {w}",
+    "a drawing of the digit {w}",
 )
 # Every word a caption can contain (the tiny text encoder's vocabulary is built from it).
-CAPTION_WORDS = sorted({
-    *DIGIT_WORDS, *(str(k) for k in range(10)),
-    *" ".join(TEMPLATES).replace("{w}", "").replace("{n}", "").split(),
-    *" ".join(THICKNESS + SLANT + SIZE).split(), "digit", "and", "with",
-})
+CAPTION_WORDS = sorted(
+    {
+        *DIGIT_WORDS,
+        *(str(k) for k in range(10)),
+        *" ".join(TEMPLATES).replace("{w}", "").replace("{n}", "").split(),
+        *" ".join(THICKNESS + SLANT + SIZE).split(),
+        "digit",
+        "and",
+        "with",
+    }
+)
 INK = 128
 
 
@@ -58,7 +70,9 @@ def measure(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = np.asarray(images, dtype=np.float64)[..., 0] / 255.0
     n, h, w = x.shape
     mass = x.sum(axis=(1, 2))
-    rows_with_ink = cast(np.ndarray, (np.asarray(images)[..., 0] >= INK).any(axis=2))  # numpy types .any() as maybe-scalar
+    rows_with_ink = cast(
+        np.ndarray, (np.asarray(images)[..., 0] >= INK).any(axis=2)
+    )  # numpy types .any() as maybe-scalar
     first = np.where(rows_with_ink.any(1), rows_with_ink.argmax(1), 0)
     last = np.where(rows_with_ink.any(1), h - 1 - rows_with_ink[:, ::-1].argmax(1), -1)
     height = np.maximum(last - first + 1, 1).astype(np.float64)
@@ -82,11 +96,17 @@ def properties(images: np.ndarray) -> Properties:
     return Properties(thick, slant, size, np.stack(cols, axis=1).astype(np.int64))
 
 
-def caption(label: int, buckets: tuple[int, int, int] | np.ndarray, template: int = 0,
-            keep: tuple[bool, bool, bool] = (True, True, True)) -> str:
+def caption(
+    label: int,
+    buckets: tuple[int, int, int] | np.ndarray,
+    template: int = 0,
+    keep: tuple[bool, bool, bool] = (True, True, True),
+) -> str:
     """One caption: template ``template`` for the digit, then the kept attribute phrases that have words."""
     head = TEMPLATES[template].format(w=DIGIT_WORDS[int(label)], n=int(label))
-    phrases = [table[int(b)] for table, b, k in zip((THICKNESS, SLANT, SIZE), buckets, keep, strict=True) if k]
+    phrases = [
+        table[int(b)] for table, b, k in zip((THICKNESS, SLANT, SIZE), buckets, keep, strict=True) if k
+    ]
     return ", ".join([head, *(p for p in phrases if p)])
 
 
@@ -95,8 +115,9 @@ def canonical_captions(labels: np.ndarray, props: Properties) -> list[str]:
     return [caption(int(y), props.buckets[i]) for i, y in enumerate(labels)]
 
 
-def training_captions(labels: np.ndarray, props: Properties, variants: int, seed: int = 0) -> tuple[
-        list[str], np.ndarray, np.ndarray]:
+def training_captions(
+    labels: np.ndarray, props: Properties, variants: int, seed: int = 0
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``variants`` random captions per image: (captions, row of each, attribute targets [M, 4]).
 
     Targets are the digit and, per attribute, its bucket or 3 when the caption leaves it out;
@@ -109,12 +130,16 @@ def training_captions(labels: np.ndarray, props: Properties, variants: int, seed
     for v in range(variants):
         for i, y in enumerate(labels):
             # Variant 0 is the bare digit half of the time, so short prompts are well covered.
-            keep = cast(tuple[bool, bool, bool],
-                        tuple(bool(k) for k in rng.random(3) < (0.0 if v == 0 and i % 2 == 0 else 0.5)))
+            keep = cast(
+                tuple[bool, bool, bool],
+                tuple(bool(k) for k in rng.random(3) < (0.0 if v == 0 and i % 2 == 0 else 0.5)),
+            )
             template = int(rng.integers(len(TEMPLATES)))
             texts.append(caption(int(y), props.buckets[i], template, keep))
             rows.append(i)
-            targets.append([int(y), *(int(b) if k else 3 for b, k in zip(props.buckets[i], keep, strict=True))])
+            targets.append(
+                [int(y), *(int(b) if k else 3 for b, k in zip(props.buckets[i], keep, strict=True))]
+            )
     return texts, np.asarray(rows, dtype=np.int64), np.asarray(targets, dtype=np.int64)
 
 

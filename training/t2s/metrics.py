@@ -26,8 +26,9 @@ def nearest_rows(queries: np.ndarray, snippets: np.ndarray, k: int = 1) -> np.nd
     return order[:, :k]
 
 
-def retrieval_accuracy(queries: np.ndarray, query_labels: np.ndarray, snippets: np.ndarray,
-                       labels: np.ndarray) -> tuple[int, int]:
+def retrieval_accuracy(
+    queries: np.ndarray, query_labels: np.ndarray, snippets: np.ndarray, labels: np.ndarray
+) -> tuple[int, int]:
     """(hits, n): how often the nearest bank snippet to g(text) has the caption's label."""
     top = nearest_rows(queries, snippets, 1)[:, 0]
     return int((np.asarray(labels)[top] == np.asarray(query_labels)).sum()), len(query_labels)

@@ -66,9 +66,12 @@ class TinyTextEncoder(TextEncoder):
     @torch.no_grad()
     def encode(self, texts: list[str]) -> TextEncoding:
         ids, mask, counts, read = tokenize(texts, self.vocab, self.max_tokens)
-        pooled = torch.cat([self.net(ids[s:s + 1024], mask[s:s + 1024]) for s in range(0, len(texts), 1024)])
-        return TextEncoding(pooled.float().numpy(), counts, [c > self.max_tokens for c in counts], read,
-                            self.max_tokens)
+        pooled = torch.cat(
+            [self.net(ids[s : s + 1024], mask[s : s + 1024]) for s in range(0, len(texts), 1024)]
+        )
+        return TextEncoding(
+            pooled.float().numpy(), counts, [c > self.max_tokens for c in counts], read, self.max_tokens
+        )
 
 
 class HFTextEncoder(TextEncoder):
@@ -86,8 +89,9 @@ class HFTextEncoder(TextEncoder):
             # transformers types from_pretrained through a decorator whose stub expects a model, not a path.
             self.model = cls.from_pretrained(str(folder), local_files_only=True).to(device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as exc:
-            raise EncoderUnavailable(f"{folder}: cannot load a {cls.__name__} and its tokenizer "
-                                     f"from this folder ({exc})") from exc
+            raise EncoderUnavailable(
+                f"{folder}: cannot load a {cls.__name__} and its tokenizer from this folder ({exc})"
+            ) from exc
         self.model.requires_grad_(False)
         self.device = device
         self.id = str(folder)
@@ -100,14 +104,22 @@ class HFTextEncoder(TextEncoder):
     @torch.no_grad()
     def encode(self, texts: list[str]) -> TextEncoding:
         counts = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
-        batch = self.tokenizer(texts, truncation=True, max_length=self.max_tokens, padding=True,
-                               return_tensors="pt").to(self.device)
-        states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        batch = self.tokenizer(
+            texts, truncation=True, max_length=self.max_tokens, padding=True, return_tensors="pt"
+        ).to(self.device)
+        states = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         m = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
         pooled = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
         read = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
-        return TextEncoding(pooled.float().cpu().numpy(), counts, [c > self.max_tokens for c in counts],
-                            [r.strip() for r in read], self.max_tokens)
+        return TextEncoding(
+            pooled.float().cpu().numpy(),
+            counts,
+            [c > self.max_tokens for c in counts],
+            [r.strip() for r in read],
+            self.max_tokens,
+        )
 
 
 def _model_type(folder: Path) -> str:
@@ -115,11 +127,15 @@ def _model_type(folder: Path) -> str:
     try:
         model_type = str(json.loads(cfg.read_text()).get("model_type", ""))
     except (OSError, ValueError) as exc:
-        raise EncoderUnavailable(f"{folder}: no readable config.json ({exc}); give a folder written by "
-                                 "save_pretrained of a CLIP or T5 text model") from exc
+        raise EncoderUnavailable(
+            f"{folder}: no readable config.json ({exc}); give a folder written by "
+            "save_pretrained of a CLIP or T5 text model"
+        ) from exc
     if model_type not in CLIP_TYPES + T5_TYPES:
-        raise EncoderUnavailable(f"{folder}: model_type {model_type!r} is not a supported text encoder; "
-                                 f"use one of {', '.join(CLIP_TYPES + T5_TYPES)}")
+        raise EncoderUnavailable(
+            f"{folder}: model_type {model_type!r} is not a supported text encoder; "
+            f"use one of {', '.join(CLIP_TYPES + T5_TYPES)}"
+        )
     return model_type
 
 
@@ -145,5 +161,7 @@ def load_text_encoder(spec: str, device: str = "cpu") -> TextEncoder:
         return HFTextEncoder(path, device)
     if path.is_file():
         return TinyTextEncoder(*tiny_from_tensors(*read_embedded(path)))
-    raise InvalidInput(f"text encoder {spec!r} is neither {TINY_TEXT_ID}, a .safetensors file with an embedded "
-                       "text encoder, nor a local folder of a CLIP or T5 text model (nothing is downloaded)")
+    raise InvalidInput(
+        f"text encoder {spec!r} is neither {TINY_TEXT_ID}, a .safetensors file with an embedded "
+        "text encoder, nor a local folder of a CLIP or T5 text model (nothing is downloaded)"
+    )

@@ -42,13 +42,15 @@ def words(text: str) -> list[str]:
 class TinyTextNet(nn.Module):
     """Token embedding + learned positions + a 2-layer pre-norm transformer encoder -> token states T_i."""
 
-    def __init__(self, vocab_size: int, dim: int = 64, depth: int = 2, heads: int = 4,
-                 max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(
+        self, vocab_size: int, dim: int = 64, depth: int = 2, heads: int = 4, max_tokens: int = MAX_TOKENS
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.pos = nn.Parameter(torch.zeros(max_tokens, dim))
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         # enable_nested_tensor=False: one code path in training and serving, whatever the padding.
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
@@ -61,8 +63,9 @@ class TinyTextNet(nn.Module):
         return cast(torch.Tensor, (h * m).sum(1) / m.sum(1).clamp_min(1.0))
 
 
-def tokenize(texts: list[str], vocab: list[str], max_tokens: int = MAX_TOKENS) -> tuple[
-        torch.Tensor, torch.Tensor, list[int], list[str]]:
+def tokenize(
+    texts: list[str], vocab: list[str], max_tokens: int = MAX_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
     """(ids [N, L], mask [N, L], word count of each text before truncation, the text as read)."""
     index = {w: k for k, w in enumerate(vocab)}
     rows, counts, kept = [], [], []
@@ -81,8 +84,15 @@ def tokenize(texts: list[str], vocab: list[str], max_tokens: int = MAX_TOKENS) -
     return ids, mask, counts, kept
 
 
-def train_tiny_text(texts: list[str], targets: np.ndarray, steps: int = 300, batch: int = 256,
-                    lr: float = 3e-3, seed: int = 0, dim: int = 64) -> tuple[TinyTextNet, list[str], float]:
+def train_tiny_text(
+    texts: list[str],
+    targets: np.ndarray,
+    steps: int = 300,
+    batch: int = 256,
+    lr: float = 3e-3,
+    seed: int = 0,
+    dim: int = 64,
+) -> tuple[TinyTextNet, list[str], float]:
     """Train the encoder to read (digit, thickness, slant, size) back from captions; returns (net, vocab, acc)."""
     torch.manual_seed(seed)
     vocab = default_vocab()
@@ -98,30 +108,47 @@ def train_tiny_text(texts: list[str], targets: np.ndarray, steps: int = 300, bat
         pick = torch.randint(0, len(texts), (min(batch, len(texts)),), generator=gen)
         pooled = net(ids[pick], mask[pick])
         # sum() starts from int 0; with four heads the result is always a tensor.
-        loss = cast(torch.Tensor, sum(nn.functional.cross_entropy(h(pooled), y[pick, k]) for k, h in enumerate(heads)))
+        loss = cast(
+            torch.Tensor, sum(nn.functional.cross_entropy(h(pooled), y[pick, k]) for k, h in enumerate(heads))
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         opt.step()
     net.eval()
     with torch.no_grad():
-        pooled = torch.cat([net(ids[s:s + 1024], mask[s:s + 1024]) for s in range(0, len(texts), 1024)])
+        pooled = torch.cat([net(ids[s : s + 1024], mask[s : s + 1024]) for s in range(0, len(texts), 1024)])
         acc = float((heads[0](pooled).argmax(1) == y[:, 0]).float().mean())
     return net, vocab, acc
 
 
 def tiny_metadata(net: TinyTextNet, vocab: list[str]) -> dict[str, str]:
     """Everything needed to rebuild the net from its tensors (strings, for safetensors metadata)."""
-    return {"text_encoder": TINY_TEXT_ID, "text_vocab": json.dumps(vocab),
-            "text_config": json.dumps({"dim": net.embed.embedding_dim, "depth": len(net.blocks.layers),
-                                       "heads": net.blocks.layers[0].self_attn.num_heads,
-                                       "max_tokens": int(net.pos.shape[0])})}
+    return {
+        "text_encoder": TINY_TEXT_ID,
+        "text_vocab": json.dumps(vocab),
+        "text_config": json.dumps(
+            {
+                "dim": net.embed.embedding_dim,
+                "depth": len(net.blocks.layers),
+                "heads": net.blocks.layers[0].self_attn.num_heads,
+                "max_tokens": int(net.pos.shape[0]),
+            }
+        ),
+    }
 
 
-def tiny_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[TinyTextNet, list[str]]:
+def tiny_from_tensors(
+    tensors: dict[str, torch.Tensor], meta: dict[str, str]
+) -> tuple[TinyTextNet, list[str]]:
     """Rebuild the encoder from ``text.*`` tensors and its metadata (see tiny_metadata)."""
     vocab = json.loads(meta["text_vocab"])
     cfg = json.loads(meta["text_config"])
-    net = TinyTextNet(len(vocab), dim=int(cfg["dim"]), depth=int(cfg["depth"]), heads=int(cfg["heads"]),
-                      max_tokens=int(cfg["max_tokens"]))
+    net = TinyTextNet(
+        len(vocab),
+        dim=int(cfg["dim"]),
+        depth=int(cfg["depth"]),
+        heads=int(cfg["heads"]),
+        max_tokens=int(cfg["max_tokens"]),
+    )
     net.load_state_dict({k.removeprefix("text."): v for k, v in tensors.items() if k.startswith("text.")})
     return net.eval().requires_grad_(False), vocab

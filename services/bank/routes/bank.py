@@ -27,13 +27,26 @@ router = APIRouter(tags=["bank"])
 @router.get("/bank", response_model=BankInfo)
 async def bank_info(bank: Bank) -> BankInfo:
     view, f = bank.store.view(), bank.store.factors
-    return BankInfo(version=view.version, size=view.pool_size("all"), base_size=f.size, feature_dim=f.feature_dim,
-                    rank=f.rank, encoder=f.meta.encoder, format_version=f.meta.format_version,
-                    labels=bank.store.has_labels, source=f.meta.source or None)
+    return BankInfo(
+        version=view.version,
+        size=view.pool_size("all"),
+        base_size=f.size,
+        feature_dim=f.feature_dim,
+        rank=f.rank,
+        encoder=f.meta.encoder,
+        format_version=f.meta.format_version,
+        labels=bank.store.has_labels,
+        source=f.meta.source or None,
+    )
 
 
-@router.post("/bank/retrieve", response_model=RetrieveResponse, responses=responses(404, 409, 413, 415, 422),
-             description=RETRIEVE_DOC + reads.RETRIEVE_DOC_BINARY, openapi_extra=reads.RETRIEVE_BODY_DOC)
+@router.post(
+    "/bank/retrieve",
+    response_model=RetrieveResponse,
+    responses=responses(404, 409, 413, 415, 422),
+    description=RETRIEVE_DOC + reads.RETRIEVE_DOC_BINARY,
+    openapi_extra=reads.RETRIEVE_BODY_DOC,
+)
 async def retrieve(request: Request, bank: Bank) -> Response:
     # The body is parsed by reads.retrieve itself: large bodies go to a worker process so that JSON
     # parsing never holds the event loop (GET /healthz stays fast during any request).
@@ -45,8 +58,12 @@ def get_snippet(id: SnippetPathId, bank: Bank) -> SnippetInfo:
     return snippet_info(bank, id)
 
 
-@router.post("/bank/project", response_model=ProjectResponse, responses=responses(413, 415, 422),
-             openapi_extra=FEATURE_OR_IMAGE)
+@router.post(
+    "/bank/project",
+    response_model=ProjectResponse,
+    responses=responses(413, 415, 422),
+    openapi_extra=FEATURE_OR_IMAGE,
+)
 async def project(request: Request, bank: Bank) -> ProjectResponse:
     """Eq. 10 without storing: coefficients, the snippet they give, and the residual."""
     feature, _ = await read_feature_input(bank, request)

@@ -14,8 +14,13 @@ from shared.schemas.bank import InsertResponse, InterpolateRequest, MutationResp
 router = APIRouter(tags=["edit"], dependencies=[Depends(require_token)])
 
 
-@router.post("/bank/snippets", status_code=201, response_model=InsertResponse,
-             responses=responses(401, 403, 413, 415, 422, 503), openapi_extra=FEATURE_OR_IMAGE)
+@router.post(
+    "/bank/snippets",
+    status_code=201,
+    response_model=InsertResponse,
+    responses=responses(401, 403, 413, 415, 422, 503),
+    openapi_extra=FEATURE_OR_IMAGE,
+)
 async def insert(request: Request, bank: Bank) -> InsertResponse:
     """Insert a snippet: project a feature (or an image's feature) onto the bank (eq. 10) and append it."""
     feature, name = await read_feature_input(bank, request)
@@ -23,16 +28,24 @@ async def insert(request: Request, bank: Bank) -> InsertResponse:
     return InsertResponse(id=sid, version=version, residual=residual)
 
 
-@router.post("/bank/interpolate", status_code=201, response_model=MutationResponse,
-             responses=responses(401, 403, 404, 413, 415, 422, 503))
+@router.post(
+    "/bank/interpolate",
+    status_code=201,
+    response_model=MutationResponse,
+    responses=responses(401, 403, 404, 413, 415, 422, 503),
+)
 def interpolate(req: InterpolateRequest, bank: Bank) -> MutationResponse:
     """Eq. 11 between two live snippets (base or run-time), appended as a new snippet."""
     sid, version = bank.store.interpolate(req.i, req.j, req.alpha, req.method, req.name)
     return MutationResponse(id=sid, version=version)
 
 
-@router.delete("/bank/snippets/{id}", status_code=204, response_class=Response,
-               responses=responses(401, 403, 404, 409, 422, 503))
+@router.delete(
+    "/bank/snippets/{id}",
+    status_code=204,
+    response_class=Response,
+    responses=responses(401, 403, 404, 409, 422, 503),
+)
 def delete(id: SnippetPathId, bank: Bank) -> Response:
     """Delete a run-time snippet (base rows are immutable: 409). Its id is never reused."""
     bank.store.delete(id)

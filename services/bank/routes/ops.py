@@ -21,10 +21,13 @@ async def healthz() -> Health:
 async def readyz(bank: Bank, response: Response) -> Readiness:
     store, publisher = bank.store, bank.publisher
     view = store.view()
-    detail = {"factors": f"loaded ({store.factors.size} rows)", "index": store.index.state,
-              "row_cache": f"{store.rows.used}/{store.rows.capacity} rows",
-              "version": str(view.version),
-              "redis": "disabled" if publisher is None else f"{publisher.state}, {publisher.pending} pending"}
+    detail = {
+        "factors": f"loaded ({store.factors.size} rows)",
+        "index": store.index.state,
+        "row_cache": f"{store.rows.used}/{store.rows.capacity} rows",
+        "version": str(view.version),
+        "redis": "disabled" if publisher is None else f"{publisher.state}, {publisher.pending} pending",
+    }
     ready = not store.index.state.startswith("failed")
     response.status_code = 200 if ready else 503
     if not ready:
@@ -32,7 +35,10 @@ async def readyz(bank: Bank, response: Response) -> Readiness:
     return Readiness(status="ready" if ready else "not_ready", detail=detail)
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(bank: Bank) -> Response:
     return Response(generate_latest(bank.metrics.registry), media_type=CONTENT_TYPE_LATEST)

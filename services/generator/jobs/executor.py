@@ -39,14 +39,21 @@ class StepExecutor:
         device = self._device()
         generators = [noise_generator(s) for s in work.seeds]
         x = torch.stack([torch.randn(image_shape(cfg), generator=g, dtype=torch.float32) for g in generators])
-        opts = SamplerOptions(cfg.sampling.time_shift, cfg.sampling.diffusion_norm, cfg.sampling.sde_solver,
-                               cfg.sampling.last_step_size)
+        opts = SamplerOptions(
+            cfg.sampling.time_shift,
+            cfg.sampling.diffusion_norm,
+            cfg.sampling.sde_solver,
+            cfg.sampling.last_step_size,
+        )
         with torch.inference_mode():
             work.state = SamplerState(work.sampler, x.to(device), work.steps, generators, opts)
         if cfg.conditioning == "snippet":
             work.cond = torch.from_numpy(np.ascontiguousarray(work.snippets, dtype=np.float32)).to(device)
-            work.null = (torch.zeros_like(work.cond) if work.negative is None else
-                         torch.from_numpy(np.ascontiguousarray(work.negative, dtype=np.float32)).to(device))
+            work.null = (
+                torch.zeros_like(work.cond)
+                if work.negative is None
+                else torch.from_numpy(np.ascontiguousarray(work.negative, dtype=np.float32)).to(device)
+            )
 
     def _guided(self, work: Work, t: float) -> bool:
         cfg = self._model.config
@@ -76,10 +83,10 @@ class StepExecutor:
             at = 0
             for work, guided, n in plan:
                 if guided:
-                    v = combine_cfg(out[at:at + n], out[at + n:at + 2 * n], work.cfg_scale)
+                    v = combine_cfg(out[at : at + n], out[at + n : at + 2 * n], work.cfg_scale)
                     at += 2 * n
                 else:
-                    v = out[at:at + n]
+                    v = out[at : at + n]
                     at += n
                 work.state.advance(v)
         return int(x_all.shape[0])
@@ -94,8 +101,8 @@ class StepExecutor:
             return out
         outs = []
         for start in range(0, total, chunk):
-            xs, ts = x[start:start + chunk], t[start:start + chunk]
-            cs = None if c is None else c[start:start + chunk]
+            xs, ts = x[start : start + chunk], t[start : start + chunk]
+            cs = None if c is None else c[start : start + chunk]
             real = xs.shape[0]
             if micro and real < micro:
                 pad = micro - real
@@ -109,7 +116,7 @@ class StepExecutor:
         # One image per decode call: a latent decoder's rows must not depend on the batch either.
         if self._model.config.space == "pixel":
             return to_uint8(decode(self._model, x))
-        return np.concatenate([to_uint8(decode(self._model, x[i:i + 1])) for i in range(x.shape[0])])
+        return np.concatenate([to_uint8(decode(self._model, x[i : i + 1])) for i in range(x.shape[0])])
 
     def finish(self, work: Work) -> list[bytes]:
         images = self._images(work.state.result)

@@ -70,17 +70,34 @@ def _unrows(d: dict[str, Any] | None) -> np.ndarray | None:
 
 
 def dump_spec(spec: JobSpec) -> str:
-    return json.dumps({"snippets": _rows(spec.snippets), "seeds": spec.seeds, "steps": spec.steps,
-                       "sampler": spec.sampler, "cfg_scale": spec.cfg_scale, "negative": _rows(spec.negative),
-                       "interval": spec.interval, "preview_every": spec.preview_every, "head": spec.head})
+    return json.dumps(
+        {
+            "snippets": _rows(spec.snippets),
+            "seeds": spec.seeds,
+            "steps": spec.steps,
+            "sampler": spec.sampler,
+            "cfg_scale": spec.cfg_scale,
+            "negative": _rows(spec.negative),
+            "interval": spec.interval,
+            "preview_every": spec.preview_every,
+            "head": spec.head,
+        }
+    )
 
 
 def load_spec(text: str) -> JobSpec:
     d = json.loads(text)
-    return JobSpec(snippets=_unrows(d["snippets"]), seeds=d["seeds"], steps=d["steps"],  # type: ignore[arg-type]
-                   sampler=d["sampler"], cfg_scale=d["cfg_scale"], negative=_unrows(d["negative"]),
-                   interval=tuple(d["interval"]) if d["interval"] else None,
-                   preview_every=d["preview_every"], head=d["head"])
+    return JobSpec(
+        snippets=_unrows(d["snippets"]),
+        seeds=d["seeds"],
+        steps=d["steps"],  # type: ignore[arg-type]
+        sampler=d["sampler"],
+        cfg_scale=d["cfg_scale"],
+        negative=_unrows(d["negative"]),
+        interval=tuple(d["interval"]) if d["interval"] else None,
+        preview_every=d["preview_every"],
+        head=d["head"],
+    )
 
 
 @dataclass
@@ -112,8 +129,10 @@ class RedisJobs:
     async def start(self) -> None:
         with contextlib.suppress(RedisError):  # Redis down at start: the pump retries
             await self._ensure_group()
-        self._tasks = [asyncio.create_task(self._pump(), name="gmem-jobs-pump"),
-                       asyncio.create_task(self._beat(), name="gmem-jobs-beat")]
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="gmem-jobs-pump"),
+            asyncio.create_task(self._beat(), name="gmem-jobs-beat"),
+        ]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -135,8 +154,9 @@ class RedisJobs:
                     await self._ensure_group()
             raise JobsUnavailable(f"the job store (Redis) answered {exc}; retry shortly") from exc
         except RedisError as exc:
-            raise JobsUnavailable(f"the job store (Redis) is unavailable ({type(exc).__name__}); "
-                                  "retry later") from exc
+            raise JobsUnavailable(
+                f"the job store (Redis) is unavailable ({type(exc).__name__}); retry later"
+            ) from exc
 
     async def _waiting(self) -> int:
         try:
@@ -154,8 +174,12 @@ class RedisJobs:
             if g["name"] == GROUP:
                 last = g["last-delivered-id"]
                 # redis-py types replies for both decode modes (and None); decode_responses=True gives str.
-                ahead = cast("list[tuple[str, dict[str, str]]]", await self.r.xrange(
-                    STREAM, min=f"({last}", max=entry, count=self.settings.max_queue_jobs + 1))
+                ahead = cast(
+                    "list[tuple[str, dict[str, str]]]",
+                    await self.r.xrange(
+                        STREAM, min=f"({last}", max=entry, count=self.settings.max_queue_jobs + 1
+                    ),
+                )
                 return max(0, len(ahead) - 1) if any(e == entry for e, _ in ahead) else None
         return None
 
@@ -166,8 +190,16 @@ class RedisJobs:
 
         async def put() -> int | None:
             key = _key(job_id)
-            await self.r.hset(key, mapping={"spec": dump_spec(spec), "status": "queued", "step": 0,
-                                            "steps": spec.steps, "created_at": time.time()})
+            await self.r.hset(
+                key,
+                mapping={
+                    "spec": dump_spec(spec),
+                    "status": "queued",
+                    "step": 0,
+                    "steps": spec.steps,
+                    "created_at": time.time(),
+                },
+            )
             await self.r.expire(key, _RUNNING_TTL_S)
             entry = cast(str, await self.r.xadd(STREAM, {"id": job_id}))  # decode_responses=True: a str
             await self.r.hset(key, "entry", entry)
@@ -178,8 +210,10 @@ class RedisJobs:
     async def _hash(self, job_id: str) -> dict[str, str]:
         h: dict[str, str] = await self._guard(self.r.hgetall(_key(job_id)))
         if not h:
-            raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired after "
-                             f"{self.settings.job_ttl_s:g} s, GMEM_GENERATOR_JOB_TTL_S)")
+            raise UnknownJob(
+                f"no job {job_id!r} (unknown, or its result expired after "
+                f"{self.settings.job_ttl_s:g} s, GMEM_GENERATOR_JOB_TTL_S)"
+            )
         return h
 
     async def read(self, job_id: str) -> JobInfo:
@@ -191,10 +225,18 @@ class RedisJobs:
         def num(k: str) -> float | None:
             return float(h[k]) if h.get(k) else None
 
-        return JobInfo(id=job_id, status=h["status"], step=int(h.get("step", 0)), steps=int(h["steps"]),
-                       position=position, created_at=float(h["created_at"]), started_at=num("started_at"),
-                       finished_at=num("finished_at"), result=json.loads(h["result"]) if h.get("result") else None,
-                       error=json.loads(h["error"]) if h.get("error") else None)
+        return JobInfo(
+            id=job_id,
+            status=h["status"],
+            step=int(h.get("step", 0)),
+            steps=int(h["steps"]),
+            position=position,
+            created_at=float(h["created_at"]),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            result=json.loads(h["result"]) if h.get("result") else None,
+            error=json.loads(h["error"]) if h.get("error") else None,
+        )
 
     async def delete(self, job_id: str) -> tuple[str, str]:
         h = await self._hash(job_id)
@@ -209,7 +251,8 @@ class RedisJobs:
         sent = 0
         while True:
             status, step, preview, preview_step = await self._guard(
-                self.r.hmget(_key(job_id), "status", "step", "preview", "preview_step"))
+                self.r.hmget(_key(job_id), "status", "step", "preview", "preview_step")
+            )
             if status is None:
                 return
             step_i = int(step or 0)
@@ -248,8 +291,10 @@ class RedisJobs:
                 claimed = await self.r.xautoclaim(STREAM, GROUP, self.consumer, idle_ms, "0-0", count=1)
                 entries: list[tuple[str, dict[str, str] | None]] = claimed[1] if claimed else []
                 if not entries:
-                    got = cast("list[Any]", await self.r.xreadgroup(GROUP, self.consumer, {STREAM: ">"},
-                                                                    count=1, block=200))
+                    got = cast(
+                        "list[Any]",
+                        await self.r.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=1, block=200),
+                    )
                     entries = got[0][1] if got else []
                 for entry, fields in entries:
                     if fields and "id" in fields:
@@ -277,10 +322,13 @@ class RedisJobs:
             await self._finish(job_id, entry, None, "cancelled", None)
             return
         if h.get("status") == "running":
-            log.warning("job %s: its replica %s went silent; running it again from the start", job_id, h.get("owner"))
+            log.warning(
+                "job %s: its replica %s went silent; running it again from the start", job_id, h.get("owner")
+            )
         spec = load_spec(h["spec"])
-        await self.r.hset(key, mapping={"status": "running", "step": 0, "owner": self.consumer,
-                                        "started_at": time.time()})
+        await self.r.hset(
+            key, mapping={"status": "running", "step": 0, "owner": self.consumer, "started_at": time.time()}
+        )
         loc: _Local
 
         def progress(step: int, steps: int, preview: bytes | None) -> None:
@@ -302,8 +350,14 @@ class RedisJobs:
         await self.r.xack(STREAM, GROUP, entry)
         await self.r.xdel(STREAM, entry)
 
-    async def _finish(self, job_id: str, entry: str, result: dict[str, Any] | None, status: str,
-                      error: dict[str, Any] | None) -> None:
+    async def _finish(
+        self,
+        job_id: str,
+        entry: str,
+        result: dict[str, Any] | None,
+        status: str,
+        error: dict[str, Any] | None,
+    ) -> None:
         key = _key(job_id)
         fields: dict[EncodableT, EncodableT] = {"status": status, "finished_at": time.time()}
         if result is not None:

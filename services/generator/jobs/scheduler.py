@@ -171,7 +171,9 @@ class StepScheduler:
         taken: list[Work] = []
         if self.policy == "step":
             images = sum(w.n for w in self._running)
-            while self._queue and (not self._running and not taken or images + self._queue[0].n <= self.max_images):
+            while self._queue and (
+                not self._running and not taken or images + self._queue[0].n <= self.max_images
+            ):
                 work = self._queue.popleft()
                 taken.append(work)
                 images += work.n
@@ -222,7 +224,7 @@ class StepScheduler:
             if state.step != work.reported_step or state.done:
                 work.reported_step = state.step
                 preview = None
-                if (work.preview_every and not state.done and state.step % work.preview_every == 0):
+                if work.preview_every and not state.done and state.step % work.preview_every == 0:
                     preview = self._safe_preview(work)
                 work.on_progress(state.step, work.steps, preview)
             if state.done:
@@ -246,7 +248,9 @@ class StepScheduler:
 
     def _finish(self, work: Work, pngs: list[bytes] | None, error: BaseException | None) -> None:
         if self.metrics is not None:
-            status = "succeeded" if error is None else ("cancelled" if isinstance(error, Cancelled) else "failed")
+            status = (
+                "succeeded" if error is None else ("cancelled" if isinstance(error, Cancelled) else "failed")
+            )
             self.metrics.jobs.labels(status).inc()
             if work.started_at is not None:
                 self.metrics.inference_seconds.observe(time.monotonic() - work.started_at)

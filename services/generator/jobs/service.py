@@ -90,10 +90,18 @@ class JobRecord:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     def info(self, position: int | None) -> JobInfo:
-        return JobInfo(id=self.id, status=self.status, step=self.step, steps=self.steps,
-                       position=position if self.status == "queued" else None, created_at=self.created_at,
-                       started_at=self.started_at, finished_at=self.finished_at, result=self.result,
-                       error=self.error)
+        return JobInfo(
+            id=self.id,
+            status=self.status,
+            step=self.step,
+            steps=self.steps,
+            position=position if self.status == "queued" else None,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            result=self.result,
+            error=self.error,
+        )
 
 
 class JobService:
@@ -152,8 +160,10 @@ class JobService:
         """Checks and admission (no work yet), then the snippets: all a job needs to run anywhere."""
         steps, sampler = self.gen.check(req)
         if waiting >= self.settings.max_queue_jobs:
-            raise Overloaded(f"{waiting} jobs are already waiting (limit {self.settings.max_queue_jobs}, "
-                             "GMEM_GENERATOR_MAX_QUEUE_JOBS); retry after the Retry-After delay")
+            raise Overloaded(
+                f"{waiting} jobs are already waiting (limit {self.settings.max_queue_jobs}, "
+                "GMEM_GENERATOR_MAX_QUEUE_JOBS); retry after the Retry-After delay"
+            )
         self._preparing += 1
         try:
             seed = req.seed if req.seed is not None else secrets.randbelow(_DRAWN_SEED_LIMIT)
@@ -162,16 +172,35 @@ class JobService:
         finally:
             self._preparing -= 1
         prompt = prompt_info(self.gen.prompts, req)
-        head = {"seed": seed, "indices": prepared.indices, "bank_version": prepared.bank_version,
-                "model": self.gen.runtime.facts.id, "steps": steps, "sampler": sampler,
-                "prompt": None if prompt is None else prompt.model_dump()}
-        return JobSpec(snippets=prepared.snippets, seeds=seeds, steps=steps, sampler=sampler,
-                       cfg_scale=float(req.cfg_scale), negative=prepared.negative,
-                       interval=req.guidance_interval, preview_every=preview_every, head=head)
+        head = {
+            "seed": seed,
+            "indices": prepared.indices,
+            "bank_version": prepared.bank_version,
+            "model": self.gen.runtime.facts.id,
+            "steps": steps,
+            "sampler": sampler,
+            "prompt": None if prompt is None else prompt.model_dump(),
+        }
+        return JobSpec(
+            snippets=prepared.snippets,
+            seeds=seeds,
+            steps=steps,
+            sampler=sampler,
+            cfg_scale=float(req.cfg_scale),
+            negative=prepared.negative,
+            interval=req.guidance_interval,
+            preview_every=preview_every,
+            head=head,
+        )
 
-    def work(self, job_id: str, spec: JobSpec, on_start: Callable[[], None],
-             on_progress: Callable[[int, int, bytes | None], None],
-             on_done: Callable[[dict[str, Any] | None, BaseException | None], None]) -> Work:
+    def work(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        on_start: Callable[[], None],
+        on_progress: Callable[[int, int, bytes | None], None],
+        on_done: Callable[[dict[str, Any] | None, BaseException | None], None],
+    ) -> Work:
         """A scheduler ``Work`` for ``spec`` whose callbacks run on the event loop; on_done gets the result body."""
         loop = self._loop or asyncio.get_running_loop()
         t0 = time.perf_counter()
@@ -181,8 +210,10 @@ class JobService:
             if err is None and pngs is not None:
                 self.metrics.images.inc(len(pngs))
                 result = GenerateResponse(
-                    images=[base64.b64encode(p).decode("ascii") for p in pngs], **spec.head,
-                    elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3), forwards_saved=saved,
+                    images=[base64.b64encode(p).decode("ascii") for p in pngs],
+                    **spec.head,
+                    elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 3),
+                    forwards_saved=saved,
                 ).model_dump()
             on_done(result, err)
 
@@ -197,10 +228,18 @@ class JobService:
             loop.call_soon_threadsafe(done, pngs, err, saved)
 
         return Work(
-            id=job_id, snippets=spec.snippets, seeds=spec.seeds, steps=spec.steps, sampler=spec.sampler,
-            cfg_scale=spec.cfg_scale, negative=spec.negative, interval=spec.interval,
+            id=job_id,
+            snippets=spec.snippets,
+            seeds=spec.seeds,
+            steps=spec.steps,
+            sampler=spec.sampler,
+            cfg_scale=spec.cfg_scale,
+            negative=spec.negative,
+            interval=spec.interval,
             preview_every=spec.preview_every,
-            on_start=started, on_progress=progressed, on_done=finished,
+            on_start=started,
+            on_progress=progressed,
+            on_done=finished,
         )
 
     async def submit(self, req: GenerateRequest, preview_every: int | None = None) -> JobRecord:
@@ -208,8 +247,13 @@ class JobService:
         spec = await self.spec(req, preview_every, self.scheduler.queued + self._preparing)
         self._expire()
         rec = JobRecord(id=uuid.uuid4().hex, steps=spec.steps)
-        rec.work = self.work(rec.id, spec, lambda: self._started(rec),
-                             lambda s, n, p: self._progress(rec, s, n, p), lambda res, err: self._done(rec, res, err))
+        rec.work = self.work(
+            rec.id,
+            spec,
+            lambda: self._started(rec),
+            lambda s, n, p: self._progress(rec, s, n, p),
+            lambda res, err: self._done(rec, res, err),
+        )
         self.records[rec.id] = rec
         self.scheduler.submit(rec.work)
         return rec
@@ -254,12 +298,16 @@ class JobService:
         self._expire()
         rec = self.records.get(job_id)
         if rec is None:
-            raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired after "
-                             f"{self.settings.job_ttl_s:g} s, GMEM_GENERATOR_JOB_TTL_S)")
+            raise UnknownJob(
+                f"no job {job_id!r} (unknown, or its result expired after "
+                f"{self.settings.job_ttl_s:g} s, GMEM_GENERATOR_JOB_TTL_S)"
+            )
         return rec
 
     def info(self, rec: JobRecord) -> JobInfo:
-        position = self.scheduler.position(rec.work) if rec.work is not None and rec.status == "queued" else None
+        position = (
+            self.scheduler.position(rec.work) if rec.work is not None and rec.status == "queued" else None
+        )
         return rec.info(position)
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -289,8 +337,9 @@ class JobService:
 
     # ------------------------------------------------------------ POST /generate
 
-    async def generate(self, req: GenerateRequest,
-                       gone: Callable[[], Awaitable[bool]] | None = None) -> GenerateResponse:
+    async def generate(
+        self, req: GenerateRequest, gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> GenerateResponse:
         """A job the server waits on; a client that leaves (or a timeout) cancels it."""
         rec = await self.submit(req)
         deadline = time.monotonic() + self.settings.request_timeout_s
@@ -299,7 +348,8 @@ class JobService:
                 if time.monotonic() > deadline:
                     raise RequestTimeout(
                         f"the request was not answered within {self.settings.request_timeout_s:g} s "
-                        "(GMEM_GENERATOR_REQUEST_TIMEOUT_S); retry later or ask for fewer images or steps")
+                        "(GMEM_GENERATOR_REQUEST_TIMEOUT_S); retry later or ask for fewer images or steps"
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rec.finished.wait(), _GONE_POLL_S)
                 if not rec.finished.is_set() and gone is not None and await gone():

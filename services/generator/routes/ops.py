@@ -22,9 +22,15 @@ async def readyz(gen: Gen) -> JSONResponse:
     bank_ok, bank_detail = await gen.bank_status()
     cache = "off" if gen.cache is None else ("coherent" if gen.cache.enabled else "disabled (redis down)")
     ok = model_ok and bank_ok
-    body = {"status": "ready" if ok else "not_ready",
-            "detail": {"model": model_detail, "bank": bank_detail, "cache": cache,
-                       "batching": gen.runtime.invariance}}
+    body = {
+        "status": "ready" if ok else "not_ready",
+        "detail": {
+            "model": model_detail,
+            "bank": bank_detail,
+            "cache": cache,
+            "batching": gen.runtime.invariance,
+        },
+    }
     headers = None if ok else {"Retry-After": str(gen.settings.retry_after_s)}
     return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 

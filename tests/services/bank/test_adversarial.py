@@ -57,7 +57,9 @@ def hostile_corpus() -> dict[str, bytes]:
         "16-bit png": _save(Image.fromarray(digit.astype(np.uint16) * 257)),
         "palette with transparency": _save(palette),
         "rgba digit in alpha": _save(Image.fromarray(rgba, "RGBA")),
-        "invisible alpha drawing": _save(Image.fromarray(np.dstack([np.zeros((28, 28, 3), np.uint8), digit]))),
+        "invisible alpha drawing": _save(
+            Image.fromarray(np.dstack([np.zeros((28, 28, 3), np.uint8), digit]))
+        ),
         "webp rgba": _save(Image.fromarray(rgba, "RGBA"), "WEBP"),
         "gif": _save(Image.fromarray(digit), "GIF"),
         "bmp": _save(Image.fromarray(digit), "BMP"),
@@ -79,7 +81,9 @@ def rss_mb(pid: int) -> float:
 
 
 def test_hostile_image_corpus_gets_answers_and_bounded_memory(tmp_path: Path) -> None:
-    svc = start_service(MNIST_BANK, tmp_path / "data", tmp_path / "bank.log", env={"GMEM_BANK_ENCODER": "gmem/mnist-cnn"})
+    svc = start_service(
+        MNIST_BANK, tmp_path / "data", tmp_path / "bank.log", env={"GMEM_BANK_ENCODER": "gmem/mnist-cnn"}
+    )
     try:
         with httpx.Client(base_url=svc.url, timeout=60) as c:
             version = c.get("/bank").json()["version"]
@@ -88,7 +92,9 @@ def test_hostile_image_corpus_gets_answers_and_bounded_memory(tmp_path: Path) ->
             outcome = {}
             for name, data in hostile_corpus().items():
                 for path, headers in (("/bank/project", {}), ("/bank/snippets", AUTH)):
-                    r = c.post(path, files={"image": ("x.png", data, "application/octet-stream")}, headers=headers)
+                    r = c.post(
+                        path, files={"image": ("x.png", data, "application/octet-stream")}, headers=headers
+                    )
                     peak = max(peak, rss_mb(svc.popen.pid))
                     assert r.status_code < 500, (name, path, r.status_code, r.text)
                     assert r.headers.get("x-request-id"), (name, path)
@@ -96,8 +102,14 @@ def test_hostile_image_corpus_gets_answers_and_bounded_memory(tmp_path: Path) ->
                         err = r.json()["error"]
                         assert err["code"] and err["message"], (name, err)
                     outcome[(name, path)] = r.status_code
-            ok = {"cmyk jpeg", "16-bit png", "palette with transparency", "rgba digit in alpha", "webp rgba",
-                  "plain digit"}
+            ok = {
+                "cmyk jpeg",
+                "16-bit png",
+                "palette with transparency",
+                "rgba digit in alpha",
+                "webp rgba",
+                "plain digit",
+            }
             for name in hostile_corpus():
                 want = {200, 201} if name in ok else {413, 422}
                 assert outcome[(name, "/bank/project")] in want, (name, outcome[(name, "/bank/project")])
@@ -114,8 +126,10 @@ def _slow_client(url: str, stop: threading.Event) -> None:
     """Open a POST and trickle its body, one byte every 50 ms, until told to stop (or cut off)."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(b"POST /bank/retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 100000\r\n\r\n")
+        s.sendall(
+            b"POST /bank/retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
         try:
             while not stop.is_set():
                 s.sendall(b" ")
@@ -124,8 +138,9 @@ def _slow_client(url: str, stop: threading.Event) -> None:
             return  # the server's body timeout closed it: fine
 
 
-def test_healthz_stays_responsive_under_slow_clients_and_cpu_heavy_requests(bank: SyntheticBank,
-                                                                            tmp_path: Path) -> None:
+def test_healthz_stays_responsive_under_slow_clients_and_cpu_heavy_requests(
+    bank: SyntheticBank, tmp_path: Path
+) -> None:
     """Bounded: 16 slow connections and 2 clients posting the largest retrieval bodies, for a few seconds.
 
     /healthz must answer within 100 ms (the median probe; the slowest is printed: a shared CI core can
@@ -139,8 +154,11 @@ def test_healthz_stays_responsive_under_slow_clients_and_cpu_heavy_requests(bank
     def hammer() -> None:
         with httpx.Client(base_url=svc.url, timeout=60) as c:
             for _ in range(3):
-                statuses.append(c.post("/bank/retrieve", content=heavy,
-                                       headers={"content-type": "application/json"}).status_code)
+                statuses.append(
+                    c.post(
+                        "/bank/retrieve", content=heavy, headers={"content-type": "application/json"}
+                    ).status_code
+                )
 
     slow = [threading.Thread(target=_slow_client, args=(svc.url, stop), daemon=True) for _ in range(16)]
     workers = [threading.Thread(target=hammer) for _ in range(2)]
@@ -161,7 +179,9 @@ def test_healthz_stays_responsive_under_slow_clients_and_cpu_heavy_requests(bank
         svc.kill()
     assert statuses == [200] * 6
     probes.sort()
-    print(f"healthz under load: p50 {probes[len(probes) // 2]:.1f} ms, max {probes[-1]:.1f} ms, {len(probes)} probes")
+    print(
+        f"healthz under load: p50 {probes[len(probes) // 2]:.1f} ms, max {probes[-1]:.1f} ms, {len(probes)} probes"
+    )
     assert len(probes) >= 5 and probes[len(probes) // 2] < 100, probes
 
 
@@ -172,8 +192,12 @@ def _acked_data_dir(bank: SyntheticBank, tmp_path: Path, n: int = 6, snapshot_ev
     try:
         rng = np.random.default_rng(2)
         for _ in range(n):
-            assert httpx.post(f"{svc.url}/bank/snippets", json={"feature": rng.normal(size=24).tolist()},
-                              headers=AUTH).status_code == 201
+            assert (
+                httpx.post(
+                    f"{svc.url}/bank/snippets", json={"feature": rng.normal(size=24).tolist()}, headers=AUTH
+                ).status_code
+                == 201
+            )
     finally:
         svc.kill()  # kill -9: no clean shutdown
     return data
@@ -194,8 +218,9 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("scenario", sorted(CORRUPTIONS))
-def test_damaged_data_dir_is_refused_with_a_reason_then_accepted(bank: SyntheticBank, tmp_path: Path,
-                                                                 scenario: str) -> None:
+def test_damaged_data_dir_is_refused_with_a_reason_then_accepted(
+    bank: SyntheticBank, tmp_path: Path, scenario: str
+) -> None:
     data = _acked_data_dir(bank, tmp_path)
     damage, reason = CORRUPTIONS[scenario]
     damage(data)
@@ -205,7 +230,9 @@ def test_damaged_data_dir_is_refused_with_a_reason_then_accepted(bank: Synthetic
     finally:
         refused.kill()  # never left running, even when it wrongly starts
     assert reason in refused.logs(), refused.logs()[-2000:]
-    accepted = start_service(bank.path, data, tmp_path / "accepted.log", env={"GMEM_BANK_ACCEPT_DATA_LOSS": "1"})
+    accepted = start_service(
+        bank.path, data, tmp_path / "accepted.log", env={"GMEM_BANK_ACCEPT_DATA_LOSS": "1"}
+    )
     try:
         info = httpx.get(f"{accepted.url}/bank").json()
         assert info["version"] == 6  # versions never go back

@@ -51,8 +51,9 @@ LOSSES: dict[str, Callable[[Path], None]] = {
 
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
-def test_lost_log_is_refused_then_accepted_without_reusing_ids(bank: SyntheticBank, tmp_path: Path,
-                                                               loss: str) -> None:
+def test_lost_log_is_refused_then_accepted_without_reusing_ids(
+    bank: SyntheticBank, tmp_path: Path, loss: str
+) -> None:
     data = tmp_path / "d"
     ids = fill(bank, data, 5)
     LOSSES[loss](data)
@@ -93,7 +94,9 @@ def test_old_snapshot_restored_over_newer_data_is_refused(bank: SyntheticBank, t
         open_store(bank, data)
 
 
-def test_a_data_dir_from_before_the_acked_file_starts_and_records_it(bank: SyntheticBank, tmp_path: Path) -> None:
+def test_a_data_dir_from_before_the_acked_file_starts_and_records_it(
+    bank: SyntheticBank, tmp_path: Path
+) -> None:
     data = tmp_path / "d"
     fill(bank, data, 4)
     (data / ACKED_FILE).unlink()
@@ -105,8 +108,9 @@ def test_a_data_dir_from_before_the_acked_file_starts_and_records_it(bank: Synth
         open_store(bank, data)
 
 
-def test_bit_flip_in_the_last_record_refuses_to_start_and_keeps_the_bytes(bank: SyntheticBank,
-                                                                          tmp_path: Path) -> None:
+def test_bit_flip_in_the_last_record_refuses_to_start_and_keeps_the_bytes(
+    bank: SyntheticBank, tmp_path: Path
+) -> None:
     data = tmp_path / "d"
     fill(bank, data, 3)
     blob = bytearray((data / LOG_FILE).read_bytes())
@@ -137,8 +141,9 @@ def test_torn_tail_still_starts_and_is_kept_aside(bank: SyntheticBank, tmp_path:
     assert list(data.glob(f"{LOG_FILE}.torn-*"))
 
 
-def test_cli_says_what_is_missing_and_accepts_with_the_flag(bank: SyntheticBank, tmp_path: Path,
-                                                            service_factory) -> None:
+def test_cli_says_what_is_missing_and_accepts_with_the_flag(
+    bank: SyntheticBank, tmp_path: Path, service_factory
+) -> None:
     data = tmp_path / "d"
     fill(bank, data, 2)
     (data / LOG_FILE).unlink()
@@ -159,9 +164,15 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     mnt = tmp_path / "disk"
     mnt.mkdir()
     mount = shutil.which("mount")
-    mounted = mount is not None and subprocess.run([mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                                                   capture_output=True).returncode == 0
+    mounted = (
+        mount is not None
+        and subprocess.run(
+            [mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:  # no CAP_SYS_ADMIN (some CI containers): the snapshot's writes fail as on a full disk
+
         class FullDisk(io.FileIO):
             def write(self, data: bytes) -> int:  # type: ignore[override]
                 super().write(bytes(data)[:4096])
@@ -175,8 +186,9 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
             subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_failed_snapshot_removes_its_temp_file_and_backs_off(bank: SyntheticBank, small_disk: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_snapshot_removes_its_temp_file_and_backs_off(
+    bank: SyntheticBank, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     attempts = []
     real = snapshot_mod.encode_snapshot
 

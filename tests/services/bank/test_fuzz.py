@@ -23,9 +23,19 @@ from tests.support.services import AUTH, settings_for
 EXAMPLES = int(os.environ.get("GMEM_FUZZ_EXAMPLES", "30"))
 DERANDOMIZE = "GMEM_FUZZ_EXAMPLES" not in os.environ
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-OPERATIONS = ["GET /healthz", "GET /readyz", "GET /metrics", "GET /bank", "POST /bank/retrieve",
-              "GET /bank/snippets/{id}", "POST /bank/snippets", "POST /bank/project", "POST /bank/interpolate",
-              "POST /bank/search", "DELETE /bank/snippets/{id}"]
+OPERATIONS = [
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /bank",
+    "POST /bank/retrieve",
+    "GET /bank/snippets/{id}",
+    "POST /bank/snippets",
+    "POST /bank/project",
+    "POST /bank/interpolate",
+    "POST /bank/search",
+    "DELETE /bank/snippets/{id}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +64,13 @@ def test_operation_conforms_to_its_schema(api, label: str, mode: GenerationMode,
     headers = AUTH if with_token else None
 
     @given(case=operation.as_strategy(mode))
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=DERANDOMIZE,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+    )
     def fuzz(case) -> None:
         case.call_and_validate(headers=headers, checks=CHECKS)
 

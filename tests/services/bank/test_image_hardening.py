@@ -110,8 +110,25 @@ def _mode_images() -> list[tuple[str, str, bytes]]:
     """Every mode PIL can write to the three formats, from the same picture."""
     base = Image.fromarray(np.stack([digit(), digit() // 2, 255 - digit()], axis=-1), "RGB")
     out = []
-    for mode in ("1", "L", "LA", "P", "PA", "I", "I;16", "I;16B", "F", "RGB", "RGBA", "RGBa", "La", "CMYK",
-                 "YCbCr", "HSV", "LAB"):
+    for mode in (
+        "1",
+        "L",
+        "LA",
+        "P",
+        "PA",
+        "I",
+        "I;16",
+        "I;16B",
+        "F",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "La",
+        "CMYK",
+        "YCbCr",
+        "HSV",
+        "LAB",
+    ):
         try:
             im = base.convert(mode) if mode not in ("I;16", "I;16B", "F") else base.convert("L").convert(mode)
         except (ValueError, OSError):
@@ -134,14 +151,18 @@ def test_every_mode_decodes_to_grey_or_rgb(mode: str, fmt: str, data: bytes) -> 
 
 
 @pytest.mark.parametrize(("mode", "fmt", "data"), MODE_IMAGES, ids=[f"{m}-{f}" for m, f, _ in MODE_IMAGES])
-def test_every_mode_gets_an_answer_not_a_500(grey_client: TestClient, mode: str, fmt: str, data: bytes) -> None:
+def test_every_mode_gets_an_answer_not_a_500(
+    grey_client: TestClient, mode: str, fmt: str, data: bytes
+) -> None:
     r = project(grey_client, data)
     assert r.status_code == 200, (mode, fmt, r.status_code, r.text)
 
 
 def test_16_bit_grey_is_scaled_to_8_bits(grey_client: TestClient) -> None:
     png16 = encoded(Image.fromarray(digit().astype(np.uint16) * 257))
-    assert project(grey_client, png16).json() == project(grey_client, encoded(Image.fromarray(digit()))).json()
+    assert (
+        project(grey_client, png16).json() == project(grey_client, encoded(Image.fromarray(digit()))).json()
+    )
 
 
 def test_digit_drawn_in_the_alpha_channel_projects_like_the_digit(grey_client: TestClient) -> None:

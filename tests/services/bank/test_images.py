@@ -28,8 +28,10 @@ class GreyPatchEncoder:
     feature_dim = D
 
     def encode_pil(self, images: list[Image.Image]) -> np.ndarray:
-        rows = [np.asarray(im.convert("L").resize((6, 4)), dtype=np.float64).reshape(-1) / 255.0 + 0.01
-                for im in images]
+        rows = [
+            np.asarray(im.convert("L").resize((6, 4)), dtype=np.float64).reshape(-1) / 255.0 + 0.01
+            for im in images
+        ]
         return np.stack(rows)
 
 
@@ -66,14 +68,17 @@ def test_image_insert_equals_feature_insert(image_client: TestClient) -> None:
     assert jpeg.status_code == 201
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"definitely not an image",
-    b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
-    png(np.zeros((10, 10), dtype=np.uint8))[:-30],  # truncated PNG
-    png(np.zeros((10, 10), dtype=np.uint8))[:60],
-    png(np.full((16, 16, 3), 200, dtype=np.uint8), "JPEG")[:-100],  # truncated JPEG
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"definitely not an image",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+        png(np.zeros((10, 10), dtype=np.uint8))[:-30],  # truncated PNG
+        png(np.zeros((10, 10), dtype=np.uint8))[:60],
+        png(np.full((16, 16, 3), 200, dtype=np.uint8), "JPEG")[:-100],  # truncated JPEG
+    ],
+)
 def test_unreadable_images_are_422(image_client: TestClient, data: bytes) -> None:
     r = post_image(image_client, data)
     assert r.status_code == 422, r.text
@@ -100,8 +105,9 @@ def test_embedded_mnist_encoder_inserts_a_digit_near_its_class(tmp_path: Path) -
 
     X, y = mnist_data()
     factors = load_factors(MNIST_BANK)
-    settings = BankSettings(factors=MNIST_BANK, data_dir=tmp_path / "d", token=TOKEN,
-                            encoder="gmem/mnist-cnn")
+    settings = BankSettings(
+        factors=MNIST_BANK, data_dir=tmp_path / "d", token=TOKEN, encoder="gmem/mnist-cnn"
+    )
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready"
@@ -147,8 +153,13 @@ def test_a_feature_only_bank_runs_without_torch(bank: SyntheticBank, tmp_path: P
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", TORCH_BLOCKED % D, str(bank.path), str(tmp_path / "d")],
-                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", TORCH_BLOCKED % D, str(bank.path), str(tmp_path / "d")],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "ok []"

@@ -38,10 +38,12 @@ def test_label_draws_within_that_label_by_the_cdf_index(client: TestClient, bank
 
 
 def test_label_errors_are_422_with_the_envelope(client: TestClient) -> None:
-    cases = [({"z": [0.1, 0.2], "label": 11}, "labels are 0, 1"),
-             ({"z": [0.1, 0.2], "label": 3, "pool": "user"}, "carry no label"),
-             ({"indices": [1], "label": 3}, "give it with z"),
-             ({"z": [0.1], "label": -1}, "label")]
+    cases = [
+        ({"z": [0.1, 0.2], "label": 11}, "labels are 0, 1"),
+        ({"z": [0.1, 0.2], "label": 3, "pool": "user"}, "carry no label"),
+        ({"indices": [1], "label": 3}, "give it with z"),
+        ({"z": [0.1], "label": -1}, "label"),
+    ]
     for body, words in cases:
         r = client.post("/bank/retrieve", json=body)
         assert r.status_code == 422, (body, r.text)

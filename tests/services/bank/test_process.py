@@ -24,8 +24,9 @@ MIN_ROUNDS = 5
 BUDGET_S = 30.0
 
 
-def test_sigkill_during_concurrent_appends_loses_no_acknowledged_mutation(bank: SyntheticBank,
-                                                                           tmp_path: Path) -> None:
+def test_sigkill_during_concurrent_appends_loses_no_acknowledged_mutation(
+    bank: SyntheticBank, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "data"
     d = bank.snippets.shape[1]
     acked: dict[int, dict] = {}  # version -> what the client was told, and what it sent
@@ -67,8 +68,13 @@ def test_sigkill_during_concurrent_appends_loses_no_acknowledged_mutation(bank: 
                             if r.status_code == 201:
                                 out = r.json()
                                 with lock:
-                                    acked[out["version"]] = {"op": "interpolate", "id": out["id"], "i": i, "j": j,
-                                                             "alpha": alpha}
+                                    acked[out["version"]] = {
+                                        "op": "interpolate",
+                                        "id": out["id"],
+                                        "i": i,
+                                        "j": j,
+                                        "alpha": alpha,
+                                    }
                                 mine.append(out["id"])
                         else:
                             f = wrng.normal(size=d)
@@ -104,8 +110,9 @@ def test_sigkill_during_concurrent_appends_loses_no_acknowledged_mutation(bank: 
     assert rounds >= MIN_ROUNDS and len([v for v in acked if v > 0]) > 20, (rounds, len(acked))
 
 
-def check_all_acknowledged(url: str, data_dir: Path, acked: dict[int, dict], observed: dict[int, list[float]],
-                           bank: SyntheticBank) -> None:
+def check_all_acknowledged(
+    url: str, data_dir: Path, acked: dict[int, dict], observed: dict[int, list[float]], bank: SyntheticBank
+) -> None:
     records = list(iter_records(data_dir / "edits.log"))
     versions = [r["v"] for r in records]
     assert versions == list(range(1, len(records) + 1)), "versions in the log are not 1..n"
@@ -116,7 +123,9 @@ def check_all_acknowledged(url: str, data_dir: Path, acked: dict[int, dict], obs
     deleted = {r["id"] for r in records if r["op"] == "delete"}
     for version, a in acked.items():
         if version < 0:
-            assert any(r["op"] == "delete" and r["id"] == a["id"] for r in records), f"lost delete of {a['id']}"
+            assert any(r["op"] == "delete" and r["id"] == a["id"] for r in records), (
+                f"lost delete of {a['id']}"
+            )
             assert httpx.get(f"{url}/bank/snippets/{a['id']}").status_code == 404
             continue
         rec = by_version.get(version)
@@ -129,7 +138,11 @@ def check_all_acknowledged(url: str, data_dir: Path, acked: dict[int, dict], obs
             np.testing.assert_allclose(got["coefficients"], want, rtol=1e-9, atol=1e-12)
             assert got["kind"] == "inserted"
         else:
-            assert got["kind"] == "interpolated" and got["parents"] == [a["i"], a["j"]] and got["alpha"] == a["alpha"]
+            assert (
+                got["kind"] == "interpolated"
+                and got["parents"] == [a["i"], a["j"]]
+                and got["alpha"] == a["alpha"]
+            )
         if a["id"] in observed:  # read back before a kill: must be bit-identical after it
             assert got["coefficients"] == observed[a["id"]], "coefficients changed across the restart"
     ids = [r["id"] for r in records if r["op"] != "delete"]
@@ -138,53 +151,101 @@ def check_all_acknowledged(url: str, data_dir: Path, acked: dict[int, dict], obs
 
 def test_cli_env_settings_json_logs_and_request_ids(bank: SyntheticBank, tmp_path: Path) -> None:
     # Everything from GMEM_* variables; the flags in start_service override only what they name.
-    svc = start_service(bank.path, tmp_path / "d", tmp_path / "svc.log",
-                        env={"GMEM_BANK_MAX_BODY_BYTES": "2048", "GMEM_BANK_LOG_LEVEL": "INFO"})
+    svc = start_service(
+        bank.path,
+        tmp_path / "d",
+        tmp_path / "svc.log",
+        env={"GMEM_BANK_MAX_BODY_BYTES": "2048", "GMEM_BANK_LOG_LEVEL": "INFO"},
+    )
     try:
         r = httpx.get(f"{svc.url}/bank/snippets/3", headers={"X-Request-ID": "trace-42"})
         assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42"
         big = httpx.post(f"{svc.url}/bank/retrieve", json={"z": [0.5] * 1000})
         assert big.status_code == 413 and "2048" in big.json()["error"]["message"]
-        assert httpx.post(f"{svc.url}/bank/snippets", json={"feature": [1.0] * 24}, headers=AUTH).status_code == 201
+        assert (
+            httpx.post(f"{svc.url}/bank/snippets", json={"feature": [1.0] * 24}, headers=AUTH).status_code
+            == 201
+        )
     finally:
         svc.stop()
     lines = [json.loads(line) for line in svc.logs().splitlines() if line.startswith("{")]
     access = [entry for entry in lines if entry["logger"] == "gmem.bank.access"]
-    assert any(e["request_id"] == "trace-42" and e["route"] == "/bank/snippets/{id}" and e["status"] == 200
-               for e in access)
+    assert any(
+        e["request_id"] == "trace-42" and e["route"] == "/bank/snippets/{id}" and e["status"] == 200
+        for e in access
+    )
     assert any(e["status"] == 413 for e in access)
     assert all({"ts", "level", "msg", "request_id"} <= set(e) for e in lines)
 
 
-def test_cli_refuses_a_different_factors_file_and_missing_settings(bank: SyntheticBank, tmp_path: Path) -> None:
+def test_cli_refuses_a_different_factors_file_and_missing_settings(
+    bank: SyntheticBank, tmp_path: Path
+) -> None:
     svc = start_service(bank.path, tmp_path / "d", tmp_path / "a.log")
     svc.stop()
     other = make_bank(tmp_path / "other.safetensors", seed=4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")} | {"PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "services.bank", "--factors", str(other.path), "--data-dir",
-                          str(tmp_path / "d")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.bank",
+            "--factors",
+            str(other.path),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2
     assert "different file" in run.stderr and "other.safetensors" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "services.bank"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "services.bank"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode != 0 and "GMEM_BANK_FACTORS" in run.stderr
     assert "Traceback" not in run.stderr
     # Corruption inside acknowledged edits (not a torn tail): refuse to start, touch nothing.
-    records = [{"v": v, "op": "insert", "id": N0 + v - 1, "coefficients": [0.1 * v] * R, "created_at": "t"}
-               for v in (1, 2)]
+    records = [
+        {"v": v, "op": "insert", "id": N0 + v - 1, "coefficients": [0.1 * v] * R, "created_at": "t"}
+        for v in (1, 2)
+    ]
     blob = bytearray(HEADER + b"".join(encode_record(p) for p in records))
     blob[len(HEADER) + 20] ^= 0x01
     (tmp_path / "d" / "edits.log").write_bytes(bytes(blob))
-    run = subprocess.run([sys.executable, "-m", "services.bank", "--factors", str(bank.path), "--data-dir",
-                          str(tmp_path / "d")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "acknowledged edits would be lost" in run.stderr and "--accept-data-loss" in run.stderr
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.bank",
+            "--factors",
+            str(bank.path),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        run.returncode == 2
+        and "acknowledged edits would be lost" in run.stderr
+        and "--accept-data-loss" in run.stderr
+    )
     assert (tmp_path / "d" / "edits.log").read_bytes() == bytes(blob)
 
 
 def test_restart_after_clean_stop_keeps_state(bank: SyntheticBank, tmp_path: Path) -> None:
     svc = start_service(bank.path, tmp_path / "d", tmp_path / "a.log")
-    ids = [httpx.post(f"{svc.url}/bank/snippets", json={"feature": [float(k)] + [1.0] * 23}, headers=AUTH).json()
-           for k in range(3)]
+    ids = [
+        httpx.post(f"{svc.url}/bank/snippets", json={"feature": [float(k)] + [1.0] * 23}, headers=AUTH).json()
+        for k in range(3)
+    ]
     svc.stop()
     svc = start_service(bank.path, tmp_path / "d", tmp_path / "b.log", wait=False)
     try:

@@ -44,8 +44,13 @@ def binary(resp: httpx.Response) -> tuple[np.ndarray, np.ndarray]:
 def test_binary_answer_holds_the_same_bytes_as_b64f32(client: TestClient) -> None:
     client.post("/bank/snippets", json={"feature": np.linspace(-1, 1, D).tolist()}, headers=AUTH)
     rng = np.random.default_rng(0)
-    bodies = [{"indices": [0, 5, N0 - 1, 5]}, {"indices": [N0], "pool": "all"}, {"indices": [N0, 3], "pool": "all"},
-              {"z": rng.normal(size=(7, 40)).tolist()}, {"z": rng.normal(size=12).tolist(), "pool": "user"}]
+    bodies = [
+        {"indices": [0, 5, N0 - 1, 5]},
+        {"indices": [N0], "pool": "all"},
+        {"indices": [N0, 3], "pool": "all"},
+        {"z": rng.normal(size=(7, 40)).tolist()},
+        {"z": rng.normal(size=12).tolist(), "pool": "user"},
+    ]
     for body in bodies:
         ref = client.post("/bank/retrieve", json={**body, "encoding": "b64f32"}).json()
         resp = client.post("/bank/retrieve", json=body, headers=OCTET)
@@ -59,7 +64,9 @@ def test_binary_answer_holds_the_same_bytes_as_b64f32(client: TestClient) -> Non
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_snippet"
 
 
-def test_cached_rows_are_bit_identical_to_computed_ones_in_any_batch(bank: SyntheticBank, tmp_path: Path) -> None:
+def test_cached_rows_are_bit_identical_to_computed_ones_in_any_batch(
+    bank: SyntheticBank, tmp_path: Path
+) -> None:
     factors = load_factors(bank.path, mmap=True)
     cached = BankStore(factors, tmp_path / "a", row_cache_bytes=1 << 30)
     cached.rows.start_warm()
@@ -83,8 +90,9 @@ def test_cached_rows_are_bit_identical_to_computed_ones_in_any_batch(bank: Synth
             store.close()
 
 
-def test_generator_client_reads_the_binary_answer_over_http(bank: SyntheticBank, tmp_path: Path,
-                                                            service_factory) -> None:
+def test_generator_client_reads_the_binary_answer_over_http(
+    bank: SyntheticBank, tmp_path: Path, service_factory
+) -> None:
     svc = service_factory(bank.path, tmp_path / "data")
     with BankClient(svc.url) as c:
         a = c.retrieve(indices=[3, 1, 4], encoding="binary")
@@ -129,16 +137,20 @@ def test_default_retrieve_limit_is_far_below_the_global_one(bank: SyntheticBank,
     app = create_app(settings)
     try:
         with TestClient(app) as c:
-            r = c.post("/bank/retrieve", content=b"x", headers={"content-type": "application/json",
-                                                                  "content-length": str(62 << 20)})
+            r = c.post(
+                "/bank/retrieve",
+                content=b"x",
+                headers={"content-type": "application/json", "content-length": str(62 << 20)},
+            )
             assert r.status_code == 413
     finally:
         app.state.close()
 
 
 @pytest.mark.parametrize("rounds", [2])
-def test_healthz_answers_while_large_retrievals_are_parsed(bank: SyntheticBank, tmp_path: Path,
-                                                          service_factory, rounds: int) -> None:
+def test_healthz_answers_while_large_retrievals_are_parsed(
+    bank: SyntheticBank, tmp_path: Path, service_factory, rounds: int
+) -> None:
     """Issue item 3: CPU work runs off the event loop, so /healthz answers within 100 ms meanwhile.
 
     Four clients post the largest retrieval body the defaults allow (64 noise tensors of 8,192 floats,
@@ -153,8 +165,11 @@ def test_healthz_answers_while_large_retrievals_are_parsed(bank: SyntheticBank, 
     def hammer() -> None:
         with httpx.Client(base_url=svc.url, timeout=120) as c:
             for _ in range(rounds):
-                statuses.append(c.post("/bank/retrieve", content=heavy,
-                                       headers={"content-type": "application/json"}).status_code)
+                statuses.append(
+                    c.post(
+                        "/bank/retrieve", content=heavy, headers={"content-type": "application/json"}
+                    ).status_code
+                )
 
     workers = [threading.Thread(target=hammer) for _ in range(4)]
     probes: list[float] = []
@@ -175,8 +190,10 @@ def test_healthz_answers_while_large_retrievals_are_parsed(bank: SyntheticBank, 
     ms = sorted(p * 1000 for p in probes)
     # The median probe is the claim; the slowest is reported (a shared CI core can stall any process).
     assert ms[len(ms) // 2] < 100, f"healthz latencies during heavy retrievals (ms): {ms}"
-    print(f"healthz during 4 x {len(heavy) >> 20} MiB retrievals: p50 {ms[len(ms) // 2]:.1f} ms, "
-          f"max {ms[-1]:.1f} ms over {len(ms)} probes")
+    print(
+        f"healthz during 4 x {len(heavy) >> 20} MiB retrievals: p50 {ms[len(ms) // 2]:.1f} ms, "
+        f"max {ms[-1]:.1f} ms over {len(ms)} probes"
+    )
 
 
 def test_parse_worker_does_not_outlive_a_killed_bank(bank: SyntheticBank, tmp_path: Path) -> None:
@@ -184,9 +201,15 @@ def test_parse_worker_does_not_outlive_a_killed_bank(bank: SyntheticBank, tmp_pa
     svc = start_service(bank.path, tmp_path / "data", tmp_path / "bank.log")
     try:
         big = json.dumps({"z": np.zeros((8, 8192)).tolist()}).encode()
-        assert httpx.post(f"{svc.url}/bank/retrieve", content=big,
-                          headers={"content-type": "application/json"}).status_code == 200
-        children = [int(p) for p in Path(f"/proc/{svc.popen.pid}/task/{svc.popen.pid}/children").read_text().split()]
+        assert (
+            httpx.post(
+                f"{svc.url}/bank/retrieve", content=big, headers={"content-type": "application/json"}
+            ).status_code
+            == 200
+        )
+        children = [
+            int(p) for p in Path(f"/proc/{svc.popen.pid}/task/{svc.popen.pid}/children").read_text().split()
+        ]
         assert children, "the large body was parsed in a worker process"
     finally:
         svc.kill()

@@ -39,8 +39,9 @@ def metric(url: str, name: str) -> float:
     raise AssertionError(f"metric {name} missing")
 
 
-def test_events_survive_redis_outage_and_restart(bank: SyntheticBank, redis_server: Process,
-                                                 service_factory, tmp_path: Path) -> None:
+def test_events_survive_redis_outage_and_restart(
+    bank: SyntheticBank, redis_server: Process, service_factory, tmp_path: Path
+) -> None:
     svc = service_factory(bank.path, tmp_path / "d", env={"GMEM_REDIS_URL": redis_server.url})
     http = httpx.Client(base_url=svc.url, headers=AUTH, timeout=10)
     wait_for(lambda: http.get("/readyz").json()["detail"]["redis"].startswith("up"), what="redis up")
@@ -67,9 +68,14 @@ def test_events_survive_redis_outage_and_restart(bank: SyntheticBank, redis_serv
     assert r.status_code == 201
     expected.append((10, "interpolate", r.json()["id"]))
     assert http.post("/bank/retrieve", json={"z": [0.1, 0.2], "pool": "user"}).status_code == 200
-    detail = wait_for(lambda: (d := http.get("/readyz")).status_code == 200
-                      and d.json()["detail"]["redis"].startswith("down") and d.json()["detail"]["redis"],
-                      what="readyz to report redis down")
+    detail = wait_for(
+        lambda: (
+            (d := http.get("/readyz")).status_code == 200
+            and d.json()["detail"]["redis"].startswith("down")
+            and d.json()["detail"]["redis"]
+        ),
+        what="readyz to report redis down",
+    )
     assert "pending" in detail
     assert metric(svc.url, "gmem_bank_redis_up") == 0.0
     assert metric(svc.url, "gmem_bank_redis_publish_failures_total") >= 1
@@ -85,10 +91,14 @@ def test_events_survive_redis_outage_and_restart(bank: SyntheticBank, redis_serv
 
 
 def test_unreachable_redis_from_the_start(bank: SyntheticBank, service_factory, tmp_path: Path) -> None:
-    svc = service_factory(bank.path, tmp_path / "d", env={"GMEM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    svc = service_factory(
+        bank.path, tmp_path / "d", env={"GMEM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    )
     r = httpx.post(f"{svc.url}/bank/snippets", json={"feature": [1.0] * D}, headers=AUTH, timeout=5)
     assert r.status_code == 201
     ready = httpx.get(f"{svc.url}/readyz").json()
     assert ready["status"] == "ready"
-    wait_for(lambda: httpx.get(f"{svc.url}/readyz").json()["detail"]["redis"].startswith("down"),
-             what="redis down in readyz")
+    wait_for(
+        lambda: httpx.get(f"{svc.url}/readyz").json()["detail"]["redis"].startswith("down"),
+        what="redis down in readyz",
+    )

@@ -31,8 +31,17 @@ def test_health_ready_and_bank_info(client: TestClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["detail"]["redis"] == "disabled"
     info = client.get("/bank").json()
-    assert info == {"version": 0, "size": N0, "base_size": N0, "feature_dim": D, "rank": R,
-                    "encoder": ENCODER_ID, "format_version": "1", "labels": True, "source": "synthetic"}
+    assert info == {
+        "version": 0,
+        "size": N0,
+        "base_size": N0,
+        "feature_dim": D,
+        "rank": R,
+        "encoder": ENCODER_ID,
+        "format_version": "1",
+        "labels": True,
+        "source": "synthetic",
+    }
     assert client.get("/healthz").headers["x-request-id"]
     assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
 
@@ -64,7 +73,10 @@ def test_b64f32_matches_json(client: TestClient) -> None:
 
 
 def test_pools_user_and_all(client: TestClient, bank: SyntheticBank) -> None:
-    assert client.post("/bank/retrieve", json={"z": [0.0], "pool": "user"}).json()["error"]["code"] == "empty_pool"
+    assert (
+        client.post("/bank/retrieve", json={"z": [0.0], "pool": "user"}).json()["error"]["code"]
+        == "empty_pool"
+    )
     a = insert(client, bank.snippets[10] + 0.1)["id"]
     b = insert(client, bank.snippets[20] - 0.1)["id"]
     assert (a, b) == (N0, N0 + 1)
@@ -110,7 +122,9 @@ def test_project_follows_eq10_and_stores_nothing(client: TestClient, bank: Synth
         want = bankmath.project(f, bank.mu, bank.B, bank.S)
         np.testing.assert_allclose(body["coefficients"], want.coefficients[0], rtol=1e-9, atol=1e-12)
         assert np.isclose(body["residual"], want.residual[0], rtol=1e-9)
-        np.testing.assert_allclose(body["snippet"], unit(reconstruct64(bank, want.coefficients[0])), atol=1e-5)
+        np.testing.assert_allclose(
+            body["snippet"], unit(reconstruct64(bank, want.coefficients[0])), atol=1e-5
+        )
     # a source row of the bank projects onto its own coefficients (eq. 10 inverts the factorisation)
     np.testing.assert_allclose(body["coefficients"], bank.C[7], rtol=1e-4, atol=1e-5)
     assert client.get("/bank").json()["version"] == 0
@@ -118,17 +132,23 @@ def test_project_follows_eq10_and_stores_nothing(client: TestClient, bank: Synth
 
 def test_interpolate_endpoints_and_midpoint(client: TestClient, bank: SyntheticBank) -> None:
     one = client.post("/bank/interpolate", json={"i": 4, "j": 9, "alpha": 1.0}, headers=AUTH).json()
-    zero = client.post("/bank/interpolate", json={"i": 4, "j": 9, "alpha": 0.0, "method": "slerp"}, headers=AUTH).json()
-    mid = client.post("/bank/interpolate", json={"i": 4, "j": one["id"], "alpha": 0.25, "name": "q"},
-                      headers=AUTH).json()
+    zero = client.post(
+        "/bank/interpolate", json={"i": 4, "j": 9, "alpha": 0.0, "method": "slerp"}, headers=AUTH
+    ).json()
+    mid = client.post(
+        "/bank/interpolate", json={"i": 4, "j": one["id"], "alpha": 0.25, "name": "q"}, headers=AUTH
+    ).json()
     assert [one["version"], zero["version"], mid["version"]] == [1, 2, 3]
     c1 = client.get(f"/bank/snippets/{one['id']}").json()
     c0 = client.get(f"/bank/snippets/{zero['id']}").json()
     cm = client.get(f"/bank/snippets/{mid['id']}").json()
     np.testing.assert_allclose(c1["coefficients"], bank.C[4], rtol=1e-6)
     np.testing.assert_allclose(c0["coefficients"], bank.C[9], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(cm["coefficients"], 0.25 * bank.C[4].astype(np.float64) + 0.75 * np.asarray(
-        c1["coefficients"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        cm["coefficients"],
+        0.25 * bank.C[4].astype(np.float64) + 0.75 * np.asarray(c1["coefficients"]),
+        rtol=1e-6,
+    )
     assert cm["parents"] == [4, one["id"]] and cm["alpha"] == 0.25 and cm["kind"] == "interpolated"
     np.testing.assert_allclose(c1["snippet"], client.get("/bank/snippets/4").json()["snippet"], atol=1e-6)
 
@@ -146,7 +166,9 @@ def test_search_matches_brute_force_over_reconstructions(client: TestClient, ban
         if "id" in query:
             q = recon[list(ids).index(query["id"])]
         else:
-            q = reconstruct64(bank, bankmath.project(query["feature"], bank.mu, bank.B, bank.S).coefficients[0])
+            q = reconstruct64(
+                bank, bankmath.project(query["feature"], bank.mu, bank.B, bank.S).coefficients[0]
+            )
         dist = np.linalg.norm(recon - q, axis=1)
         order = np.argsort(dist, kind="stable")[:6]
         assert [n["id"] for n in got] == [int(ids[o]) for o in order]
@@ -156,7 +178,9 @@ def test_search_matches_brute_force_over_reconstructions(client: TestClient, ban
     assert [n["id"] for n in user_only] == [new]
 
 
-def test_delete_removes_from_pools_search_and_ids_are_not_reused(client: TestClient, bank: SyntheticBank) -> None:
+def test_delete_removes_from_pools_search_and_ids_are_not_reused(
+    client: TestClient, bank: SyntheticBank
+) -> None:
     a = insert(client, bank.snippets[1])["id"]
     b = insert(client, bank.snippets[2])["id"]
     assert client.delete(f"/bank/snippets/{a}", headers=AUTH).status_code == 204
@@ -164,9 +188,13 @@ def test_delete_removes_from_pools_search_and_ids_are_not_reused(client: TestCli
     assert client.delete(f"/bank/snippets/{a}", headers=AUTH).status_code == 404
     user = client.post("/bank/retrieve", json={"z": [0.0], "pool": "user"}).json()
     assert user["pool_size"] == 1 and user["indices"] == [b] and user["version"] == 3
-    hits = client.post("/bank/search", json={"feature": bank.snippets[1].tolist(), "k": 50}).json()["neighbors"]
+    hits = client.post("/bank/search", json={"feature": bank.snippets[1].tolist(), "k": 50}).json()[
+        "neighbors"
+    ]
     assert a not in [h["id"] for h in hits]
-    assert client.post("/bank/interpolate", json={"i": a, "j": 0, "alpha": 0.5}, headers=AUTH).status_code == 404
+    assert (
+        client.post("/bank/interpolate", json={"i": a, "j": 0, "alpha": 0.5}, headers=AUTH).status_code == 404
+    )
     c = insert(client, bank.snippets[3])["id"]
     assert c == b + 1
     assert client.get("/bank").json() == {**client.get("/bank").json(), "version": 4, "size": N0 + 2}
@@ -191,7 +219,9 @@ def test_openapi_documents_models_examples_and_errors(client: TestClient) -> Non
         assert path in paths
     retrieve = paths["/bank/retrieve"]["post"]
     assert "noise-CDF" in retrieve["description"] and "snippet ids" in retrieve["description"]
-    assert retrieve["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorEnvelope")
+    assert retrieve["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ErrorEnvelope"
+    )
     content = paths["/bank/snippets"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
     schemas = spec["components"]["schemas"]
@@ -200,7 +230,9 @@ def test_openapi_documents_models_examples_and_errors(client: TestClient) -> Non
     assert "examples" in schemas["RetrieveRequest"]
 
 
-def test_concurrent_readers_see_consistent_versions_over_http(client: TestClient, bank: SyntheticBank) -> None:
+def test_concurrent_readers_see_consistent_versions_over_http(
+    client: TestClient, bank: SyntheticBank
+) -> None:
     """Only inserts happen, so in every response pool_size('user') must equal its version, and
     versions seen by one reader never go back."""
     import threading
@@ -212,8 +244,10 @@ def test_concurrent_readers_see_consistent_versions_over_http(client: TestClient
         rng = np.random.default_rng(seed)
         last = 0
         while not stop.is_set():
-            r = client.post("/bank/retrieve", json={"z": rng.normal(size=(2, 8)).tolist(), "pool": "all",
-                                                    "encoding": "b64f32"})
+            r = client.post(
+                "/bank/retrieve",
+                json={"z": rng.normal(size=(2, 8)).tolist(), "pool": "all", "encoding": "b64f32"},
+            )
             body = r.json()
             if r.status_code != 200 or body["pool_size"] != N0 + body["version"] or body["version"] < last:
                 problems.append(r.text[:200])
@@ -232,7 +266,9 @@ def test_concurrent_readers_see_consistent_versions_over_http(client: TestClient
     assert not problems, problems[:3]
 
 
-def test_a_snippet_is_the_same_bytes_in_every_batch_and_route(client: TestClient, bank: SyntheticBank) -> None:
+def test_a_snippet_is_the_same_bytes_in_every_batch_and_route(
+    client: TestClient, bank: SyntheticBank
+) -> None:
     """Regression: batched retrieval rounded an id's snippet differently than a single retrieval (BLAS
     kernels differ by batch size), so generators batching requests got different images."""
     rng = np.random.default_rng(5)
@@ -242,12 +278,16 @@ def test_a_snippet_is_the_same_bytes_in_every_batch_and_route(client: TestClient
     ids = [3, sid, 0, *range(10, 40), N0 - 1]
     batch = client.post("/bank/retrieve", json={"indices": ids, "pool": "all"}).json()["snippets"]
     for i, row in zip(ids, batch, strict=True):
-        assert row == client.post("/bank/retrieve", json={"indices": [i], "pool": "all"}).json()["snippets"][0]
+        assert (
+            row == client.post("/bank/retrieve", json={"indices": [i], "pool": "all"}).json()["snippets"][0]
+        )
         assert row == client.get(f"/bank/snippets/{i}").json()["snippet"]
     assert batch[1] == projected  # what /bank/project shows is what the insert stores
     i, j = 3, 11
     for method in ("linear", "slerp"):
-        made = client.post("/bank/interpolate", json={"i": i, "j": j, "alpha": 1, "method": method}, headers=AUTH)
+        made = client.post(
+            "/bank/interpolate", json={"i": i, "j": j, "alpha": 1, "method": method}, headers=AUTH
+        )
         assert client.get(f"/bank/snippets/{made.json()['id']}").json()["snippet"] == batch[0]
 
 
@@ -264,11 +304,15 @@ def test_slerp_route_stores_the_projection_of_the_slerp_of_the_unit_snippets(
 ) -> None:
     """CONTRACT.md section 2: slerp runs on s_i, s_j (weight alpha on s_i), then eq. 10 projects it."""
     i, j, alpha = 5, 17, 0.35
-    s_i, s_j = (np.asarray(client.get(f"/bank/snippets/{k}").json()["snippet"], dtype=np.float64) for k in (i, j))
+    s_i, s_j = (
+        np.asarray(client.get(f"/bank/snippets/{k}").json()["snippet"], dtype=np.float64) for k in (i, j)
+    )
     theta = np.arccos(np.clip(s_i @ s_j, -1.0, 1.0))
     want = (np.sin(alpha * theta) * s_i + np.sin((1 - alpha) * theta) * s_j) / np.sin(theta)
     projected = client.post("/bank/project", json={"feature": want.tolist()}).json()
-    made = client.post("/bank/interpolate", json={"i": i, "j": j, "alpha": alpha, "method": "slerp"}, headers=AUTH)
+    made = client.post(
+        "/bank/interpolate", json={"i": i, "j": j, "alpha": alpha, "method": "slerp"}, headers=AUTH
+    )
     assert made.status_code == 201, made.text
     got = client.get(f"/bank/snippets/{made.json()['id']}").json()
     # float32 snippets on the wire: agreement to float32 round-off, not bit-equality.

@@ -25,8 +25,20 @@ from tests.support.services import AUTH, settings_for, start_service
 def state(store: BankStore) -> tuple:
     """Everything a restart must bring back, coefficients as raw bytes (bit-identical or not equal)."""
     view = store.view()
-    recs = [(r.id, r.kind, r.coefficients.tobytes(), r.name, r.created_at, r.parents, r.alpha, r.method, r.residual)
-            for r in view.records[: view.n_runtime]]
+    recs = [
+        (
+            r.id,
+            r.kind,
+            r.coefficients.tobytes(),
+            r.name,
+            r.created_at,
+            r.parents,
+            r.alpha,
+            r.method,
+            r.residual,
+        )
+        for r in view.records[: view.n_runtime]
+    ]
     return view.version, view.n_runtime, view.user_ids.tolist(), recs, view.coeffs[: view.n_runtime].tobytes()
 
 
@@ -37,8 +49,9 @@ def mutate(store: BankStore, rng: np.random.Generator, n: int) -> None:
         if live and roll < 0.25:
             store.delete(int(rng.choice(live)))
         elif roll < 0.45:
-            store.interpolate(int(rng.integers(0, N0)), int(live[-1]) if live else 1, float(rng.random()),
-                              name="mix")
+            store.interpolate(
+                int(rng.integers(0, N0)), int(live[-1]) if live else 1, float(rng.random()), name="mix"
+            )
         else:
             store.insert(rng.normal(size=D) * 10.0 ** rng.integers(-30, 30), name=f"n{rng.integers(1000)}")
 
@@ -106,7 +119,14 @@ def crash_dirs(bank: SyntheticBank, tmp_path: Path) -> dict:
         dirs[name] = d
         return d
 
-    for cut in (0, 7, 30, len(snap9) // 2, len(snap9) - 1, len(snap9)):  # 1: snapshot tmp written partly/fully
+    for cut in (
+        0,
+        7,
+        30,
+        len(snap9) // 2,
+        len(snap9) - 1,
+        len(snap9),
+    ):  # 1: snapshot tmp written partly/fully
         (variant(f"tmp_{cut}") / (SNAPSHOT_FILE + ".tmp")).write_bytes(snap9[:cut])
     (variant("renamed") / SNAPSHOT_FILE).write_bytes(snap9)  # 2: new snapshot + old log (v6..v9, all <= 9)
     d = variant("log_tmp")  # 3: new snapshot + new empty log written but not renamed
@@ -138,7 +158,9 @@ def test_recovery_from_every_kill_point(bank: SyntheticBank, crash_dirs: dict) -
                 assert got[0] == want[0] and got[1] == want[1] and got[4] == want[4], name
             else:
                 assert got == want, name
-            assert not (d / (SNAPSHOT_FILE + ".tmp")).exists() and not (d / (LOG_FILE + ".tmp")).exists(), name
+            assert not (d / (SNAPSHOT_FILE + ".tmp")).exists() and not (d / (LOG_FILE + ".tmp")).exists(), (
+                name
+            )
             # carries on: versions continue, a snapshot is taken on the way, ids keep growing
             for k in range(4):
                 sid, version, _ = store.insert([float(k)] + [1.0] * (D - 1))
@@ -153,7 +175,9 @@ def test_recovery_from_every_kill_point(bank: SyntheticBank, crash_dirs: dict) -
             store.close()
 
 
-def test_inconsistent_snapshot_and_log_refuse_to_start(bank: SyntheticBank, crash_dirs: dict, tmp_path: Path) -> None:
+def test_inconsistent_snapshot_and_log_refuse_to_start(
+    bank: SyntheticBank, crash_dirs: dict, tmp_path: Path
+) -> None:
     d = crash_dirs["dirs"]["rotated"]
     blob = bytearray((d / SNAPSHOT_FILE).read_bytes())
     blob[-3] ^= 0x10  # a flipped bit in a coefficient
@@ -178,13 +202,19 @@ def test_metrics_expose_last_snapshot(bank: SyntheticBank, tmp_path: Path) -> No
     try:
         with TestClient(app) as c:
             for k in range(5):
-                assert c.post("/bank/snippets", json={"feature": [float(k)] + [1.0] * (D - 1)},
-                              headers=AUTH).status_code == 201
+                assert (
+                    c.post(
+                        "/bank/snippets", json={"feature": [float(k)] + [1.0] * (D - 1)}, headers=AUTH
+                    ).status_code
+                    == 201
+                )
             text = c.get("/metrics").text
     finally:
         app.state.close()
     assert "gmem_bank_snapshot_version 4.0" in text
-    stamp = next(line for line in text.splitlines() if line.startswith("gmem_bank_snapshot_timestamp_seconds "))
+    stamp = next(
+        line for line in text.splitlines() if line.startswith("gmem_bank_snapshot_timestamp_seconds ")
+    )
     assert abs(float(stamp.split()[1]) - time.time()) < 60
 
 
@@ -207,7 +237,9 @@ def test_sigkill_while_snapshotting_loses_nothing(bank: SyntheticBank, tmp_path:
         stop = threading.Event()
         lock = threading.Lock()
 
-        def worker(seed: int, url: str = svc.url, stop: threading.Event = stop, lock: threading.Lock = lock) -> None:
+        def worker(
+            seed: int, url: str = svc.url, stop: threading.Event = stop, lock: threading.Lock = lock
+        ) -> None:
             wrng = np.random.default_rng(seed)
             mine: list[int] = []
             with httpx.Client(base_url=url, headers=AUTH, timeout=5.0) as http:
@@ -257,8 +289,13 @@ def test_sigkill_while_snapshotting_loses_nothing(bank: SyntheticBank, tmp_path:
     assert all(r["v"] > snap.version for r in iter_records(data_dir / LOG_FILE))
 
 
-def check(url: str, acked: dict[int, tuple[str, int]], observed: dict[int, list[float]], deleted: set[int],
-          tried: set[int]) -> None:
+def check(
+    url: str,
+    acked: dict[int, tuple[str, int]],
+    observed: dict[int, list[float]],
+    deleted: set[int],
+    tried: set[int],
+) -> None:
     http = httpx.Client(base_url=url, timeout=5.0)
     version = http.get("/bank").json()["version"]
     assert version >= max([v for v in acked if v > 0], default=0)

@@ -39,7 +39,13 @@ def test_restart_replays_everything_exactly(bank: SyntheticBank, tmp_path: Path)
         rec = again.record(view, i)
         assert rec.coefficients.tobytes() == c.tobytes()
     rec = again.record(view, mid)
-    assert (rec.kind, rec.parents, rec.alpha, rec.method, rec.name) == ("interpolated", (ids[0], 7), 0.3, "slerp", "m")
+    assert (rec.kind, rec.parents, rec.alpha, rec.method, rec.name) == (
+        "interpolated",
+        (ids[0], 7),
+        0.3,
+        "slerp",
+        "m",
+    )
     assert not view.is_live(ids[1])
     assert again.events_since(0)[-2:] == [(6, "interpolate", mid), (7, "delete", ids[1])]
     new_id, version, _ = again.insert(np.ones(bank.snippets.shape[1]))
@@ -124,8 +130,9 @@ def test_readers_see_whole_versions_while_a_writer_appends(bank: SyntheticBank, 
             if view.user_ids.size:
                 u = view.user_ids
                 got = store.snippets(view, u)
-                want = snippets_from_coefficients(np.stack([view.records[i - N0].coefficients for i in u]),
-                                                  bank.B, bank.mu)
+                want = snippets_from_coefficients(
+                    np.stack([view.records[i - N0].coefficients for i in u]), bank.B, bank.mu
+                )
                 if not np.allclose(got, want, atol=1e-6):
                     problems.append("snippets changed under a view")
                 if [view.records[i - N0].id for i in u] != u.tolist():
@@ -135,7 +142,9 @@ def test_readers_see_whole_versions_while_a_writer_appends(bank: SyntheticBank, 
             pool_sizes.append((view.version, view.pool_size("user")))
 
     pool_sizes: list[tuple[int, int]] = []
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [threading.Thread(target=writer)]
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [
+        threading.Thread(target=writer)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -32,7 +32,9 @@ def test_bank_down_gives_503_with_retry_after_then_recovers(tmp_path):
 
         # The typed client retries a 503 (idempotent call) and then raises Unavailable.
         before = _count_503(gen.url)
-        with GeneratorClient(gen.url, retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)) as client:
+        with GeneratorClient(
+            gen.url, retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
+        ) as client:
             try:
                 client.generate(n=1, seed=3, steps=2)
                 raise AssertionError("expected Unavailable")
@@ -54,15 +56,20 @@ def test_bank_down_gives_503_with_retry_after_then_recovers(tmp_path):
 
 def _count_503(url: str) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith("gmem_generator_requests_total") and 'route="/generate"' in line and '"503"' in line:
+        if (
+            line.startswith("gmem_generator_requests_total")
+            and 'route="/generate"' in line
+            and '"503"' in line
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
 def test_generator_starts_not_ready_without_a_bank_and_becomes_ready_when_it_appears(tmp_path):
     port = free_port()
-    gen = start_generator(tmp_path, f"http://127.0.0.1:{port}", wait_ready=False,
-                          GMEM_GENERATOR_BANK_START_WAIT_S="0")
+    gen = start_generator(
+        tmp_path, f"http://127.0.0.1:{port}", wait_ready=False, GMEM_GENERATOR_BANK_START_WAIT_S="0"
+    )
     bank = None
     try:
         r = httpx.get(gen.url + "/readyz")
@@ -96,8 +103,14 @@ def test_a_bank_that_accepts_but_never_answers_gives_503_after_the_timeout(tmp_p
 
     threading.Thread(target=accept, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    gen = start_generator(tmp_path, url, wait_ready=False, GMEM_GENERATOR_BANK_START_WAIT_S="0",
-                          GMEM_GENERATOR_BANK_TIMEOUT_S="1", GMEM_GENERATOR_BANK_RETRIES="1")
+    gen = start_generator(
+        tmp_path,
+        url,
+        wait_ready=False,
+        GMEM_GENERATOR_BANK_START_WAIT_S="0",
+        GMEM_GENERATOR_BANK_TIMEOUT_S="1",
+        GMEM_GENERATOR_BANK_RETRIES="1",
+    )
     try:
         deadline = time.monotonic() + 60
         while "loading" in httpx.get(gen.url + "/readyz", timeout=10).json()["detail"]["model"]:

@@ -52,13 +52,18 @@ def test_compatible_concurrent_jobs_share_one_forward_and_get_their_own_results(
 
     async def go(b: Batcher):
         k = (4, "euler", 1.0)
-        return await asyncio.gather(b.submit(job(k, [1, 2])), b.submit(job(k, [10])), b.submit(job(k, [20, 21, 22])))
+        return await asyncio.gather(
+            b.submit(job(k, [1, 2])), b.submit(job(k, [10])), b.submit(job(k, [20, 21, 22]))
+        )
 
     results, metrics = run(_with_batcher(rec, go))
     assert len(rec.batches) == 1
     assert rec.batches[0][1] == [1, 2, 10, 20, 21, 22]
-    assert results == [[b"(4, 'euler', 1.0):1", b"(4, 'euler', 1.0):2"], [b"(4, 'euler', 1.0):10"],
-                       [b"(4, 'euler', 1.0):20", b"(4, 'euler', 1.0):21", b"(4, 'euler', 1.0):22"]]
+    assert results == [
+        [b"(4, 'euler', 1.0):1", b"(4, 'euler', 1.0):2"],
+        [b"(4, 'euler', 1.0):10"],
+        [b"(4, 'euler', 1.0):20", b"(4, 'euler', 1.0):21", b"(4, 'euler', 1.0):22"],
+    ]
     # The forward ran off the event loop, in the batcher's worker thread.
     assert all(name.startswith("gmem-forward") for name in rec.threads)
     samples = {s.name: s.value for s in metrics.batch_requests.collect()[0].samples}
@@ -69,9 +74,13 @@ def test_incompatible_settings_never_share_a_batch():
     rec = Recorder()
 
     async def go(b: Batcher):
-        return await asyncio.gather(b.submit(job((4, "euler", 1.0), [1])), b.submit(job((8, "euler", 1.0), [2])),
-                                    b.submit(job((4, "heun", 1.0), [3])), b.submit(job((4, "euler", 2.0), [4])),
-                                    b.submit(job((4, "euler", 1.0), [5])))
+        return await asyncio.gather(
+            b.submit(job((4, "euler", 1.0), [1])),
+            b.submit(job((8, "euler", 1.0), [2])),
+            b.submit(job((4, "heun", 1.0), [3])),
+            b.submit(job((4, "euler", 2.0), [4])),
+            b.submit(job((4, "euler", 1.0), [5])),
+        )
 
     run(_with_batcher(rec, go))
     keys = [k for k, _ in rec.batches]
@@ -85,8 +94,10 @@ def test_batches_hold_at_most_max_images_and_a_large_job_runs_alone():
 
     async def go(b: Batcher):
         k = (2, "euler", 1.0)
-        return await asyncio.gather(*[b.submit(job(k, [i * 10 + j for j in range(3)])) for i in range(5)],
-                                    b.submit(job(k, list(range(100, 112)))))
+        return await asyncio.gather(
+            *[b.submit(job(k, [i * 10 + j for j in range(3)])) for i in range(5)],
+            b.submit(job(k, list(range(100, 112)))),
+        )
 
     run(_with_batcher(rec, go, max_images=8))
     sizes = [len(s) for _, s in rec.batches]

@@ -62,7 +62,9 @@ def test_redis_down_disables_the_cache_and_generation_goes_on(stack, tmp_path):
         misses = metric(gen, "gmem_generator_snippet_cache_total", 'event="hit"')
         r = generate(gen, [11])
         assert r.status_code == 200
-        assert metric(gen, "gmem_generator_snippet_cache_total", 'event="hit"') == misses  # served by the bank
+        assert (
+            metric(gen, "gmem_generator_snippet_cache_total", 'event="hit"') == misses
+        )  # served by the bank
         assert "disabled" in httpx.get(gen + "/readyz").json()["detail"]["cache"]
     finally:
         stack.redis = start_redis(tmp_path, port=stack.redis.port)

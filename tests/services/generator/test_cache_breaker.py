@@ -68,14 +68,21 @@ def test_hung_redis_opens_the_breaker_and_lookups_do_not_wait(tmp_path: Path) ->
     try:
         assert redis.popen is not None
         pid = redis.popen.pid
-        times = asyncio.run(_scenario(redis.port, lambda: redis.popen.send_signal(signal.SIGSTOP),
-                                      lambda: redis.popen.send_signal(signal.SIGCONT)))
+        times = asyncio.run(
+            _scenario(
+                redis.port,
+                lambda: redis.popen.send_signal(signal.SIGSTOP),
+                lambda: redis.popen.send_signal(signal.SIGCONT),
+            )
+        )
     finally:
         if redis.popen is not None and redis.popen.poll() is None:
             redis.popen.send_signal(signal.SIGCONT)
         redis.stop(kill=True)
-    print(f"redis {pid} frozen: 8 concurrent lookups {times['first_wave_s'] * 1000:.0f} ms (breaker opening), "
-          f"then 8 more {times['second_wave_s'] * 1000:.1f} ms")
+    print(
+        f"redis {pid} frozen: 8 concurrent lookups {times['first_wave_s'] * 1000:.0f} ms (breaker opening), "
+        f"then 8 more {times['second_wave_s'] * 1000:.1f} ms"
+    )
     # Loose bounds, far from the old 3.9-18 s: one short timeout at most, then no wait at all.
     assert times["first_wave_s"] < 2.0 and times["second_wave_s"] < 1.0
 
@@ -105,7 +112,9 @@ def test_a_delete_published_during_the_outage_is_honoured_after_it(tmp_path: Pat
 
     async def run() -> None:
         metrics = make_metrics()
-        cache = SnippetCache(f"redis://127.0.0.1:{server.port}/0", metrics, poll_s=0.05, timeout_s=0.1, open_s=0.2)
+        cache = SnippetCache(
+            f"redis://127.0.0.1:{server.port}/0", metrics, poll_s=0.05, timeout_s=0.1, open_s=0.2
+        )
         cache.start()
         try:
             while not cache.enabled:

@@ -34,8 +34,9 @@ def error_of(r: httpx.Response, status: int, code: str) -> str:
 
 @pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity"])
 def test_non_finite_cfg_scale_is_422_saying_finite(client, raw):
-    r = client.post("/generate", content=b'{"cfg_scale": ' + raw + b"}",
-                          headers={"content-type": "application/json"})
+    r = client.post(
+        "/generate", content=b'{"cfg_scale": ' + raw + b"}", headers={"content-type": "application/json"}
+    )
     assert "finite" in error_of(r, 422, "invalid_request")
 
 
@@ -58,15 +59,29 @@ def test_model_info_before_the_weights_load_is_503_not_zero_parameters(client):
 
 
 def test_cli_help_names_the_environment_variables():
-    out = subprocess.run([sys.executable, "-m", "services.generator", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, env={"COLUMNS": "200", "PATH": "", "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-m", "services.generator", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "200", "PATH": "", "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr
-    for name in ("GMEM_GENERATOR_MODEL", "GMEM_BANK_URL", "GMEM_GENERATOR_HOST", "GMEM_GENERATOR_PORT", "8002"):
+    for name in (
+        "GMEM_GENERATOR_MODEL",
+        "GMEM_BANK_URL",
+        "GMEM_GENERATOR_HOST",
+        "GMEM_GENERATOR_PORT",
+        "8002",
+    ):
         assert name in out.stdout
 
 
-@pytest.mark.parametrize(("body", "says"), [({"n": 10_000}, "GMEM_GENERATOR_MAX_N"),
-                                            ({"steps": 10_000}, "GMEM_GENERATOR_MAX_STEPS")])
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [({"n": 10_000}, "GMEM_GENERATOR_MAX_N"), ({"steps": 10_000}, "GMEM_GENERATOR_MAX_STEPS")],
+)
 def test_over_the_maxima_is_422_even_while_the_model_loads(client, body, says):
     # CONTRACT.md section 6: n, steps over the configured maxima: 422 (not a 503 "retry shortly").
     r = client.post("/generate", json=body)
@@ -90,8 +105,13 @@ def test_readyz_against_a_hanging_bank_answers_within_one_bank_timeout():
     held: list[socket.socket] = []  # accepted and never answered: the bank "times out"
     threading.Thread(target=lambda: held.extend(iter(lambda: server.accept()[0], None)), daemon=True).start()
     try:
-        settings = GeneratorSettings(model=str(DEFAULT_MODEL), bank_url=f"http://127.0.0.1:{server.getsockname()[1]}",
-                                     bank_timeout_s=0.5, bank_retries=4, ready_cache_s=0)
+        settings = GeneratorSettings(
+            model=str(DEFAULT_MODEL),
+            bank_url=f"http://127.0.0.1:{server.getsockname()[1]}",
+            bank_timeout_s=0.5,
+            bank_retries=4,
+            ready_cache_s=0,
+        )
         with TestClient(create_app(settings, read_model_facts(DEFAULT_MODEL))) as client:
             t0 = time.monotonic()
             r = client.get("/readyz")
@@ -109,7 +129,19 @@ def test_the_shipped_model_file_config_has_every_section_5_item():
     from training.files.modelfile import read_model_meta
 
     cfg = read_model_meta(DEFAULT_MODEL)
-    for key in ("name", "depth", "hidden_size", "patch_size", "input_size", "in_channels", "snippet_dim", "encoder",
-                "space", "normalization", "default_sampler", "default_steps"):
+    for key in (
+        "name",
+        "depth",
+        "hidden_size",
+        "patch_size",
+        "input_size",
+        "in_channels",
+        "snippet_dim",
+        "encoder",
+        "space",
+        "normalization",
+        "default_sampler",
+        "default_steps",
+    ):
         assert key in cfg, key
     assert cfg["normalization"]["space"] == cfg["space"] == "pixel"

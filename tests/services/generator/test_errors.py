@@ -54,8 +54,11 @@ def test_invalid_bodies_are_422_with_a_message(gen_url: str, body: dict, code: s
 
 
 def test_nan_in_a_snippet_is_422(gen_url: str):
-    r = httpx.post(gen_url + "/generate", content=b'{"steps": 1, "snippet": [NaN' + b", 1.0" * 127 + b"]}",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        gen_url + "/generate",
+        content=b'{"steps": 1, "snippet": [NaN' + b", 1.0" * 127 + b"]}",
+        headers={"content-type": "application/json"},
+    )
     assert_error(r, 422)
 
 

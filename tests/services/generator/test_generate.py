@@ -62,8 +62,12 @@ def test_same_request_same_png_bytes(gen_url: str):
 
 def test_a_request_batched_with_concurrent_others_gives_the_same_bytes_as_alone(gen_url: str):
     alone = post(gen_url, {"n": 1, "seed": 500, "steps": 2, "sampler": "euler"}).json()
-    pinned_alone = post(gen_url, {"n": 3, "seed": 9, "steps": 2, "sampler": "euler", "snippet_ids": [5]}).json()
-    reqs = [{"n": n, "seed": 600 + 10 * i, "steps": 2, "sampler": "euler"} for i, n in enumerate([2, 1, 3, 1, 2])]
+    pinned_alone = post(
+        gen_url, {"n": 3, "seed": 9, "steps": 2, "sampler": "euler", "snippet_ids": [5]}
+    ).json()
+    reqs = [
+        {"n": n, "seed": 600 + 10 * i, "steps": 2, "sampler": "euler"} for i, n in enumerate([2, 1, 3, 1, 2])
+    ]
     reqs.insert(2, {"n": 1, "seed": 500, "steps": 2, "sampler": "euler"})
     reqs.insert(4, {"n": 3, "seed": 9, "steps": 2, "sampler": "euler", "snippet_ids": [5]})
     before = _metric(gen_url, "gmem_generator_batch_requests_count")
@@ -114,9 +118,14 @@ def test_health_ready_and_metrics(gen_url: str):
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     post(gen_url, {"n": 2, "seed": 1, "steps": 2})
     text = httpx.get(gen_url + "/metrics").text
-    for name in ("gmem_generator_requests_total", "gmem_generator_images_total", "gmem_generator_request_seconds",
-                 "gmem_generator_batch_images", "gmem_generator_queue_images",
-                 "gmem_generator_forward_seconds_per_nfe_count"):
+    for name in (
+        "gmem_generator_requests_total",
+        "gmem_generator_images_total",
+        "gmem_generator_request_seconds",
+        "gmem_generator_batch_images",
+        "gmem_generator_queue_images",
+        "gmem_generator_forward_seconds_per_nfe_count",
+    ):
         assert name in text
     assert _metric(gen_url, "gmem_generator_forward_seconds_per_nfe_count") >= 2
 

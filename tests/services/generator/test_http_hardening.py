@@ -39,15 +39,20 @@ def code_of(r) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_an_unexpected_error_is_a_500_envelope_with_request_id_on_a_kept_connection(
-        app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("injected fault")
 
     monkeypatch.setattr(app.state.generator, "generate", broken)
     with serve_in_thread(app) as url:
         conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
-        conn.request("POST", "/generate", body=b'{"n": 1, "steps": 1}',
-                     headers={"Content-Type": "application/json", "X-Request-ID": "gen-boom-1"})
+        conn.request(
+            "POST",
+            "/generate",
+            body=b'{"n": 1, "steps": 1}',
+            headers={"Content-Type": "application/json", "X-Request-ID": "gen-boom-1"},
+        )
         r = conn.getresponse()
         body = json.loads(r.read())
         assert r.status == 500 and body["error"]["code"] == "internal_error"
@@ -76,8 +81,18 @@ def test_405_carries_allow_and_unknown_methods_get_the_envelope(client: TestClie
     assert json.loads(raw.body)["error"]["code"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("body", [{"n": "1"}, {"n": True}, {"seed": "7"}, {"steps": 1.0}, {"cfg_scale": False},
-                                  {"snippet_ids": ["1"]}, {"snippet": [True] * 128}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"n": "1"},
+        {"n": True},
+        {"seed": "7"},
+        {"steps": 1.0},
+        {"cfg_scale": False},
+        {"snippet_ids": ["1"]},
+        {"snippet": [True] * 128},
+    ],
+)
 def test_no_lax_coercions(client: TestClient, body: dict) -> None:
     r = client.post("/generate", json=body)
     assert r.status_code == 422 and code_of(r) == "invalid_request", r.text
@@ -92,7 +107,10 @@ def test_openapi_examples_pass_validation(client: TestClient) -> None:
     examples = client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]["examples"]
     for example in examples:
         r = client.post("/generate", json=example)
-        assert r.status_code == 503 and code_of(r) == "not_ready", (example, r.text)  # valid; model not loaded
+        assert r.status_code == 503 and code_of(r) == "not_ready", (
+            example,
+            r.text,
+        )  # valid; model not loaded
 
 
 def test_trailing_slash_is_a_404_envelope_without_a_host_derived_location(client: TestClient) -> None:

@@ -20,9 +20,15 @@ from tests.support.services import Stack, start_generator
 def jobs_gen(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """A generator with room for 250-step jobs, a batch cap of 4 images and a short queue."""
     tmp = tmp_path_factory.mktemp("jobs")
-    proc = start_generator(tmp, stack.bank.url, GMEM_GENERATOR_MAX_STEPS="250", GMEM_GENERATOR_MAX_BATCH_SIZE="4",
-                           GMEM_GENERATOR_MAX_QUEUE_JOBS="3", GMEM_GENERATOR_MAX_WORK="2000",
-                           GMEM_GENERATOR_JOB_TTL_S="10")
+    proc = start_generator(
+        tmp,
+        stack.bank.url,
+        GMEM_GENERATOR_MAX_STEPS="250",
+        GMEM_GENERATOR_MAX_BATCH_SIZE="4",
+        GMEM_GENERATOR_MAX_QUEUE_JOBS="3",
+        GMEM_GENERATOR_MAX_WORK="2000",
+        GMEM_GENERATOR_JOB_TTL_S="10",
+    )
     yield proc
     proc.stop()
 
@@ -167,8 +173,11 @@ def test_a_disconnecting_sync_client_cancels_and_vanished_clients_leave_the_queu
 
     def abandon(seed: int) -> None:
         try:
-            httpx.post(jobs_gen.url + "/generate", json={"n": 2, "seed": seed, "steps": 250, "sampler": "heun"},
-                       timeout=0.5)
+            httpx.post(
+                jobs_gen.url + "/generate",
+                json={"n": 2, "seed": seed, "steps": 250, "sampler": "heun"},
+                timeout=0.5,
+            )
         except httpx.TimeoutException:
             return
         raise AssertionError("a 250-step heun request should outlive a 0.5 s client timeout")
@@ -208,16 +217,25 @@ def test_blend_negative_snippet_and_guidance_interval(jobs_gen: Proc, stack: Sta
     blend = _generate(url, {**base, "snippets": [{"id": 3, "weight": 0.7}, {"id": 40, "weight": 0.3}]})
     assert blend["indices"] == [None, None] and blend["bank_version"] is not None
     assert blend["images"] != _generate(url, {**base, "snippet_ids": [3]})["images"]
-    assert _generate(url, {**base, "snippets": [{"id": 3, "weight": 1.0}]})["images"] == \
-        _generate(url, {**base, "snippets": [{"id": 3, "weight": 5.0}]})["images"]  # re-normalised weights
-    for bad in ({"snippets": [{"id": 3, "weight": 1.0}, {"id": 4, "weight": -1.0}]},
-                {"snippets": [{"id": 3, "weight": 1.0}], "snippet_ids": [3]},
-                {"snippet": [1.0] * 128, "label": 1}, {"label": 99},  # mnist-5k has labels 0..9
-                {"negative_snippet_id": 3, "negative_snippet": [1.0] * 128},
-                {"guidance_interval": [0.8, 0.2]}, {"guidance_interval": [0.0, 1.5]}):
+    assert (
+        _generate(url, {**base, "snippets": [{"id": 3, "weight": 1.0}]})["images"]
+        == _generate(url, {**base, "snippets": [{"id": 3, "weight": 5.0}]})["images"]
+    )  # re-normalised weights
+    for bad in (
+        {"snippets": [{"id": 3, "weight": 1.0}, {"id": 4, "weight": -1.0}]},
+        {"snippets": [{"id": 3, "weight": 1.0}], "snippet_ids": [3]},
+        {"snippet": [1.0] * 128, "label": 1},
+        {"label": 99},  # mnist-5k has labels 0..9
+        {"negative_snippet_id": 3, "negative_snippet": [1.0] * 128},
+        {"guidance_interval": [0.8, 0.2]},
+        {"guidance_interval": [0.0, 1.5]},
+    ):
         r = httpx.post(url + "/generate", json={**base, **bad})
         assert r.status_code == 422 and "error" in r.json(), (bad, r.text)
-    assert httpx.post(url + "/generate", json={**base, "snippets": [{"id": 10**7, "weight": 1}]}).status_code == 404
+    assert (
+        httpx.post(url + "/generate", json={**base, "snippets": [{"id": 10**7, "weight": 1}]}).status_code
+        == 404
+    )
     guided = {**base, "snippet_ids": [5], "cfg_scale": 2.0}
     plain = _generate(url, guided)
     assert plain["forwards_saved"] == 0
@@ -269,8 +287,13 @@ def test_cli_submit_wait_cancel_events(jobs_gen: Proc, tmp_path):
     from tests.support.services import ROOT
 
     def gmem(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gmem", "--generator-url", jobs_gen.url, *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "gmem", "--generator-url", jobs_gen.url, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     sub = gmem("--json", "submit", "-n", "2", "--seed", "4", "--steps", "20", "--sampler", "euler")
     assert sub.returncode == 0, sub.stderr

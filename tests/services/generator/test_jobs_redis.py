@@ -32,11 +32,13 @@ def replicas(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def _owner(a: Proc, b: Proc, job: str) -> tuple[Proc, Proc]:
     """(owner, other): the owner's /metrics count the job as running."""
+
     def running(p: Proc) -> float:
         for line in httpx.get(p.url + "/metrics").text.splitlines():
             if line.startswith("gmem_generator_running_jobs "):
                 return float(line.split()[1])
         return 0.0
+
     ra, rb = running(a), running(b)
     assert (ra, rb) in ((1.0, 0.0), (0.0, 1.0)), (ra, rb)
     return (a, b) if ra else (b, a)
@@ -70,5 +72,7 @@ def test_any_replica_answers_and_a_killed_replicas_job_completes_elsewhere_with_
     victim.stop(kill=True)
     info = _wait(survivor.url, job, timeout=120)
     assert info["status"] == "succeeded", info
-    assert "running it again from the start" in survivor.log_path.read_text()  # it was re-run, not finished by the victim
+    assert (
+        "running it again from the start" in survivor.log_path.read_text()
+    )  # it was re-run, not finished by the victim
     assert info["result"]["images"] == _generate(survivor.url, body)["images"]

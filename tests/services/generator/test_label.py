@@ -21,8 +21,20 @@ def _cdf_index(z: torch.Tensor, n: int) -> int:
 
 def test_label_draws_snippets_of_that_label_from_a_reduced_bank(tmp_path):
     reduced = tmp_path / "reduced.safetensors"
-    res = CliRunner().invoke(build_app(), ["reduce-bank", "--bank", str(DEFAULT_BANK), "--method", "random@k",
-                                           "--k", "3", "--out", str(reduced)])
+    res = CliRunner().invoke(
+        build_app(),
+        [
+            "reduce-bank",
+            "--bank",
+            str(DEFAULT_BANK),
+            "--method",
+            "random@k",
+            "--k",
+            "3",
+            "--out",
+            str(reduced),
+        ],
+    )
     assert res.exit_code == 0, res.output
     labels = np.asarray(load_factors(reduced).labels)
     bank = start_bank(tmp_path, factors=reduced)
@@ -30,9 +42,13 @@ def test_label_draws_snippets_of_that_label_from_a_reduced_bank(tmp_path):
         gen = start_generator(tmp_path, bank.url)
         try:
             assert httpx.get(bank.url + "/bank", timeout=10).json()["labels"] is True
-            r = httpx.post(gen.url + "/generate", json={"n": 3, "seed": 11, "steps": 4, "label": 7}, timeout=120)
+            r = httpx.post(
+                gen.url + "/generate", json={"n": 3, "seed": 11, "steps": 4, "label": 7}, timeout=120
+            )
             assert r.status_code == 200, r.text
-            mixed = httpx.post(gen.url + "/generate", json={"n": 1, "label": 7, "snippet_ids": [0]}, timeout=30)
+            mixed = httpx.post(
+                gen.url + "/generate", json={"n": 1, "label": 7, "snippet_ids": [0]}, timeout=30
+            )
             missing = httpx.post(gen.url + "/generate", json={"n": 1, "steps": 2, "label": 12}, timeout=30)
         finally:
             gen.stop()
@@ -41,8 +57,10 @@ def test_label_draws_snippets_of_that_label_from_a_reduced_bank(tmp_path):
     body = r.json()
     rows = np.flatnonzero(labels == 7)
     # Image k's noise is the first draw of seed 11 + k (CONTRACT.md section 6); the index is taken within label 7.
-    want = [int(rows[_cdf_index(torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(11 + k)), 3)])
-            for k in range(3)]
+    want = [
+        int(rows[_cdf_index(torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(11 + k)), 3)])
+        for k in range(3)
+    ]
     assert body["indices"] == want and all(labels[i] == 7 for i in body["indices"])
     assert len(body["images"]) == 3
     assert mixed.status_code == 422 and "give at most one of" in mixed.json()["error"]["message"]
@@ -57,7 +75,9 @@ def test_label_on_an_unlabelled_bank_is_422(tmp_path):
     try:
         gen = start_generator(tmp_path, bank.url)
         try:
-            r = httpx.post(gen.url + "/generate", json={"n": 1, "seed": 1, "steps": 2, "label": 3}, timeout=60)
+            r = httpx.post(
+                gen.url + "/generate", json={"n": 1, "seed": 1, "steps": 2, "label": 3}, timeout=60
+            )
             ok = httpx.post(gen.url + "/generate", json={"n": 1, "seed": 1, "steps": 2}, timeout=60)
         finally:
             gen.stop()

@@ -34,8 +34,9 @@ def t2s_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     bank = start_bank(tmp)
     procs: list[Proc] = [bank]
     try:
-        procs.append(start_generator(tmp, bank.url, GMEM_GENERATOR_T2S=str(T2S_FILE),
-                                     GMEM_GENERATOR_T2S_NEAREST_K="8"))
+        procs.append(
+            start_generator(tmp, bank.url, GMEM_GENERATOR_T2S=str(T2S_FILE), GMEM_GENERATOR_T2S_NEAREST_K="8")
+        )
         yield procs[-1].url
     finally:
         for p in reversed(procs):
@@ -53,8 +54,14 @@ def test_prompt_draws_the_named_digit_and_repeats_bytes(t2s_url: str):
     out = first.json()
     assert out["images"] == second.json()["images"]
     assert out["indices"] == [None] * 8 and out["bank_version"] is None
-    assert out["prompt"] == {"text_encoder": "gmem/mnist-text", "tokens": 3, "max_tokens": 16,
-                             "truncated": False, "read": "a handwritten seven", "mode": "adapter"}
+    assert out["prompt"] == {
+        "text_encoder": "gmem/mnist-text",
+        "tokens": 3,
+        "max_tokens": 16,
+        "truncated": False,
+        "read": "a handwritten seven",
+        "mode": "adapter",
+    }
     hits = int((classify(out["images"]) == 7).sum())
     assert hits >= 6, hits
     other = post(t2s_url, {**body, "prompt": "a handwritten zero"}).json()
@@ -92,12 +99,15 @@ def test_a_prompt_without_known_words_still_draws(t2s_url: str):
     assert r.json()["prompt"]["tokens"] == 0 and r.json()["prompt"]["truncated"] is False
 
 
-@pytest.mark.parametrize("body", [
-    {"prompt": ""},
-    {"prompt": "a seven", "snippet_ids": [1]},
-    {"prompt": "a seven", "prompt_mode": "closest"},
-    {"prompt": 7},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": ""},
+        {"prompt": "a seven", "snippet_ids": [1]},
+        {"prompt": "a seven", "prompt_mode": "closest"},
+        {"prompt": 7},
+    ],
+)
 def test_bad_prompt_requests_are_422(t2s_url: str, body: dict):
     r = post(t2s_url, {"n": 1, "steps": 2, **body})
     assert r.status_code == 422, r.text
@@ -105,8 +115,10 @@ def test_bad_prompt_requests_are_422(t2s_url: str, body: dict):
 
 
 def test_prompt_without_an_adapter_is_422(gen_url: str):
-    for path, body in (("/generate", {"prompt": "a seven", "steps": 2}),
-                       ("/v1/images/generations", {"prompt": "a seven", "steps": 2})):
+    for path, body in (
+        ("/generate", {"prompt": "a seven", "steps": 2}),
+        ("/v1/images/generations", {"prompt": "a seven", "steps": 2}),
+    ):
         r = post(gen_url, body, path)
         assert r.status_code == 422, r.text
         err = r.json()["error"]
@@ -115,8 +127,13 @@ def test_prompt_without_an_adapter_is_422(gen_url: str):
 
 def test_openai_client_gets_the_same_images_as_generate(t2s_url: str):
     client = openai.OpenAI(base_url=t2s_url + "/v1", api_key="unused-locally", max_retries=0, timeout=120)
-    res = client.images.generate(prompt="a handwritten four", n=2, size="32x32", response_format="b64_json",
-                                 extra_body={"seed": 5, "steps": STEPS})
+    res = client.images.generate(
+        prompt="a handwritten four",
+        n=2,
+        size="32x32",
+        response_format="b64_json",
+        extra_body={"seed": 5, "steps": STEPS},
+    )
     assert len(res.data) == 2 and res.created > 0
     pngs = [base64.b64decode(d.b64_json) for d in res.data]
     assert all(Image.open(io.BytesIO(p)).size == (32, 32) for p in pngs)
@@ -140,8 +157,18 @@ def test_openai_client_sees_clear_errors_for_unserved_options(t2s_url: str):
 
 
 def test_openai_shapes_without_the_client(t2s_url: str):
-    r = post(t2s_url, {"prompt": "a " + "long " * 40 + "nine", "n": 1, "size": "auto", "seed": 2, "steps": 2,
-                       "model": "dall-e-2"}, "/v1/images/generations")
+    r = post(
+        t2s_url,
+        {
+            "prompt": "a " + "long " * 40 + "nine",
+            "n": 1,
+            "size": "auto",
+            "seed": 2,
+            "steps": 2,
+            "model": "dall-e-2",
+        },
+        "/v1/images/generations",
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) >= {"created", "data"} and isinstance(body["created"], int)
@@ -149,8 +176,25 @@ def test_openai_shapes_without_the_client(t2s_url: str):
 
 
 def test_cli_generate_with_a_prompt(t2s_url: str, tmp_path: Path):
-    argv = [sys.executable, "-m", "gmem", "--generator-url", t2s_url, "--json", "generate", "--n", "2",
-            "--seed", "4", "--steps", "2", "--prompt", "a handwritten two", "--out", str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "gmem",
+        "--generator-url",
+        t2s_url,
+        "--json",
+        "generate",
+        "--n",
+        "2",
+        "--seed",
+        "4",
+        "--steps",
+        "2",
+        "--prompt",
+        "a handwritten two",
+        "--out",
+        str(tmp_path),
+    ]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)

@@ -23,8 +23,15 @@ from training.network.model import GMemDiT
 @pytest.fixture(scope="module")
 def tiny_model_file(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    cfg = preset("gmem-tiny", hidden_size=96, depth=2, num_heads=2, init="xavier", default_sampler="euler",
-                 default_steps=3)
+    cfg = preset(
+        "gmem-tiny",
+        hidden_size=96,
+        depth=2,
+        num_heads=2,
+        init="xavier",
+        default_sampler="euler",
+        default_steps=3,
+    )
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(path, GMemDiT(cfg), cfg, {"id": "tiny-runtime-test"})
     return str(path)
@@ -39,8 +46,13 @@ def runtime(path: str, **settings) -> Runtime:
 
 def test_model_facts_come_from_the_header(tiny_model_file):
     facts = read_model_facts(tiny_model_file)
-    assert (facts.id, facts.feature_dim, facts.encoder, facts.resolution, facts.channels) == \
-        ("tiny-runtime-test", 128, "gmem/mnist-cnn", 32, 1)
+    assert (facts.id, facts.feature_dim, facts.encoder, facts.resolution, facts.channels) == (
+        "tiny-runtime-test",
+        128,
+        "gmem/mnist-cnn",
+        32,
+        1,
+    )
     check_bank_compatible(facts, 128, "gmem/mnist-cnn", "http://bank")
     with pytest.raises(IncompatibleArtifacts, match="dimension 128.*dimension 64"):
         check_bank_compatible(facts, 64, "gmem/mnist-cnn", "http://bank")
@@ -54,7 +66,7 @@ def test_padded_and_natural_batches_give_the_same_bytes_as_singles(tiny_model_fi
     padded = runtime(tiny_model_file, micro_batch=4, max_batch_size=8)
     assert padded.micro_batch == 4
     batched = padded.forward(snippets, seeds, 2, "euler", 1.0)
-    singles = [padded.forward(snippets[i:i + 1], [s], 2, "euler", 1.0)[0] for i, s in enumerate(seeds)]
+    singles = [padded.forward(snippets[i : i + 1], [s], 2, "euler", 1.0)[0] for i, s in enumerate(seeds)]
     assert batched == singles
     auto = runtime(tiny_model_file, micro_batch=0, max_batch_size=8)
     if auto.micro_batch == 0:  # the probe found this machine's kernels batch-invariant
@@ -83,8 +95,14 @@ def test_probe_catches_a_batch_dependent_network_and_the_runtime_pads(tiny_model
     assert probe_batch_invariance(model, 4) is False
 
 
-@pytest.mark.parametrize(("raw", "error"), [([1.0] * 3, DimensionMismatch), ([0.0] * 128, ZeroVector),
-                                            ([float("nan")] + [1.0] * 127, NonFiniteValue)])
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ([1.0] * 3, DimensionMismatch),
+        ([0.0] * 128, ZeroVector),
+        ([float("nan")] + [1.0] * 127, NonFiniteValue),
+    ],
+)
 def test_bad_raw_snippets_are_refused(raw, error):
     with pytest.raises(error):
         prepare_snippet(raw, 128)

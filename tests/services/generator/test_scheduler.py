@@ -19,8 +19,10 @@ from training.flow.generate import generate, to_png
 @pytest.fixture(scope="module")
 def runtime() -> Runtime:
     torch.set_num_threads(1)
-    rt = Runtime(GeneratorSettings(model=str(DEFAULT_MODEL), torch_threads=1, max_batch_size=8),
-                 read_model_facts(DEFAULT_MODEL))
+    rt = Runtime(
+        GeneratorSettings(model=str(DEFAULT_MODEL), torch_threads=1, max_batch_size=8),
+        read_model_facts(DEFAULT_MODEL),
+    )
     rt.load()
     return rt
 
@@ -31,16 +33,34 @@ def _snippets(n: int, seed: int) -> np.ndarray:
 
 
 class Job:
-    def __init__(self, sched: StepScheduler, name: str, n: int, seed: int, steps: int, sampler: str,
-                 cfg: float = 1.0, **kw) -> None:
+    def __init__(
+        self,
+        sched: StepScheduler,
+        name: str,
+        n: int,
+        seed: int,
+        steps: int,
+        sampler: str,
+        cfg: float = 1.0,
+        **kw,
+    ) -> None:
         self.done = threading.Event()
         self.pngs: list[bytes] | None = None
         self.error: BaseException | None = None
         self.steps_seen: list[int] = []
         self.on_step = kw.pop("on_step", None)
         self.args = (_snippets(n, seed), [seed + k for k in range(n)], steps, sampler, cfg)
-        self.work = Work(id=name, snippets=self.args[0], seeds=self.args[1], steps=steps, sampler=sampler,
-                         cfg_scale=cfg, on_progress=self._progress, on_done=self._done, **kw)
+        self.work = Work(
+            id=name,
+            snippets=self.args[0],
+            seeds=self.args[1],
+            steps=steps,
+            sampler=sampler,
+            cfg_scale=cfg,
+            on_progress=self._progress,
+            on_done=self._done,
+            **kw,
+        )
         self.sched = sched
 
     def _progress(self, step: int, steps: int, preview: bytes | None) -> None:
@@ -67,8 +87,9 @@ def test_a_job_joining_at_any_step_gets_the_bytes_it_gets_alone(runtime: Runtime
     sched.start()
     try:
         late = Job(sched, "late", 2, 40, 9, "sde", 2.0)
-        first = Job(sched, "first", 3, 11, 12, "heun",
-                    on_step=lambda s: late.submit() if s == join_at else None)
+        first = Job(
+            sched, "first", 3, 11, 12, "heun", on_step=lambda s: late.submit() if s == join_at else None
+        )
         first.submit()
         assert first.done.wait(120) and late.done.wait(120)
         assert first.error is None and late.error is None
@@ -101,8 +122,15 @@ def test_cancel_ends_only_that_job_and_a_failing_job_fails_alone(runtime: Runtim
     sched.start()
     try:
         keep = Job(sched, "keep", 1, 5, 20, "euler")
-        doomed = Job(sched, "doomed", 1, 6, 200, "euler",
-                     on_step=lambda s: sched.cancel(doomed.work) if s == 3 else None)
+        doomed = Job(
+            sched,
+            "doomed",
+            1,
+            6,
+            200,
+            "euler",
+            on_step=lambda s: sched.cancel(doomed.work) if s == 3 else None,
+        )
         bad = Job(sched, "bad", 1, 7, 5, "nonsense")  # unknown sampler: fails when it starts
         for j in (keep, doomed, bad):
             j.submit()

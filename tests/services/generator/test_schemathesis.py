@@ -19,14 +19,20 @@ def test_no_server_errors_on_any_operation(stack):
     seen: dict[int, int] = {}
 
     for op in operations:
-        @settings(max_examples=40 if op.path == "/generate" else 5, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+
+        @settings(
+            max_examples=40 if op.path == "/generate" else 5,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=op.as_strategy())
         def check(case) -> None:
             response = case.call(base_url=url, timeout=60)
             seen[response.status_code] = seen.get(response.status_code, 0) + 1
             assert response.status_code < 500, (
-                f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text[:300]}")
+                f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text[:300]}"
+            )
             if response.status_code >= 400:
                 err = response.json()["error"]
                 assert err["code"] and err["message"]

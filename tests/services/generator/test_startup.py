@@ -18,15 +18,36 @@ def _bank_file(path, d: int, encoder: str) -> None:
     mu = rows.mean(0)
     u, s, vt = np.linalg.svd(rows - mu, full_matrices=False)
     r = 8
-    save_factors(path, mu, vt[:r].T * np.sqrt(s[:r]), s[:r], (u[:, :r] * np.sqrt(s[:r])).astype(np.float32),
-                 BankMeta(encoder=encoder, feature_dim=d, rank=r, source="test", explained_variance=0.5))
+    save_factors(
+        path,
+        mu,
+        vt[:r].T * np.sqrt(s[:r]),
+        s[:r],
+        (u[:, :r] * np.sqrt(s[:r])).astype(np.float32),
+        BankMeta(encoder=encoder, feature_dim=d, rank=r, source="test", explained_variance=0.5),
+    )
 
 
 def _run_generator(bank_url: str) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(ROOT), **GENERATOR_ENV, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "services.generator", "--model", str(DEFAULT_MODEL),
-                           "--bank-url", bank_url, "--port", str(free_port())],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.generator",
+            "--model",
+            str(DEFAULT_MODEL),
+            "--bank-url",
+            bank_url,
+            "--port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_wrong_snippet_dimension_refuses_to_start_naming_both(tmp_path):
@@ -56,8 +77,23 @@ def test_a_file_that_is_not_a_model_refuses_to_start(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")
     env = {"PYTHONPATH": str(ROOT), **GENERATOR_ENV, "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "services.generator", "--model", str(bad), "--bank-url",
-                           "http://127.0.0.1:9", "--port", str(free_port())], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.generator",
+            "--model",
+            str(bad),
+            "--bank-url",
+            "http://127.0.0.1:9",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and str(bad) in done.stderr
     assert "Traceback" not in done.stderr

@@ -34,8 +34,11 @@ def test_snippets_of_one_digit_draw_that_digit(gen_url: str):
         ids = rows[np.linspace(0, len(rows) - 1, 16).astype(int)].tolist()
         images = []
         for half in (ids[:8], ids[8:]):
-            r = httpx.post(gen_url + "/generate", json={"n": 8, "seed": 100 * digit + len(images),
-                                                        "steps": steps, "snippet_ids": half}, timeout=120)
+            r = httpx.post(
+                gen_url + "/generate",
+                json={"n": 8, "seed": 100 * digit + len(images), "steps": steps, "snippet_ids": half},
+                timeout=120,
+            )
             assert r.status_code == 200, r.text
             images += r.json()["images"]
         hits[digit] = float((classify(images) == digit).mean())

@@ -22,16 +22,28 @@ from gmem.stack import REPO_ROOT, LocalStack, StackConfig, free_port
 
 TOKEN = "playground-test-token"
 # Small limits and one torch thread: the generator shares 2 CPU cores with the rest of the suite.
-GENERATOR_ENV = {"GMEM_GENERATOR_MAX_N": "8", "GMEM_GENERATOR_MAX_STEPS": "40", "GMEM_GENERATOR_TORCH_THREADS": "1",
-                 "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "20", "GMEM_GENERATOR_BANK_TIMEOUT_S": "2"}
+GENERATOR_ENV = {
+    "GMEM_GENERATOR_MAX_N": "8",
+    "GMEM_GENERATOR_MAX_STEPS": "40",
+    "GMEM_GENERATOR_TORCH_THREADS": "1",
+    "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "20",
+    "GMEM_GENERATOR_BANK_TIMEOUT_S": "2",
+}
 STEPS = 8  # sampler steps the tests ask for: enough for a digit, quick on CPU
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    cfg = StackConfig(out_dir=tmp_path_factory.mktemp("playground-stack"), bank_port=None, generator_port=None,
-                      playground_port=None, use_redis=False, token=TOKEN, generator_env=GENERATOR_ENV,
-                      bank_env={"GMEM_BANK_FAISS_THREADS": "1"})
+    cfg = StackConfig(
+        out_dir=tmp_path_factory.mktemp("playground-stack"),
+        bank_port=None,
+        generator_port=None,
+        playground_port=None,
+        use_redis=False,
+        token=TOKEN,
+        generator_env=GENERATOR_ENV,
+        bank_env={"GMEM_BANK_FAISS_THREADS": "1"},
+    )
     with LocalStack(cfg) as running:
         running.start_playground()
         yield running
@@ -60,9 +72,23 @@ def playground_without_bank(stack: LocalStack, tmp_path: Path) -> Iterator[Playg
     env = {k: v for k, v in os.environ.items() if not k.startswith("GMEM_")}
     env.update({"GMEM_BANK_TOKEN": TOKEN, "PYTHONPATH": str(REPO_ROOT)})
     log = (tmp_path / "playground.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "services.playground", "--bank-url", f"http://127.0.0.1:{dead}",
-                             "--generator-url", stack.generator_url, "--port", str(port)], cwd=REPO_ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.playground",
+            "--bank-url",
+            f"http://127.0.0.1:{dead}",
+            "--generator-url",
+            stack.generator_url,
+            "--port",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     pg = Playground(proc, f"http://127.0.0.1:{port}")
     try:
         for _ in range(200):
@@ -86,7 +112,9 @@ def playground_without_bank(stack: LocalStack, tmp_path: Path) -> Iterator[Playg
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "Debian's chromium is required for the browser test: apt-get install -y chromium (scripts/setup.sh)"
+    assert exe, (
+        "Debian's chromium is required for the browser test: apt-get install -y chromium (scripts/setup.sh)"
+    )
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox", "--disable-gpu"])
         yield b

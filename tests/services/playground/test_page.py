@@ -41,8 +41,10 @@ def digit_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # The rendered width of an <img>, once it has loaded (it may still be decoding when first found).
-NATURAL_WIDTH = ("i => i.complete && i.naturalWidth ? i.naturalWidth : new Promise(done => "
-                 "i.addEventListener('load', () => done(i.naturalWidth), {once: true}))")
+NATURAL_WIDTH = (
+    "i => i.complete && i.naturalWidth ? i.naturalWidth : new Promise(done => "
+    "i.addEventListener('load', () => done(i.naturalWidth), {once: true}))"
+)
 
 
 def open_page(tab: Tab, url: str) -> None:
@@ -106,8 +108,9 @@ def test_generate_grid(stack: LocalStack, tab: Tab, model: dict, shots: Path) ->
     seeds = [int(imgs.nth(k).get_attribute("data-seed") or -1) for k in range(4)]
     assert seeds == [11, 12, 13, 14]
     ids = [int(imgs.nth(k).get_attribute("data-snippet-id") or -1) for k in range(4)]
-    direct = httpx.post(stack.generator_url + "/generate", json={"n": 4, "seed": 11, "steps": STEPS},
-                        timeout=120).json()
+    direct = httpx.post(
+        stack.generator_url + "/generate", json={"n": 4, "seed": 11, "steps": STEPS}, timeout=120
+    ).json()
     assert ids == direct["indices"]
     assert [png_bytes(imgs.nth(k)) for k in range(4)] == [base64.b64decode(s) for s in direct["images"]]
     expect(page.locator("#gallery")).to_contain_text(f"bank v{direct['bank_version']}")
@@ -117,7 +120,9 @@ def test_generate_grid(stack: LocalStack, tab: Tab, model: dict, shots: Path) ->
     # Provenance: the training image behind each picked base snippet sits beside the sample.
     sources = page.locator("#gallery .src[data-source]")
     expect(sources).to_have_count(4)
-    assert [sources.nth(k).get_attribute("data-source") for k in range(4)] == [f"/api/sources/{i}.png" for i in ids]
+    assert [sources.nth(k).get_attribute("data-source") for k in range(4)] == [
+        f"/api/sources/{i}.png" for i in ids
+    ]
     expect(page.locator("#gallery img")).to_have_count(4)  # the results only
     snap(tab, "#generate-view", shots / "generate.png")
     assert tab.console_errors == []
@@ -147,8 +152,11 @@ def test_insert_style(stack: LocalStack, tab: Tab, model: dict, digit_png: Path,
     imgs = page.locator("#insert-gallery img.sample")
     check_images(imgs, model, 3)
     assert {imgs.nth(k).get_attribute("data-snippet-id") for k in range(3)} == {str(new_id)}
-    direct = httpx.post(stack.generator_url + "/generate",
-                        json={"n": 3, "seed": 5, "steps": STEPS, "snippet_ids": [new_id]}, timeout=120).json()
+    direct = httpx.post(
+        stack.generator_url + "/generate",
+        json={"n": 3, "seed": 5, "steps": STEPS, "snippet_ids": [new_id]},
+        timeout=120,
+    ).json()
     assert [png_bytes(imgs.nth(k)) for k in range(3)] == [base64.b64decode(s) for s in direct["images"]]
     snap(tab, "#insert-view", shots / "insert.png")
     assert tab.console_errors == []
@@ -191,14 +199,20 @@ def test_browse_provenance_and_delete(stack: LocalStack, tab: Tab, shots: Path) 
     src = tiles.first.locator("img.src")
     expect(src).to_have_attribute("src", "/api/sources/0.png")
     assert src.evaluate(NATURAL_WIDTH) == 32
-    served = np.asarray(Image.open(io.BytesIO(httpx.get(stack.playground_url + "/api/sources/0.png").content)))
+    served = np.asarray(
+        Image.open(io.BytesIO(httpx.get(stack.playground_url + "/api/sources/0.png").content))
+    )
     assert np.array_equal(served, load_dataset("mnist-5k:train").images[0][..., 0])
     label = httpx.get(stack.bank_url + "/bank/snippets/0", timeout=10).json()["label"]
     expect(tiles.first).to_contain_text(f"label {label}")
     snap(tab, "#bank-view", shots / "bank.png")
     # A run-time snippet appears in the user pool and can be deleted from the page.
-    made = httpx.post(stack.bank_url + "/bank/interpolate", json={"i": 3, "j": 9, "alpha": 0.5, "name": "to delete"},
-                      headers=AUTH, timeout=10).json()
+    made = httpx.post(
+        stack.bank_url + "/bank/interpolate",
+        json={"i": 3, "j": 9, "alpha": 0.5, "name": "to delete"},
+        headers=AUTH,
+        timeout=10,
+    ).json()
     page.select_option("#browse-pool", "user")
     tile = page.locator(f"#browse figure[data-snippet-id='{made['id']}']")
     expect(tile).to_contain_text("interpolated")
@@ -220,7 +234,9 @@ def test_non_image_upload(stack: LocalStack, tab: Tab, tmp_path: Path) -> None:
     tab.page.set_input_files("#upload", str(text))
     expect(tab.page.locator("#insert-message")).to_contain_text("not an image")
     expect(tab.page.locator("#insert-result")).not_to_contain_text("Inserted")
-    resp = httpx.post(stack.playground_url + "/api/snippets", files={"image": ("notes.txt", b"hello", "text/plain")})
+    resp = httpx.post(
+        stack.playground_url + "/api/snippets", files={"image": ("notes.txt", b"hello", "text/plain")}
+    )
     assert resp.status_code == 415 and resp.json()["error"]["code"] == "not_an_image"
     assert httpx.get(stack.bank_url + "/bank", timeout=10).json()["version"] == version  # nothing stored
 
@@ -236,9 +252,11 @@ def test_unknown_snippet_id(stack: LocalStack, tab: Tab) -> None:
     page.fill("#gen-snippet", "88888888")
     page.click("#generate")
     expect(page.locator("#gen-message")).to_contain_text("88888888")
-    for resp in (httpx.get(stack.playground_url + "/api/snippets/99999999"),
-                 httpx.post(stack.playground_url + "/api/search", json={"id": 99999999}),
-                 httpx.post(stack.playground_url + "/api/generate", json={"snippet_ids": [99999999], "steps": 2})):
+    for resp in (
+        httpx.get(stack.playground_url + "/api/snippets/99999999"),
+        httpx.post(stack.playground_url + "/api/search", json={"id": 99999999}),
+        httpx.post(stack.playground_url + "/api/generate", json={"snippet_ids": [99999999], "steps": 2}),
+    ):
         assert resp.status_code == 404, resp.text
         assert set(resp.json()["error"]) == {"code", "message"}
 
@@ -253,8 +271,13 @@ def test_bank_down(playground_without_bank, tab: Tab, digit_png: Path, shots: Pa
     expect(page.locator("#insert-message")).to_contain_text("bank")
     expect(page.locator("#insert-message")).to_contain_text("HTTP 503")
     snap(tab, "main", shots / "bank-down.png")
-    for resp in (httpx.get(url + "/api/snippets/1"), httpx.get(url + "/api/snippets?pool=base"),
-                 httpx.post(url + "/api/snippets", files={"image": ("seven.png", digit_png.read_bytes(), "image/png")})):
+    for resp in (
+        httpx.get(url + "/api/snippets/1"),
+        httpx.get(url + "/api/snippets?pool=base"),
+        httpx.post(
+            url + "/api/snippets", files={"image": ("seven.png", digit_png.read_bytes(), "image/png")}
+        ),
+    ):
         assert resp.status_code == 503, resp.text
         assert "unreachable" in resp.json()["error"]["message"]
     status = httpx.get(url + "/api/status").json()

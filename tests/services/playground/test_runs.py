@@ -58,15 +58,18 @@ def test_run_streams_progress_then_the_generators_images(stack: LocalStack) -> N
     result = done["result"]
     assert [im["seed"] for im in result["images"]] == [21, 22, 23]
     direct = httpx.post(stack.generator_url + "/generate", json=body, timeout=120).json()
-    assert [base64.b64decode(im["png"]) for im in result["images"]] == [base64.b64decode(s) for s in direct["images"]]
+    assert [base64.b64decode(im["png"]) for im in result["images"]] == [
+        base64.b64decode(s) for s in direct["images"]
+    ]
     assert [im["snippet_id"] for im in result["images"]] == direct["indices"]
     # A page that reconnects gets the same events again, from the start.
     assert events_of(stack.playground_url + run["events"]) == events
 
 
 def test_failed_run_says_why(stack: LocalStack) -> None:
-    run = httpx.post(stack.playground_url + "/api/runs", json={"n": 1, "steps": 2, "snippet_ids": [77777777]},
-                     timeout=30).json()
+    run = httpx.post(
+        stack.playground_url + "/api/runs", json={"n": 1, "steps": 2, "snippet_ids": [77777777]}, timeout=30
+    ).json()
     done = events_of(stack.playground_url + run["events"])[-1]
     assert done[0] == "done" and done[1]["status"] == "failed"
     assert done[1]["http_status"] == 404 and "77777777" in done[1]["error"]["message"]
@@ -77,7 +80,10 @@ def test_bad_requests_get_the_envelope(stack: LocalStack) -> None:
     for resp, status in [
         (httpx.get(pg + "/api/runs/nope/events"), 404),
         (httpx.post(pg + "/api/runs", json={"n": 0}), 422),
-        (httpx.post(pg + "/api/runs", content=b"{not json", headers={"content-type": "application/json"}), 422),
+        (
+            httpx.post(pg + "/api/runs", content=b"{not json", headers={"content-type": "application/json"}),
+            422,
+        ),
         (httpx.post(pg + "/api/generate", json={"n": 2, "sampler": "magic"}), 422),
         (httpx.post(pg + "/api/interpolate", json={"a": 1, "b": 2, "alphas": [1.5]}), 422),
         (httpx.post(pg + "/api/interpolate", json={"a": 1, "b": 2, "points": 40}), 422),

@@ -28,8 +28,19 @@ def run_cli(*args: str):
 def cache_dir(tmp_path_factory) -> Path:
     """The cache of mnist-5k:train (the bank's rows) with REPA features, through the command."""
     out = tmp_path_factory.mktemp("cache") / "c"
-    res = run_cli("cache", "--dataset", "mnist-5k:train", "--vae", str(VAE), "--encoder", "gmem/mnist-cnn",
-                  "--out", str(out), "--shard-size", "1000")
+    res = run_cli(
+        "cache",
+        "--dataset",
+        "mnist-5k:train",
+        "--vae",
+        str(VAE),
+        "--encoder",
+        "gmem/mnist-cnn",
+        "--out",
+        str(out),
+        "--shard-size",
+        "1000",
+    )
     assert res.exit_code == 0, res.output
     return out
 
@@ -38,9 +49,36 @@ def cache_dir(tmp_path_factory) -> Path:
 def latent_model(tmp_path_factory, cache_dir) -> Path:
     """24 steps of `train --space latent` with REPA: a model file plus its run folder."""
     out = tmp_path_factory.mktemp("latent") / "model.safetensors"
-    res = run_cli("train", "--space", "latent", "--vae", str(VAE), "--cache", str(cache_dir), "--bank", str(BANK),
-                  "--out", str(out), "--steps", "24", "--batch-size", "16", "--preset", "gmem-tiny-latent",
-                  "--repa", "mnist", "--sample-every", "12", "--ckpt-every", "12", "--threads", "1",
-                  "--default-steps", "4", "--default-sampler", "euler")
+    res = run_cli(
+        "train",
+        "--space",
+        "latent",
+        "--vae",
+        str(VAE),
+        "--cache",
+        str(cache_dir),
+        "--bank",
+        str(BANK),
+        "--out",
+        str(out),
+        "--steps",
+        "24",
+        "--batch-size",
+        "16",
+        "--preset",
+        "gmem-tiny-latent",
+        "--repa",
+        "mnist",
+        "--sample-every",
+        "12",
+        "--ckpt-every",
+        "12",
+        "--threads",
+        "1",
+        "--default-steps",
+        "4",
+        "--default-sampler",
+        "euler",
+    )
     assert res.exit_code == 0, res.output
     return out

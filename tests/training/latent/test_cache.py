@@ -17,8 +17,16 @@ from training.latent.cache import read_cache, read_manifest, shard_name, write_c
 
 from .conftest import VAE
 
-ARGS = dict(dataset="mnist-5k:eval", vae=str(VAE), encoder_id="gmem/mnist-cnn", shard_size=128, flip=True,
-            repa=True, batch_size=50, progress=False)
+ARGS = dict(
+    dataset="mnist-5k:eval",
+    vae=str(VAE),
+    encoder_id="gmem/mnist-cnn",
+    shard_size=128,
+    flip=True,
+    repa=True,
+    batch_size=50,
+    progress=False,
+)
 
 
 def _files(folder):

@@ -13,10 +13,18 @@ from training.latent.autoencoders import DIFFUSERS_KIND, load_autoencoder, load_
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-                                  down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
-                                  norm_num_groups=32, sample_size=32, scaling_factor=0.5)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=32,
+        scaling_factor=0.5,
+    )
     out = tmp_path_factory.mktemp("sdvae") / "vae"
     vae.save_pretrained(str(out))
     return out, vae.eval()

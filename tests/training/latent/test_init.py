@@ -11,9 +11,31 @@ from .conftest import BANK, VAE, run_cli
 
 
 def _args(cache_dir, out, bank=BANK, steps="0"):
-    return ["train", "--space", "latent", "--vae", str(VAE), "--cache", str(cache_dir), "--bank", str(bank),
-            "--out", str(out), "--steps", steps, "--batch-size", "8", "--preset", "gmem-tiny-latent",
-            "--sample-every", "1000", "--ckpt-every", "1000", "--threads", "1"]
+    return [
+        "train",
+        "--space",
+        "latent",
+        "--vae",
+        str(VAE),
+        "--cache",
+        str(cache_dir),
+        "--bank",
+        str(bank),
+        "--out",
+        str(out),
+        "--steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--preset",
+        "gmem-tiny-latent",
+        "--sample-every",
+        "1000",
+        "--ckpt-every",
+        "1000",
+        "--threads",
+        "1",
+    ]
 
 
 def test_init_starts_from_the_given_weights_bit_for_bit(latent_model, cache_dir, tmp_path):
@@ -33,8 +55,13 @@ def test_init_starts_from_the_given_weights_bit_for_bit(latent_model, cache_dir,
 def test_init_refuses_a_bank_of_another_encoder(latent_model, cache_dir, tmp_path):
     f = load_factors(BANK)
     other = tmp_path / "other.safetensors"
-    meta = BankMeta(encoder="test/other", feature_dim=f.feature_dim, rank=f.rank, source=f.meta.source,
-                    explained_variance=0.5)
+    meta = BankMeta(
+        encoder="test/other",
+        feature_dim=f.feature_dim,
+        rank=f.rank,
+        source=f.meta.source,
+        explained_variance=0.5,
+    )
     save_factors(other, f.mu, f.B, f.S, np.asarray(f.C), meta)
     res = run_cli(*_args(cache_dir, tmp_path / "x.safetensors", bank=other), "--init", str(latent_model))
     assert res.exit_code == 2 and "test/other" in res.output and "gmem/mnist-cnn" in res.output
@@ -49,8 +76,21 @@ def test_init_refuses_a_model_of_another_shape(cache_dir, tmp_path):
 def test_init_in_pixel_space_keeps_the_embedded_model_bit_for_bit(tmp_path):
     pixel = BANK.parent / "model.safetensors"
     out = tmp_path / "px.safetensors"
-    res = run_cli("train", "--dataset", "mnist-5k:train", "--bank", str(BANK), "--init", str(pixel), "--steps", "0",
-                  "--out", str(out), "--threads", "1")
+    res = run_cli(
+        "train",
+        "--dataset",
+        "mnist-5k:train",
+        "--bank",
+        str(BANK),
+        "--init",
+        str(pixel),
+        "--steps",
+        "0",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     src, got = load_file(str(pixel)), load_file(str(out))
     assert set(src) == set(got) and all(np.array_equal(src[k].numpy(), got[k].numpy()) for k in src)

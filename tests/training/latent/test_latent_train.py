@@ -25,11 +25,17 @@ def test_model_file_records_space_vae_and_normalisation(latent_model, cache_dir)
     assert meta["decoder"]["kind"] == "gmem/tiny-vae" and meta["decoder"]["weights"] == str(VAE.resolve())
     assert meta["latent_mean"] == manifest["latent_mean"] and meta["latent_std"] == manifest["latent_std"]
     assert meta["normalization"]["space"] == "latent"
-    assert meta["repa_dim"] == 64 and meta["encoder_depth"] == 2 and meta["train"]["options"]["repa_weight"] == 0.5
+    assert (
+        meta["repa_dim"] == 64
+        and meta["encoder_depth"] == 2
+        and meta["train"]["options"]["repa_weight"] == 0.5
+    )
     run = latent_model.parent / "model-run"
     assert (run / "loss.png").is_file() and (run / "samples" / "step_0000024.png").is_file()
     assert sorted(p.name for p in (run / "checkpoints").glob("*.safetensors")) == [
-        "step_0000012.safetensors", "step_0000024.safetensors"]
+        "step_0000012.safetensors",
+        "step_0000024.safetensors",
+    ]
     losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert losses and all(np.isfinite(losses))
     # The preview grid is decoded pixels (32 px cells), not 8x8 latents.
@@ -38,11 +44,39 @@ def test_model_file_records_space_vae_and_normalisation(latent_model, cache_dir)
 
 def test_resume_from_checkpoint_ends_with_the_same_weights(latent_model, cache_dir, tmp_path):
     out = tmp_path / "resumed.safetensors"
-    res = run_cli("train", "--space", "latent", "--vae", str(VAE), "--cache", str(cache_dir), "--bank", str(BANK),
-                  "--out", str(out), "--steps", "24", "--batch-size", "16", "--preset", "gmem-tiny-latent",
-                  "--repa", "mnist", "--sample-every", "12", "--ckpt-every", "12", "--threads", "1",
-                  "--default-steps", "4", "--default-sampler", "euler", "--resume",
-                  str(latent_model.parent / "model-run" / "checkpoints" / "step_0000012.safetensors"))
+    res = run_cli(
+        "train",
+        "--space",
+        "latent",
+        "--vae",
+        str(VAE),
+        "--cache",
+        str(cache_dir),
+        "--bank",
+        str(BANK),
+        "--out",
+        str(out),
+        "--steps",
+        "24",
+        "--batch-size",
+        "16",
+        "--preset",
+        "gmem-tiny-latent",
+        "--repa",
+        "mnist",
+        "--sample-every",
+        "12",
+        "--ckpt-every",
+        "12",
+        "--threads",
+        "1",
+        "--default-steps",
+        "4",
+        "--default-sampler",
+        "euler",
+        "--resume",
+        str(latent_model.parent / "model-run" / "checkpoints" / "step_0000012.safetensors"),
+    )
     assert res.exit_code == 0, res.output
     a, b = load_file(str(latent_model)), load_file(str(out))
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
@@ -52,12 +86,24 @@ def test_sample_and_eval_decode_through_the_recorded_vae(latent_model, tmp_path)
     model = load_model(latent_model)
     assert model.decoder.kind == "gmem/tiny-vae"
     png = tmp_path / "grid.png"
-    res = run_cli("sample", "--model", str(latent_model), "--bank", str(BANK), "--n", "4", "--seed", "3",
-                  "--out", str(png))
+    res = run_cli(
+        "sample",
+        "--model",
+        str(latent_model),
+        "--bank",
+        str(BANK),
+        "--n",
+        "4",
+        "--seed",
+        "3",
+        "--out",
+        str(png),
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(png).size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)
-    res = run_cli("eval", "--model", str(latent_model), "--bank", str(BANK), "--dataset", "mnist-5k:eval",
-                  "--n", "20")
+    res = run_cli(
+        "eval", "--model", str(latent_model), "--bank", str(BANK), "--dataset", "mnist-5k:eval", "--n", "20"
+    )
     assert res.exit_code == 0, res.output
     assert '"fd"' in res.output
 

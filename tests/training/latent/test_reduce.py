@@ -19,8 +19,11 @@ def test_random_at_k_keeps_k_real_rows_per_label(tmp_path):
     src, red = load_factors(BANK), load_factors(out)
     labels = np.asarray(red.labels)
     assert red.size == 40 and np.array_equal(np.bincount(labels), [4] * 10)
-    assert (red.meta.encoder, red.meta.feature_dim, red.meta.rank) == (src.meta.encoder, src.meta.feature_dim,
-                                                                        src.meta.rank)
+    assert (red.meta.encoder, red.meta.feature_dim, red.meta.rank) == (
+        src.meta.encoder,
+        src.meta.feature_dim,
+        src.meta.rank,
+    )
     assert red.meta.extra["reduction"] == "random@4"
     src_c, src_l = np.asarray(src.C), np.asarray(src.labels)
     for row, label in zip(np.asarray(red.C), labels, strict=True):
@@ -49,8 +52,17 @@ def test_unlabelled_bank_and_bad_methods_are_refused(tmp_path):
     f = load_factors(BANK)
     plain = tmp_path / "plain.safetensors"
     save_factors(plain, f.mu, f.B, f.S, np.asarray(f.C), f.meta)
-    res = run_cli("reduce-bank", "--bank", str(plain), "--method", "random@k", "--k", "2", "--out",
-                  str(tmp_path / "x.safetensors"))
+    res = run_cli(
+        "reduce-bank",
+        "--bank",
+        str(plain),
+        "--method",
+        "random@k",
+        "--k",
+        "2",
+        "--out",
+        str(tmp_path / "x.safetensors"),
+    )
     assert res.exit_code == 2 and "no labels" in res.output and not (tmp_path / "x.safetensors").exists()
     assert parse_method("average@7", None) == ("average", 7)
     for method, k in (("median@k", 2), ("random@k", None), ("random@3", 4), ("random@k", 0)):

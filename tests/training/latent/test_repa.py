@@ -19,7 +19,11 @@ def _net(depth: int) -> GMemDiT:
 
 def test_repa_gradient_reaches_projector_and_chosen_block_only():
     net = _net(depth=3)
-    x, t, c = torch.randn(4, 4, 8, 8), torch.rand(4), torch.nn.functional.normalize(torch.randn(4, 128), dim=1)
+    x, t, c = (
+        torch.randn(4, 4, 8, 8),
+        torch.rand(4),
+        torch.nn.functional.normalize(torch.randn(4, 128), dim=1),
+    )
     _, projected = net(x, t, c, return_features=True)
     assert projected.shape == (4, 16, 64)
     repa_loss(projected, torch.randn(4, 16, 64)).backward()
@@ -46,8 +50,23 @@ def test_release_preset_is_block_4_lambda_half_dinov2():
 
 
 def test_repa_options_are_checked(cache_dir, tmp_path):
-    base = ["train", "--space", "latent", "--vae", str(VAE), "--cache", str(cache_dir), "--bank", str(BANK),
-            "--out", str(tmp_path / "m.safetensors"), "--steps", "1", "--preset", "gmem-tiny-latent"]
+    base = [
+        "train",
+        "--space",
+        "latent",
+        "--vae",
+        str(VAE),
+        "--cache",
+        str(cache_dir),
+        "--bank",
+        str(BANK),
+        "--out",
+        str(tmp_path / "m.safetensors"),
+        "--steps",
+        "1",
+        "--preset",
+        "gmem-tiny-latent",
+    ]
     res = run_cli(*base, "--repa", "release")
     assert res.exit_code == 2 and "aligns to 'timm/vit_base_patch14_dinov2'" in res.output
     res = run_cli(*base, "--repa", "mnist", "--repa-depth", "9")

@@ -45,11 +45,15 @@ def test_train_vae_command_writes_a_gmem_vae_file(tmp_path):
     from .conftest import run_cli
 
     out = tmp_path / "vae.safetensors"
-    res = run_cli("train-vae", "--dataset", "mnist-5k:eval", "--out", str(out), "--steps", "3", "--batch-size", "8")
+    res = run_cli(
+        "train-vae", "--dataset", "mnist-5k:eval", "--out", str(out), "--steps", "3", "--batch-size", "8"
+    )
     assert res.exit_code == 0, res.output
     assert "reconstruction MSE" in res.output
     with safe_open(str(out), framework="pt") as fh:
         md = fh.metadata()
     assert md["format"] == "gmem-vae" and md["kind"] == KIND
-    bad = run_cli("train-vae", "--dataset", "mnist-5k", "--out", str(tmp_path / "x.safetensors"), "--steps", "0")
+    bad = run_cli(
+        "train-vae", "--dataset", "mnist-5k", "--out", str(tmp_path / "x.safetensors"), "--steps", "0"
+    )
     assert bad.exit_code == 2 and "--steps" in bad.output

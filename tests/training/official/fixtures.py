@@ -24,7 +24,9 @@ import torch
 # ----------------------------------------------------------------------------- network
 
 
-def lightningdit_shapes(depth: int, hidden: int, heads: int, projector: bool = True) -> dict[str, tuple[int, ...]]:
+def lightningdit_shapes(
+    depth: int, hidden: int, heads: int, projector: bool = True
+) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a LightningDiT-*/1 GMem state dict (``models/lightningdit.py``): 32 latent channels, 16x16 tokens."""
     hd = hidden // heads
     mlp = int(2 / 3 * 4 * hidden)  # SwiGLU hidden width: 2048 (B) or 3072 (XL)
@@ -47,22 +49,34 @@ def lightningdit_shapes(depth: int, hidden: int, heads: int, projector: bool = T
         "final_layer.adaLN_modulation.1.bias": (2 * hidden,),
     }
     if projector:
-        shapes.update({
-            "projector.0.0.weight": (2048, hidden), "projector.0.0.bias": (2048,),
-            "projector.0.2.weight": (2048, 2048), "projector.0.2.bias": (2048,),
-            "projector.0.4.weight": (768, 2048), "projector.0.4.bias": (768,),
-        })
+        shapes.update(
+            {
+                "projector.0.0.weight": (2048, hidden),
+                "projector.0.0.bias": (2048,),
+                "projector.0.2.weight": (2048, 2048),
+                "projector.0.2.bias": (2048,),
+                "projector.0.4.weight": (768, 2048),
+                "projector.0.4.bias": (768,),
+            }
+        )
     for i in range(depth):
         p = f"blocks.{i}."
-        shapes.update({
-            p + "norm1.weight": (hidden,),
-            p + "norm2.weight": (hidden,),
-            p + "attn.qkv.weight": (3 * hidden, hidden), p + "attn.qkv.bias": (3 * hidden,),
-            p + "attn.proj.weight": (hidden, hidden), p + "attn.proj.bias": (hidden,),
-            p + "mlp.w12.weight": (2 * mlp, hidden), p + "mlp.w12.bias": (2 * mlp,),
-            p + "mlp.w3.weight": (hidden, mlp), p + "mlp.w3.bias": (hidden,),
-            p + "adaLN_modulation.1.weight": (6 * hidden, hidden), p + "adaLN_modulation.1.bias": (6 * hidden,),
-        })
+        shapes.update(
+            {
+                p + "norm1.weight": (hidden,),
+                p + "norm2.weight": (hidden,),
+                p + "attn.qkv.weight": (3 * hidden, hidden),
+                p + "attn.qkv.bias": (3 * hidden,),
+                p + "attn.proj.weight": (hidden, hidden),
+                p + "attn.proj.bias": (hidden,),
+                p + "mlp.w12.weight": (2 * mlp, hidden),
+                p + "mlp.w12.bias": (2 * mlp,),
+                p + "mlp.w3.weight": (hidden, mlp),
+                p + "mlp.w3.bias": (hidden,),
+                p + "adaLN_modulation.1.weight": (6 * hidden, hidden),
+                p + "adaLN_modulation.1.bias": (6 * hidden,),
+            }
+        )
     return shapes
 
 
@@ -79,7 +93,9 @@ def rope_tables(head_dim: int, grid: int = 16) -> tuple[torch.Tensor, torch.Tens
         for j in range(head_dim):
             pos, k = (row, j // 2) if j < half else (col, (j - half) // 2)
             angles[n, j] = pos * 10000.0 ** (-2 * k / half)
-    return torch.tensor(np.cos(angles), dtype=torch.float32), torch.tensor(np.sin(angles), dtype=torch.float32)
+    return torch.tensor(np.cos(angles), dtype=torch.float32), torch.tensor(
+        np.sin(angles), dtype=torch.float32
+    )
 
 
 def random_network_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -89,7 +105,11 @@ def random_network_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> d
     for name, shape in shapes.items():
         if name.startswith("feat_rope."):
             continue
-        if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name.endswith("norm_final.weight"):
+        if (
+            name.endswith("norm1.weight")
+            or name.endswith("norm2.weight")
+            or name.endswith("norm_final.weight")
+        ):
             t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
         elif name.endswith(".bias") or name == "pos_embed":
             t = 0.1 * torch.randn(shape, generator=gen)
@@ -110,12 +130,23 @@ def save_bare(state: dict[str, torch.Tensor], path: Path) -> Path:
 
 def save_train_checkpoint(ema: dict[str, torch.Tensor], model: dict[str, torch.Tensor], path: Path) -> Path:
     """The training container: ``{"model": DDP-prefixed, "ema": bare, "config": ...}``."""
-    torch.save({
-        "model": {"module." + k: v for k, v in model.items()},
-        "ema": ema,
-        "config": {"model": {"model_type": "LightningDiT-B/1", "use_swiglu": True, "use_rope": True,
-                             "use_rmsnorm": True, "in_chans": 32}, "train": {"global_seed": 0}},
-    }, path)
+    torch.save(
+        {
+            "model": {"module." + k: v for k, v in model.items()},
+            "ema": ema,
+            "config": {
+                "model": {
+                    "model_type": "LightningDiT-B/1",
+                    "use_swiglu": True,
+                    "use_rope": True,
+                    "use_rmsnorm": True,
+                    "in_chans": 32,
+                },
+                "train": {"global_seed": 0},
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -124,13 +155,19 @@ def save_train_checkpoint(ema: dict[str, torch.Tensor], model: dict[str, torch.T
 
 def _resnet(prefix: str, c_in: int, c_out: int) -> dict[str, tuple[int, ...]]:
     s = {
-        prefix + "norm1.weight": (c_in,), prefix + "norm1.bias": (c_in,),
-        prefix + "conv1.weight": (c_out, c_in, 3, 3), prefix + "conv1.bias": (c_out,),
-        prefix + "norm2.weight": (c_out,), prefix + "norm2.bias": (c_out,),
-        prefix + "conv2.weight": (c_out, c_out, 3, 3), prefix + "conv2.bias": (c_out,),
+        prefix + "norm1.weight": (c_in,),
+        prefix + "norm1.bias": (c_in,),
+        prefix + "conv1.weight": (c_out, c_in, 3, 3),
+        prefix + "conv1.bias": (c_out,),
+        prefix + "norm2.weight": (c_out,),
+        prefix + "norm2.bias": (c_out,),
+        prefix + "conv2.weight": (c_out, c_out, 3, 3),
+        prefix + "conv2.bias": (c_out,),
     }
     if c_in != c_out:
-        s.update({prefix + "nin_shortcut.weight": (c_out, c_in, 1, 1), prefix + "nin_shortcut.bias": (c_out,)})
+        s.update(
+            {prefix + "nin_shortcut.weight": (c_out, c_in, 1, 1), prefix + "nin_shortcut.bias": (c_out,)}
+        )
     return s
 
 
@@ -154,18 +191,31 @@ def vavae_shapes() -> dict[str, tuple[int, ...]]:
             if res == 16:
                 s.update(_attn(f"encoder.down.{level}.attn.{b}.", c_out))
         if level != len(mult) - 1:
-            s.update({f"encoder.down.{level}.downsample.conv.weight": (c_out, c_out, 3, 3),
-                      f"encoder.down.{level}.downsample.conv.bias": (c_out,)})
+            s.update(
+                {
+                    f"encoder.down.{level}.downsample.conv.weight": (c_out, c_out, 3, 3),
+                    f"encoder.down.{level}.downsample.conv.bias": (c_out,),
+                }
+            )
             res //= 2
     for part in ("encoder", "decoder"):
         s.update(_resnet(f"{part}.mid.block_1.", 512, 512))
         s.update(_attn(f"{part}.mid.attn_1.", 512))
         s.update(_resnet(f"{part}.mid.block_2.", 512, 512))
-    s.update({"encoder.norm_out.weight": (512,), "encoder.norm_out.bias": (512,),
-              "encoder.conv_out.weight": (2 * z, 512, 3, 3), "encoder.conv_out.bias": (2 * z,),
-              "quant_conv.weight": (2 * z, 2 * z, 1, 1), "quant_conv.bias": (2 * z,),
-              "post_quant_conv.weight": (z, z, 1, 1), "post_quant_conv.bias": (z,),
-              "decoder.conv_in.weight": (512, z, 3, 3), "decoder.conv_in.bias": (512,)})
+    s.update(
+        {
+            "encoder.norm_out.weight": (512,),
+            "encoder.norm_out.bias": (512,),
+            "encoder.conv_out.weight": (2 * z, 512, 3, 3),
+            "encoder.conv_out.bias": (2 * z,),
+            "quant_conv.weight": (2 * z, 2 * z, 1, 1),
+            "quant_conv.bias": (2 * z,),
+            "post_quant_conv.weight": (z, z, 1, 1),
+            "post_quant_conv.bias": (z,),
+            "decoder.conv_in.weight": (512, z, 3, 3),
+            "decoder.conv_in.bias": (512,),
+        }
+    )
     c_in, res = 512, 16
     for level in reversed(range(len(mult))):
         c_out = ch * mult[level]
@@ -175,11 +225,21 @@ def vavae_shapes() -> dict[str, tuple[int, ...]]:
             if res == 16:
                 s.update(_attn(f"decoder.up.{level}.attn.{b}.", c_out))
         if level != 0:
-            s.update({f"decoder.up.{level}.upsample.conv.weight": (c_out, c_out, 3, 3),
-                      f"decoder.up.{level}.upsample.conv.bias": (c_out,)})
+            s.update(
+                {
+                    f"decoder.up.{level}.upsample.conv.weight": (c_out, c_out, 3, 3),
+                    f"decoder.up.{level}.upsample.conv.bias": (c_out,),
+                }
+            )
             res *= 2
-    s.update({"decoder.norm_out.weight": (ch,), "decoder.norm_out.bias": (ch,),
-              "decoder.conv_out.weight": (3, ch, 3, 3), "decoder.conv_out.bias": (3,)})
+    s.update(
+        {
+            "decoder.norm_out.weight": (ch,),
+            "decoder.norm_out.bias": (ch,),
+            "decoder.conv_out.weight": (3, ch, 3, 3),
+            "decoder.conv_out.bias": (3,),
+        }
+    )
     return s
 
 
@@ -249,7 +309,13 @@ def save_svd_bank(feats: torch.Tensor, path: Path, latent_dim: int = 64) -> dict
     mean = feats.mean(0)
     U, S, Vh = torch.linalg.svd(feats - mean, full_matrices=False)
     d = latent_dim
-    bank = {"C": U[:, :d] * S[:d].sqrt(), "M": Vh[:d].T * S[:d].sqrt(), "S": S[:d].clone(),
-            "mean": mean, "latent_dim": d, "feature_dim": feats.shape[1]}
+    bank = {
+        "C": U[:, :d] * S[:d].sqrt(),
+        "M": Vh[:d].T * S[:d].sqrt(),
+        "S": S[:d].clone(),
+        "mean": mean,
+        "latent_dim": d,
+        "feature_dim": feats.shape[1],
+    }
     torch.save(bank, path)
     return bank

@@ -83,15 +83,18 @@ def embed(x: Tensor, t: Tensor, c: Tensor, sd: dict[str, Tensor]) -> tuple[Tenso
     w = sd["x_embedder.proj.weight"]
     tokens = x.flatten(2).transpose(1, 2) @ w.reshape(w.shape[0], -1).T + sd["x_embedder.proj.bias"]
     tokens = tokens + sd["pos_embed"]
-    temb = linear(torch.nn.functional.silu(linear(timestep_embedding(t), sd, "t_embedder.mlp.0")),
-                  sd, "t_embedder.mlp.2")
+    temb = linear(
+        torch.nn.functional.silu(linear(timestep_embedding(t), sd, "t_embedder.mlp.0")),
+        sd,
+        "t_embedder.mlp.2",
+    )
     return tokens, temb + linear(c, sd, "condition_projection.linear")
 
 
 def final_layer(x: Tensor, cond: Tensor, sd: dict[str, Tensor], channels: int = 32) -> Tensor:
     """RMSNorm, adaLN (shift, scale), linear, then unpatchify p=1 to [N, C, 16, 16]."""
     mod = linear(torch.nn.functional.silu(cond), sd, "final_layer.adaLN_modulation.1")
-    shift, scale = mod[:, None, : mod.shape[1] // 2], mod[:, None, mod.shape[1] // 2:]
+    shift, scale = mod[:, None, : mod.shape[1] // 2], mod[:, None, mod.shape[1] // 2 :]
     h = rmsnorm(x, sd["final_layer.norm_final.weight"]) * (1 + scale) + shift
     out = linear(h, sd, "final_layer.linear")  # [N, 256, C]
     side = int(math.isqrt(out.shape[1]))

@@ -62,8 +62,14 @@ def test_import_each_container_then_forward_equals_reference(
 ):
     path = small_bare if container == "bare" else small_container
     out = link_decoder(decoder_dir, tmp_path)
-    report = import_network(path, out, latent_stats[0], ema=ema, preset_name="gmem-B/1-lightning",
-                            overrides={"depth": SMALL_DEPTH})
+    report = import_network(
+        path,
+        out,
+        latent_stats[0],
+        ema=ema,
+        preset_name="gmem-B/1-lightning",
+        overrides={"depth": SMALL_DEPTH},
+    )
     expected_weights = small_states[0] if ema else small_states[1]
     assert ("'ema'" in report.detail) == (container == "container" and ema)
     model = load_model(out / "model.safetensors")
@@ -75,10 +81,14 @@ def test_import_each_container_then_forward_equals_reference(
     # Null condition of the release's CFG: the zero vector goes through the adapter unchanged.
     with torch.no_grad():
         zeros = torch.zeros_like(c)
-        assert (model.net(x, t, zeros) - ref.forward(expected_weights, x, t, zeros, heads=12)).abs().max() < TOL
+        assert (
+            model.net(x, t, zeros) - ref.forward(expected_weights, x, t, zeros, heads=12)
+        ).abs().max() < TOL
 
 
-def test_model_file_records_latent_space_decoder_and_release_sampling(small_bare, latent_stats, decoder_dir, tmp_path):
+def test_model_file_records_latent_space_decoder_and_release_sampling(
+    small_bare, latent_stats, decoder_dir, tmp_path
+):
     out = link_decoder(decoder_dir, tmp_path)
     import_network(small_bare, out, latent_stats[0], preset_name="gmem-B/1-lightning", overrides={"depth": 2})
     meta = read_model_meta(out / "model.safetensors")
@@ -105,9 +115,28 @@ def test_full_b1_import_from_the_command_line(release_dir, latent_stats, vavae_c
     bank = fx.save_full_bank(fx.raw_cls_features(300, seed=3), tmp_path / "bank.pth")
     out = tmp_path / "imported"
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "import-official", "--network", str(path), "--vae", str(vavae_ckpt[0]),
-         "--latent-stats", str(latent_stats[0]), "--bank", str(bank), "--rank", "20", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"},
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "import-official",
+            "--network",
+            str(path),
+            "--vae",
+            str(vavae_ckpt[0]),
+            "--latent-stats",
+            str(latent_stats[0]),
+            "--bank",
+            str(bank),
+            "--rank",
+            "20",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "gmem-B/1-lightning" in proc.stdout and "projector" in proc.stdout
@@ -152,7 +181,9 @@ def test_unexpected_key_is_named(small_states):
 def test_wrong_shape_is_named(small_states):
     sd = dict(small_states[0])
     sd["final_layer.linear.weight"] = torch.zeros(64, 768)  # learn_sigma=True would double the channels
-    with pytest.raises(IncompatibleArtifacts, match=r"final_layer\.linear\.weight \[64, 768\] \(ours \[32, 768\]\)"):
+    with pytest.raises(
+        IncompatibleArtifacts, match=r"final_layer\.linear\.weight \[64, 768\] \(ours \[32, 768\]\)"
+    ):
         _convert(sd)
 
 
@@ -172,8 +203,9 @@ def test_training_container_without_requested_weights(small_states):
 
 
 def test_ddp_prefixes_are_stripped(small_states):
-    state, detail = select_network_state({"model": {"module.module." + k: v for k, v in small_states[1].items()},
-                                          "ema": {}}, ema=False)
+    state, detail = select_network_state(
+        {"model": {"module.module." + k: v for k, v in small_states[1].items()}, "ema": {}}, ema=False
+    )
     assert set(state) == set(small_states[1]) and "'model'" in detail
 
 
@@ -194,15 +226,38 @@ def test_cli_reports_errors_without_traceback(small_states, latent_stats, tmp_pa
     del sd["t_embedder.mlp.2.weight"]
     path = fx.save_bare(sd, tmp_path / "broken.pth")
     runner = CliRunner()
-    res = runner.invoke(build_app(), ["import-official", "--network", str(path), "--latent-stats",
-                                      str(latent_stats[0]), "--preset", "gmem-B/1-lightning", "--out",
-                                      str(tmp_path / "out")])
+    res = runner.invoke(
+        build_app(),
+        [
+            "import-official",
+            "--network",
+            str(path),
+            "--latent-stats",
+            str(latent_stats[0]),
+            "--preset",
+            "gmem-B/1-lightning",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     # depth 2 matches no release preset's 12 blocks: the missing blocks are named, and so is the dropped key
     assert res.exit_code == 2
     assert "t_embedder.mlp.2.weight" in res.output and "blocks.2-11.* (whole blocks)" in res.output
     assert "Traceback" not in res.output
-    res = runner.invoke(build_app(), ["import-official", "--network", str(path), "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        build_app(), ["import-official", "--network", str(path), "--out", str(tmp_path / "o")]
+    )
     assert res.exit_code == 2 and "--latent-stats" in res.output
-    res = runner.invoke(build_app(), ["import-official", "--network", str(path), "--latent-stats",
-                                      str(latent_stats[0]), "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        build_app(),
+        [
+            "import-official",
+            "--network",
+            str(path),
+            "--latent-stats",
+            str(latent_stats[0]),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 2 and "match no release network" in res.output

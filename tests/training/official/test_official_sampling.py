@@ -34,8 +34,9 @@ class CountingNet(nn.Module):
 @pytest.fixture(scope="session")
 def imported(tmp_path_factory, small_bare, latent_stats, decoder_dir):
     out = link_decoder(decoder_dir, tmp_path_factory.mktemp("imported_small"))
-    import_network(small_bare, out, latent_stats[0], preset_name="gmem-B/1-lightning",
-                   overrides={"depth": SMALL_DEPTH})
+    import_network(
+        small_bare, out, latent_stats[0], preset_name="gmem-B/1-lightning", overrides={"depth": SMALL_DEPTH}
+    )
     return out
 
 
@@ -45,7 +46,9 @@ def release_config_of_file(imported):
 
 
 def _snippet(n: int = 1) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.randn(n, 768, generator=torch.Generator().manual_seed(4)), dim=1)
+    return torch.nn.functional.normalize(
+        torch.randn(n, 768, generator=torch.Generator().manual_seed(4)), dim=1
+    )
 
 
 def test_default_sampler_is_heun_sde_on_the_release_grid_with_one_call_per_drift(release_config_of_file):
@@ -149,9 +152,28 @@ def test_sample_command_renders_an_imported_model(imported, tmp_path):
     import_bank(fx.save_full_bank(fx.raw_cls_features(200, seed=8), tmp_path / "bank.pth"), bank_dir, rank=8)
     out = tmp_path / "grid.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "sample", "--model", str(imported / "model.safetensors"),
-         "--bank", str(bank_dir / "bank.safetensors"), "--n", "1", "--seed", "0", "--steps", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"},
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "sample",
+            "--model",
+            str(imported / "model.safetensors"),
+            "--bank",
+            str(bank_dir / "bank.safetensors"),
+            "--n",
+            "1",
+            "--seed",
+            "0",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
     )
     assert proc.returncode == 0, proc.stderr
     image = np.asarray(Image.open(out))

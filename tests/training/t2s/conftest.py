@@ -31,11 +31,23 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab[c + "</w>"] = len(vocab)
     (tmp / "vocab.json").write_text(json.dumps(vocab))
     (tmp / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), model_max_length=CLIP_MAX_TOKENS,
-                        pad_token="<|endoftext|>")
-    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=CLIP_MAX_TOKENS, bos_token_id=0,
-                         eos_token_id=1, pad_token_id=1)
+    tok = CLIPTokenizer(
+        str(tmp / "vocab.json"),
+        str(tmp / "merges.txt"),
+        model_max_length=CLIP_MAX_TOKENS,
+        pad_token="<|endoftext|>",
+    )
+    cfg = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=CLIP_MAX_TOKENS,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     out = tmp / "clip-text-tiny"
     CLIPTextModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -51,9 +63,15 @@ def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         words[w] = len(words)
     tk = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                  model_max_length=T5_MAX_TOKENS)
-    T5EncoderModel(T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                            num_heads=2)).save_pretrained(out)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=T5_MAX_TOKENS,
+    )
+    T5EncoderModel(
+        T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    ).save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -13,7 +13,7 @@ def bar(width: int, height: int, shear: float = 0.0) -> np.ndarray:
     top = (32 - height) // 2
     for y in range(top, top + height):
         x0 = int(round(16 - width / 2 - shear * (y - 16)))
-        img[y, max(0, x0):x0 + width] = 255
+        img[y, max(0, x0) : x0 + width] = 255
     return img[:, :, None]
 
 
@@ -36,7 +36,10 @@ def test_buckets_are_dataset_terciles():
 def test_caption_words():
     assert caption(7, (2, 2, 0)) == "a handwritten seven, thick strokes, slanted right, small"
     assert caption(3, (1, 1, 1)) == "a handwritten three, upright"
-    assert caption(4, (0, 0, 2), template=1, keep=(True, False, True)) == "a handwritten digit 4, thin strokes, large"
+    assert (
+        caption(4, (0, 0, 2), template=1, keep=(True, False, True))
+        == "a handwritten digit 4, thin strokes, large"
+    )
     assert digit_prompt(9) == "a handwritten nine"
 
 

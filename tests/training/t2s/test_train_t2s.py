@@ -20,15 +20,30 @@ BANK = ROOT / "artifacts" / "mnist-5k" / "bank.safetensors"
 
 
 def train_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training", "train-t2s", "--bank", str(BANK), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "training", "train-t2s", "--bank", str(BANK), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_default_trains_the_embedded_text_encoder_and_the_adapter(tmp_path: Path):
     out = tmp_path / "t2s.safetensors"
-    done = train_cli("--dataset", "mnist-5k:train", "--out", str(out), "--steps", "300", "--text-steps", "60",
-                     "--variants", "1")
+    done = train_cli(
+        "--dataset",
+        "mnist-5k:train",
+        "--out",
+        str(out),
+        "--steps",
+        "300",
+        "--text-steps",
+        "60",
+        "--variants",
+        "1",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     # Chance is 0.1: held-out captions must retrieve snippets of their own digit.
@@ -52,8 +67,9 @@ def test_a_dataset_other_than_the_banks_is_refused(tmp_path: Path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_clip_text_tower_trains_an_adapter_that_loads_back(tiny_clip_dir: Path, tiny_t5_dir: Path,
-                                                           tmp_path: Path):
+def test_clip_text_tower_trains_an_adapter_that_loads_back(
+    tiny_clip_dir: Path, tiny_t5_dir: Path, tmp_path: Path
+):
     out = tmp_path / "clip-t2s.safetensors"
     report = run_train_t2s(str(BANK), "mnist-5k:train", str(out), str(tiny_clip_dir), steps=30, variants=1)
     assert report["text_encoder"] == str(tiny_clip_dir)
