@@ -104,9 +104,9 @@ def _answer(store: BankStore, req: RetrieveRequest, binary: bool) -> tuple[bytes
     if req.z is not None:
         zs = req.z if isinstance(req.z[0], list) else [req.z]
         return _encode(
-            *store.retrieve_by_noise(zs, req.pool, req.label),
+            *store.retrieve_by_noise(zs, req.pool, req.label),  # type: ignore[arg-type]
             req,
-            binary,  # type: ignore[arg-type]
+            binary,
             _label_pool_size(store, req),
         )
     return _encode(*store.retrieve_by_id(req.indices or [], req.pool), req, binary)

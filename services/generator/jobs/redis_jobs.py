@@ -88,9 +88,9 @@ def dump_spec(spec: JobSpec) -> str:
 def load_spec(text: str) -> JobSpec:
     d = json.loads(text)
     return JobSpec(
-        snippets=_unrows(d["snippets"]),
+        snippets=_unrows(d["snippets"]),  # type: ignore[arg-type]
         seeds=d["seeds"],
-        steps=d["steps"],  # type: ignore[arg-type]
+        steps=d["steps"],
         sampler=d["sampler"],
         cfg_scale=d["cfg_scale"],
         negative=_unrows(d["negative"]),
