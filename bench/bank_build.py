@@ -140,14 +140,16 @@ def main() -> None:
         build = read = json.loads(proc.stdout.strip().splitlines()[-1])
         bank_mib = out.stat().st_size / 2**20
     print(
-        f"\nbank build: N={args.n} d={args.d} r={args.rank}, {args.threads} BLAS thread(s) for build and retrieval"
+        f"\nbank build: N={args.n} d={args.d} r={args.rank}, {args.threads} BLAS thread(s) for build and "
+        "retrieval"
     )
     print(f"  input array            {input_mib:10.1f} MiB")
     print(f"  output factors file    {bank_mib:10.1f} MiB")
     print(f"  wall time              {build['wall_s']:10.1f} s   ({args.n / build['wall_s']:,.0f} rows/s)")
     print(f"  explained variance     {build['explained_variance']:10.4f}")
     print(
-        f"  peak RSS               {build['peak_rss_mib']:10.1f} MiB = {build['peak_rss_mib'] / input_mib:.3f} x input"
+        f"  peak RSS               {build['peak_rss_mib']:10.1f} MiB = "
+        f"{build['peak_rss_mib'] / input_mib:.3f} x input"
     )
     extra = build["peak_rss_mib"] - build["baseline_rss_mib"]
     print(

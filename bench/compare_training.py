@@ -168,13 +168,15 @@ def default_model_section(out_dir: Path) -> list[str]:
         "## The embedded default (artifacts/mnist-5k/model.safetensors)",
         "",
         "`.venv/bin/python -m training eval --model artifacts/mnist-5k/model.safetensors --bank "
-        "artifacts/mnist-5k/bank.safetensors --dataset mnist-5k:eval --n 500 --json-out docs/results/default_eval.json`",
+        "artifacts/mnist-5k/bank.safetensors --dataset mnist-5k:eval --n 500 --json-out "
+        "docs/results/default_eval.json`",
         "",
         f"FD {r['fd']:.2f} and snippet-class consistency {r['consistency']:.3f} over {r['n']} samples "
-        f"({r['sampler']}, {r['steps']} steps; snippets by the noise-CDF index). For scale, on the same features: "
-        "500 real training images vs. mnist-5k:eval give FD 13.6, pure noise gives FD 1269. Steering: 40 samples "
-        "per digit from 10 pinned snippets of that digit were classified as that digit 90% of the time "
-        "(lowest 82%, 7s 88%). Training loss: results/default_loss.png; command: artifacts/mnist-5k/REBUILD.md.",
+        f"({r['sampler']}, {r['steps']} steps; snippets by the noise-CDF index). For scale, on the same "
+        "features: 500 real training images vs. mnist-5k:eval give FD 13.6, pure noise gives FD 1269. "
+        "Steering: 40 samples per digit from 10 pinned snippets of that digit were classified as that digit "
+        "90% of the time (lowest 82%, 7s 88%). Training loss: results/default_loss.png; command: "
+        "artifacts/mnist-5k/REBUILD.md.",
         "",
         "![samples](results/default_samples.png) ![a snippet of a 7, 16 seeds](results/snippet_7_steers.png)",
         "",
@@ -214,8 +216,9 @@ def write_report(args, curves, wall, samplers, out_dir: Path) -> None:
         f"Regenerate with `{cmd}` (CPU, {args.threads} thread(s)).",
         "",
         f"**Budget (small, honest):** {args.steps} steps of batch {args.batch_size} per variant on a "
-        f"{args.hidden}-wide, {args.depth}-deep network (patch 4) — minutes of shared CPU, far from convergence. "
-        f"FD = Frechet distance on `gmem/mnist-evalnet` penultimate features between {args.n_eval} samples "
+        f"{args.hidden}-wide, {args.depth}-deep network (patch 4) — minutes of shared CPU, far from "
+        "convergence. FD = Frechet distance on `gmem/mnist-evalnet` penultimate features between "
+        f"{args.n_eval} samples "
         f"(EMA weights, heun {args.eval_steps} steps, seeds 10000+) and the 500 images of mnist-5k:eval. "
         "Consistency = share of samples the evalnet classifies as the label of the conditioning snippet "
         "(class label for the class-conditional run). With so few samples FD has a bias of its own; compare "

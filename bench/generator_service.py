@@ -209,7 +209,8 @@ def gpu_bench(args: argparse.Namespace) -> None:
         achieved = flops / (ms / 1000) / 1e12
         frac = f"{achieved / peak:.2%} of peak" if peak else "peak unknown (--peak-tflops)"
         print(
-            f"batch {batch:3d}: {ms:8.2f} ms/NFE  {flops / 1e12:7.3f} TFLOP/NFE  {achieved:7.1f} TFLOP/s  {frac}"
+            f"batch {batch:3d}: {ms:8.2f} ms/NFE  {flops / 1e12:7.3f} TFLOP/NFE  {achieved:7.1f} TFLOP/s  "
+            f"{frac}"
         )
 
 

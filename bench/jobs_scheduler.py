@@ -1,6 +1,7 @@
 """Three schedulers, one mixed workload: no batching, request-level batching, step-level batching.
 
-    .venv/bin/python -m bench jobs_scheduler [--clients 16] [--jobs-per-client 3] [--threads 2] [--device auto]
+    .venv/bin/python -m bench jobs_scheduler [--clients 16] [--jobs-per-client 3]
+        [--threads 2] [--device auto]
 
 Each of ``--clients`` clients submits ``--jobs-per-client`` jobs one after another
 (n = 1, steps drawn from {10, 25, 50}, sampler from {euler, sde}, a random think
@@ -94,7 +95,8 @@ def run(runtime: Runtime, policy: str, work_plan: list, snippet: np.ndarray, max
 
 
 def batching_ceiling(runtime: Runtime, max_rows: int, repeats: int = 5) -> tuple[float, int]:
-    """(best rows/s at any batch size over rows/s at batch 1, that size): what batching can gain on this device."""
+    """(best rows/s at any batch size over rows/s at batch 1, that size): what batching can gain on this
+    device."""
     cfg, net = runtime.model.config, runtime.model.net
     device = next(net.parameters()).device
     per_row = {}

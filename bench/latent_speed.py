@@ -115,8 +115,8 @@ def main() -> None:
         ips = args.batch_size / med
         name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         print(
-            f"gmem-XL/1 + REPA, bf16, batch {args.batch_size}, {name}: {1 / med:.2f} steps/s = {ips:.0f} images/s; "
-            f"ratio to the release's ~{RELEASE_H800_IMAGES_PER_S:.0f} images/s per H800: "
+            f"gmem-XL/1 + REPA, bf16, batch {args.batch_size}, {name}: {1 / med:.2f} steps/s = {ips:.0f} "
+            f"images/s; ratio to the release's ~{RELEASE_H800_IMAGES_PER_S:.0f} images/s per H800: "
             f"{ips / RELEASE_H800_IMAGES_PER_S:.2f}"
         )
         return

@@ -43,7 +43,8 @@ def main() -> None:
     model, t2s = load_model(args.model), load_t2s(args.t2s)
     digits = [int(d) for d in args.digits.split(",")]
     print(
-        "| property | low phrase | high phrase | seeds where high > low | mean difference |\n|---|---|---|---|---|"
+        "| property | low phrase | high phrase | seeds where high > low | mean difference |\n"
+        "|---|---|---|---|---|"
     )
     for k, (name, low, high) in enumerate(PAIRS):
         wins, diffs = 0, []

@@ -1,4 +1,5 @@
-"""`python -m bench t2s_steering`: do prompts naming a digit draw that digit? Judged by an independent classifier.
+"""`python -m bench t2s_steering`: do prompts naming a digit draw that digit? \
+Judged by an independent classifier.
 
 For each digit d, the prompt "a handwritten <d>" is mapped by the T2S adapter to a
 snippet, and n images (seeds 1000 d + k) are drawn through the model file in three ways:
@@ -98,7 +99,8 @@ def main() -> None:
     print("| all | | " + " | ".join(_cell(total[m], 10 * args.n) for m in hits) + " |")
     base = total["pinned"] or 1
     print(
-        f"\nratio to pinned baseline: adapter {total['adapter'] / base:.3f}, nearest {total['nearest'] / base:.3f}"
+        f"\nratio to pinned baseline: adapter {total['adapter'] / base:.3f}, nearest "
+        f"{total['nearest'] / base:.3f}"
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -64,7 +64,8 @@ def main() -> None:
             times[cond].append(step(cond))
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     print(
-        f"preset {args.preset}, batch {args.batch_size}, {device}, {args.threads} threads, {args.steps} steps each"
+        f"preset {args.preset}, batch {args.batch_size}, {device}, {args.threads} threads, {args.steps} "
+        "steps each"
     )
     for k in setups:
         print(f"  conditioning={k:8s} {1 / med[k]:7.2f} steps/s (median {med[k] * 1000:.1f} ms/step)")

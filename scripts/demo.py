@@ -148,17 +148,22 @@ def curl_examples(stack: LocalStack, style_id: int, i: int, j: int) -> str:
             f"export GMEM_BANK_TOKEN={tok}",
             f"curl -s {b}/bank",
             f"curl -s {g}/model",
-            f"curl -s -X POST {g}/generate -H 'Content-Type: application/json' -d '{{\"n\": 4, \"seed\": 1}}' \\",
+            f'curl -s -X POST {g}/generate -H \'Content-Type: application/json\' -d \'{{"n": 4, "seed": '
+            "1}' \\",
             '  | python3 -c \'import sys,json,base64; [open(f"img{k}.png","wb").write(base64.b64decode(s)) '
             'for k,s in enumerate(json.load(sys.stdin)["images"])]\'',
             f"curl -s -X POST {g}/generate -H 'Content-Type: application/json' "
             f'-d \'{{"n": 2, "seed": 5, "snippet_ids": [{style_id}]}}\'',
-            f'curl -s -X POST {b}/bank/snippets -H "Authorization: Bearer $GMEM_BANK_TOKEN" -F image=@my-digit.png',
+            f'curl -s -X POST {b}/bank/snippets -H "Authorization: Bearer $GMEM_BANK_TOKEN" -F '
+            "image=@my-digit.png",
             f'curl -s -X POST {b}/bank/interpolate -H "Authorization: Bearer $GMEM_BANK_TOKEN" '
             f'-H \'Content-Type: application/json\' -d \'{{"i": {i}, "j": {j}, "alpha": 0.5}}\'',
-            f"curl -s -X POST {b}/bank/search -H 'Content-Type: application/json' -d '{{\"id\": {style_id}, \"k\": 5}}'",
-            "# or the CLI: .venv/bin/python -m gmem --help   (reads GMEM_BANK_URL, GMEM_GENERATOR_URL, GMEM_BANK_TOKEN)",
-            f"GMEM_BANK_URL={b} GMEM_GENERATOR_URL={g} .venv/bin/python -m gmem generate -n 9 --out my-images",
+            f"curl -s -X POST {b}/bank/search -H 'Content-Type: application/json' -d '{{\"id\": {style_id}, "
+            '"k": 5}\'',
+            "# or the CLI: .venv/bin/python -m gmem --help   (reads GMEM_BANK_URL, GMEM_GENERATOR_URL, "
+            "GMEM_BANK_TOKEN)",
+            f"GMEM_BANK_URL={b} GMEM_GENERATOR_URL={g} .venv/bin/python -m gmem generate -n 9 --out "
+            "my-images",
         ]
     )
 

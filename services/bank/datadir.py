@@ -64,28 +64,30 @@ def check_identity(data_dir: Path, factors: BankFactors) -> None:
     if any(recorded.get(k) != current[k] for k in keys):
         raise IncompatibleArtifacts(
             f"data dir {data_dir} holds edits made against factors file {recorded.get('path')!r} "
-            f"(N={recorded.get('base_size')}, size={recorded.get('size')} bytes), but --factors {factors.path!r} "
-            f"is a different file (N={current['base_size']}, size={current['size']} bytes). Start with the "
-            "original factors file, or give a fresh --data-dir for this one."
+            f"(N={recorded.get('base_size')}, size={recorded.get('size')} bytes), but --factors "
+            f"{factors.path!r} is a different file (N={current['base_size']}, size={current['size']} bytes). "
+            "Start with the original factors file, or give a fresh --data-dir for this one."
         )
 
 
 def lock_data_dir(data_dir: Path) -> int:
-    """Hold an exclusive flock on the data dir for the life of the process (released by the kernel on kill)."""
+    """Hold an exclusive flock on the data dir for the life of the process (released by the kernel on
+    kill)."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:  # a file in the way, no permission, read-only disk: say so, not a traceback
         raise DataDirUnusable(
-            f"cannot use data dir {data_dir} ({exc.strerror or exc}); --data-dir must be a directory this user "
-            "can create and write (it holds the edit log)"
+            f"cannot use data dir {data_dir} ({exc.strerror or exc}); --data-dir must be a directory this "
+            "user can create and write (it holds the edit log)"
         ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
         raise DataDirLocked(
-            f"data dir {data_dir} is in use by another bank service process; stop it or use another --data-dir"
+            f"data dir {data_dir} is in use by another bank service process; stop it or use another "
+            "--data-dir"
         ) from exc
     return fd
 

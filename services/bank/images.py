@@ -35,7 +35,8 @@ def load_configured_encoder(
     if encoder_id != factors.meta.encoder:
         raise IncompatibleArtifacts(
             f"GMEM_BANK_ENCODER is {encoder_id!r} but the bank {factors.path} was built with encoder "
-            f"{factors.meta.encoder!r}; configure {factors.meta.encoder!r} (or leave it unset to accept features only)"
+            f"{factors.meta.encoder!r}; configure {factors.meta.encoder!r} (or leave it unset to accept "
+            "features only)"
         )
     from training.encoders.registry import load_encoder  # noqa: PLC0415 - torch only when an encoder is configured
 
@@ -146,8 +147,8 @@ def _composite(image: Image.Image, background: int) -> Image.Image:
     if alpha.min() < 1.0 and np.ptp(out8) == 0 and np.ptp(alpha) > 0:
         raise InvalidImage(
             f"the image shows nothing once its transparency is composited onto the encoder's "
-            f"{'black' if background == BLACK else 'white'} background (the drawing is only in the alpha channel, "
-            "in the background's colour); draw in a contrasting colour or send an opaque image"
+            f"{'black' if background == BLACK else 'white'} background (the drawing is only in the alpha "
+            "channel, in the background's colour); draw in a contrasting colour or send an opaque image"
         )
     result = Image.fromarray(out8, "RGB")
     return result.convert("L") if grey else result
@@ -164,8 +165,8 @@ class ImageEncoder:
     def require(self) -> FeatureEncoder:
         if self.encoder is None:
             raise EncoderUnavailable(
-                "image inserts need an encoder: start the bank with GMEM_BANK_ENCODER set to the bank's encoder id "
-                '(and GMEM_BANK_ENCODER_WEIGHTS if needed), or send {"feature": [...]} instead'
+                "image inserts need an encoder: start the bank with GMEM_BANK_ENCODER set to the bank's "
+                'encoder id (and GMEM_BANK_ENCODER_WEIGHTS if needed), or send {"feature": [...]} instead'
             )
         return self.encoder
 

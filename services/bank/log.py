@@ -98,7 +98,8 @@ def _tail_kind(data: bytes, pos: int) -> str:
     if magic == MAGIC and length <= MAX_RECORD and _PREFIX.size + length > len(rest):
         return "torn"  # the record runs past the end of the file: its write did not finish
     if rest[-1] == 0:
-        return "torn"  # zeros at the end: space allocated by the append, data never written (JSON never ends in NUL)
+        # zeros at the end: space allocated by the append, data never written (JSON never ends in NUL)
+        return "torn"
     return "corrupt"
 
 
@@ -163,10 +164,10 @@ class EditLog:
                 if kind == "corrupt" and not accept_data_loss:
                     later = " (valid records follow it)" if _has_later_record(data, valid) else ""
                     raise DataLoss(
-                        f"edit log {path} is damaged at byte {valid}, after {len(records)} good records: a complete "
-                        f"record fails its checksum{later}, so acknowledged edits would be lost. The bytes from "
-                        f"there on are saved in {aside}. Restore the data dir from a backup, or start with "
-                        f"{ACCEPT_HINT} to drop them."
+                        f"edit log {path} is damaged at byte {valid}, after {len(records)} good records: a "
+                        f"complete record fails its checksum{later}, so acknowledged edits would be lost. "
+                        f"The bytes from there on are saved in {aside}. Restore the data dir from a backup, "
+                        f"or start with {ACCEPT_HINT} to drop them."
                     )
                 log.warning(
                     "edit log %s: %s tail of %d bytes after %d records, saved in %s; truncating at byte %d",

@@ -53,7 +53,8 @@ class BankSettings(HttpSettings):
     max_body_bytes: int = Field(
         64 << 20,
         ge=1024,
-        description="no request body may be larger (413); each route's own limit follows from the settings below",
+        description="no request body may be larger (413); each route's own limit follows from the settings "
+        "below",
     )
     retrieve_max_rows: int = Field(
         64, ge=1, description="noise tensors per z retrieval the body limit of POST /bank/retrieve allows for"

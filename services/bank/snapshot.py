@@ -92,7 +92,8 @@ def decode_snapshot(blob: bytes) -> Snapshot:
 
 
 def write_snapshot(data_dir: Path, snap: Snapshot) -> None:
-    """Atomically replace ``DATA_DIR/snapshot.bin`` (shared.fileio.atomic_path: temp, fsync, rename, dir fsync).
+    """Atomically replace ``DATA_DIR/snapshot.bin`` (shared.fileio.atomic_path: temp, fsync, rename,
+    dir fsync).
 
     On failure (a full disk) the temporary file is removed at once, not left until the next start.
     """

@@ -247,7 +247,8 @@ class BankStore:
     def retrieve_by_noise(
         self, zs: list[list[float]], pool: str, label: int | None = None
     ) -> tuple[BankView, np.ndarray, np.ndarray]:
-        """Paper 4.3: one snippet per noise tensor, drawn by its CDF index in ``pool`` (or that label's rows)."""
+        """Paper 4.3: one snippet per noise tensor, drawn by its CDF index in ``pool`` (or that label's
+        rows)."""
         return self.retrieve_by_statistic([noise_statistic(z) for z in zs], pool, label=label)
 
     def retrieve_by_statistic(
@@ -381,8 +382,8 @@ class BankStore:
             view = self._view
             if 0 <= snippet_id < view.base_size:
                 raise BaseSnippetImmutable(
-                    f"snippet id {snippet_id} is a base row of the factors file, which is immutable; only run-time "
-                    f"snippets (ids >= {view.base_size}) can be deleted"
+                    f"snippet id {snippet_id} is a base row of the factors file, which is immutable; only "
+                    f"run-time snippets (ids >= {view.base_size}) can be deleted"
                 )
             self.record(view, snippet_id)
             return self._commit({"op": "delete", "id": snippet_id, "created_at": _now()})
@@ -433,7 +434,8 @@ class BankStore:
             return self._snapshot_locked()
 
     def _snapshot_locked(self) -> int:
-        """Snapshot, then rotate the log (see snapshot.py for why every kill point recovers). Holds the writer lock."""
+        """Snapshot, then rotate the log (see snapshot.py for why every kill point recovers). Holds the
+        writer lock."""
         n = len(self._records)
         records = [
             {

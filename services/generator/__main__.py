@@ -1,4 +1,6 @@
-"""`python -m services.generator --model FILE --bank-url URL [--host H] [--port P]` (CONTRACT.md section 3)."""
+"""`python -m services.generator --model FILE --bank-url URL [--host H] [--port P]`
+(CONTRACT.md section 3).
+"""
 
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ class Batcher:
             self._wake.set()
         if self.queued_images + job.n > self.max_queue_images:
             raise Overloaded(
-                f"{self.queued_images} images are already waiting (limit {self.max_queue_images}); retry later"
+                f"{self.queued_images} images are already waiting (limit {self.max_queue_images}); retry "
+                "later"
             )
         self._waiting.append(job)
         self._update_depth()

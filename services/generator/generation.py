@@ -86,7 +86,8 @@ class Generator:
         if time.monotonic() - self._ready_at < self.settings.ready_cache_s:
             return self._ready
         try:
-            # One timeout in all, not one per retry: a probe that hangs for attempts x timeout is itself a failure.
+            # One timeout in all, not one per retry: a probe that hangs for attempts x timeout is itself a
+            # failure.
             info = await asyncio.wait_for(self.bank.info(), self.settings.bank_timeout_s)
             check_bank_compatible(self.runtime.facts, info.feature_dim, info.encoder, self.settings.bank_url)
             self.last_bank_version = info.version

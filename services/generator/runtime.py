@@ -12,10 +12,10 @@ equal-shaped batches matched bit for bit whatever the neighbours). Two ways out:
 - ``micro_batch = 0`` (auto): at load, ``probe_batch_invariance`` runs the network
   on every batch size the scheduler can form (1 .. 2 x max_batch_size, the 2x for CFG),
   with a different t per row and rows at different positions (jobs join the step
-  scheduler's batch at any step), and compares each row bitwise with the same row run alone. Since kernel choice
-  depends on shapes, not values, passing for every shape means merged batches are
-  safe at their natural size; on any difference the runtime falls back to padding.
-  Latent models (decoder in the loop) always pad.
+  scheduler's batch at any step), and compares each row bitwise with the same row run
+  alone. Since kernel choice depends on shapes, not values, passing for every shape
+  means merged batches are safe at their natural size; on any difference the runtime
+  falls back to padding. Latent models (decoder in the loop) always pad.
 """
 
 from __future__ import annotations
@@ -68,11 +68,13 @@ def read_model_facts(path: str | Path) -> ModelFacts:
 
 
 def facts_from_config(cfg: GMemConfig, model_id: str) -> ModelFacts:
-    """The service's facts from the network config; latent models take size and channels from their decoder."""
+    """The service's facts from the network config; latent models take size and channels from their
+    decoder."""
     resolution, channels = cfg.input_size, cfg.in_channels
     spec = cfg.decoder or {}
     if cfg.space == "latent" and spec.get("scale"):
-        # Files written by `train --space latent` record the autoencoder's scale and channels (training/latent/).
+        # Files written by `train --space latent` record the autoencoder's scale and channels
+        # (training/latent/).
         resolution, channels = cfg.input_size * int(spec["scale"]), int(spec.get("out_channels", 3))
     elif cfg.space == "latent":
         from training.official.vae import (  # torch, as every training import in this module

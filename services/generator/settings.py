@@ -77,8 +77,8 @@ class GeneratorSettings(HttpSettings):
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("GMEM_REDIS_URL"),
-        description="enables the pinned-snippet cache fed by the bank's event stream (shared with the bank) and "
-        "the shared job store (jobs survive a replica; any replica answers for any job)",
+        description="enables the pinned-snippet cache fed by the bank's event stream (shared with the bank) "
+        "and the shared job store (jobs survive a replica; any replica answers for any job)",
     )
     redis_stream: str = Field(
         DEFAULT_STREAM,

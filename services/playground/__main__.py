@@ -1,4 +1,6 @@
-"""`python -m services.playground --bank-url URL --generator-url URL [--host H] [--port P]` (CONTRACT.md section 8)."""
+"""`python -m services.playground --bank-url URL --generator-url URL [--host H] [--port P]`
+(CONTRACT.md section 8).
+"""
 
 from __future__ import annotations
 

@@ -84,7 +84,8 @@ class GuardedH11Protocol(H11Protocol):
                     503,
                     b"Service Unavailable",
                     "too_many_connections",
-                    f"the server holds its maximum of {self.limits.max_connections} connections; retry shortly",
+                    f"the server holds its maximum of {self.limits.max_connections} connections; retry "
+                    "shortly",
                     [(b"retry-after", retry)],
                 )
             )

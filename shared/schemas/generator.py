@@ -91,7 +91,8 @@ class GenerateRequest(BaseModel):
         None,
         min_length=1,
         max_length=MAX_BLEND,
-        description="blend of bank snippets in coefficient space (weights finite, positive sum), re-normalised",
+        description="blend of bank snippets in coefficient space (weights finite, positive sum), "
+        "re-normalised",
     )
     negative_snippet_id: StrictInt | None = Field(
         None, ge=0, description="bank id of the CFG null (default: zero vector)"
@@ -131,7 +132,8 @@ class GenerateRequest(BaseModel):
         ]
         if len(sources) > 1:
             raise ValueError(
-                f"give at most one of snippet_ids, snippet, snippets, label and prompt; got {', '.join(sources)}"
+                "give at most one of snippet_ids, snippet, snippets, label and prompt; got "
+                f"{', '.join(sources)}"
             )
         if self.negative_snippet_id is not None and self.negative_snippet is not None:
             raise ValueError("give either negative_snippet_id or negative_snippet, not both")
@@ -145,7 +147,8 @@ class GenerateRequest(BaseModel):
                 )
         if self.snippet_ids is not None and len(self.snippet_ids) not in (1, self.n):
             raise ValueError(
-                f"snippet_ids has {len(self.snippet_ids)} ids for n={self.n}; give one id for all images or one per image"
+                f"snippet_ids has {len(self.snippet_ids)} ids for n={self.n}; give one id for all images or "
+                "one per image"
             )
         if self.seed is not None and self.seed + self.n - 1 > MAX_SEED:
             raise ValueError(f"seed + n - 1 must stay <= {MAX_SEED} (image k uses seed + k)")

@@ -15,7 +15,8 @@ from shared.schemas.generator import MAX_PROMPT_CHARS, MAX_SEED, PromptMode, Sam
 
 
 class ImagesRequest(BaseModel):
-    """OpenAI's ``images.generate`` body; ``seed``, ``steps``, ``sampler``, ``cfg_scale``, ``prompt_mode`` are ours."""
+    """OpenAI's ``images.generate`` body; ``seed``, ``steps``, ``sampler``, ``cfg_scale``, \
+``prompt_mode`` are ours."""
 
     model_config = ConfigDict(
         extra="forbid",

@@ -1,4 +1,5 @@
-"""Jobs in Redis (``GMEM_REDIS_URL``): any replica answers for any job, work is shared, nothing is lost to kill -9.
+"""Jobs in Redis (``GMEM_REDIS_URL``): any replica answers for any job, work is shared, nothing is lost
+to kill -9.
 
 Layout:
 
@@ -368,7 +369,8 @@ class RedisJobs:
         for attempt in range(20):  # the result must reach Redis; a brief outage is retried
             try:
                 async with self.r.pipeline(transaction=True) as p:
-                    # one command a statement: redis-py types a pipeline's commands as awaitables, not the pipeline
+                    # one command a statement: redis-py types a pipeline's commands as awaitables, not the
+                    # pipeline
                     p.hset(key, mapping=fields)
                     p.expire(key, int(self.settings.job_ttl_s) or 1)
                     p.xack(STREAM, GROUP, entry)

@@ -201,7 +201,8 @@ class JobService:
         on_progress: Callable[[int, int, bytes | None], None],
         on_done: Callable[[dict[str, Any] | None, BaseException | None], None],
     ) -> Work:
-        """A scheduler ``Work`` for ``spec`` whose callbacks run on the event loop; on_done gets the result body."""
+        """A scheduler ``Work`` for ``spec`` whose callbacks run on the event loop; on_done gets the result
+        body."""
         loop = self._loop or asyncio.get_running_loop()
         t0 = time.perf_counter()
 
