@@ -74,8 +74,10 @@ def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[
         meta = factors.meta
         if factors.size != len(ds) or (factors.meta.source and factors.meta.source != ds.source):
             raise IncompatibleArtifacts(
-                f"bank {bank} has {factors.size} rows from source {factors.meta.source!r}, dataset {dataset!r} has "
-                f"{len(ds)} images from source {ds.source!r}; row i of the bank must be the snippet of image i: "
+                f"bank {bank} has {factors.size} rows from source {factors.meta.source!r}, "
+                f"dataset {dataset!r} has "
+                f"{len(ds)} images from source {ds.source!r}; "
+                f"row i of the bank must be the snippet of image i: "
                 "build the bank from this dataset (python -m training build-bank --dataset ...)"
             )
         cond = torch.from_numpy(factors.snippets(np.arange(factors.size)))

@@ -165,7 +165,8 @@ def factorise(
     what: str = "features",
     progress: bool = True,
 ) -> Factorisation:
-    """Factorise the rows of ``X`` (normalised first when ``normalize``) at ``rank`` in two streaming passes."""
+    """Factorise the rows of ``X`` (normalised first when ``normalize``) at ``rank`` in two streaming
+    passes."""
     check_feature_array(X, what)
     n, d = X.shape
     check_rank(rank, n, d)

@@ -62,7 +62,8 @@ def import_svd_dict(obj: dict[str, Any], path: str | Path, rank: int | None = No
     C, B, S, mu = (_array(obj[k], k, path) for k in SVD_KEYS)
     if B.ndim != 2 or C.ndim != 2 or S.ndim != 1 or mu.ndim != 1:
         raise DimensionMismatch(
-            f"{path}: expected C [N, r], M [d, r], S [r], mean [d]; got C {C.shape}, M {B.shape}, S {S.shape}, mean {mu.shape}"
+            f"{path}: expected C [N, r], M [d, r], S [r], mean [d]; "
+            f"got C {C.shape}, M {B.shape}, S {S.shape}, mean {mu.shape}"
         )
     d, r = B.shape
     if C.shape[1] != r or S.shape[0] != r or mu.shape[0] != d:

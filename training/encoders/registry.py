@@ -52,7 +52,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class MnistCNN(nn.Module):
-    """``gmem/mnist-cnn``: three conv stages (32 -> 16 -> 8 -> 4 px) and a linear map to the global feature."""
+    """``gmem/mnist-cnn``: three conv stages (32 -> 16 -> 8 -> 4 px) and a linear map to the global
+    feature."""
 
     def __init__(self, channels: int = 1, feature_dim: int = 128, width: int = 16) -> None:
         super().__init__()
@@ -244,7 +245,8 @@ def _load_embedded(encoder_id: str, weights: str | None, device: str | torch.dev
     if not path.exists():
         raise EncoderUnavailable(
             f"weights for {encoder_id} not found at {path}; train them with "
-            f"`python -m training train-encoder` (see artifacts/mnist-5k/REBUILD.md) or pass --encoder-weights"
+            f"`python -m training train-encoder` (see artifacts/mnist-5k/REBUILD.md) "
+            f"or pass --encoder-weights"
         )
     tensors, meta = _read_safetensors(path)
     if meta.get("format") != ENCODER_FORMAT or meta.get("format_version") != ENCODER_FORMAT_VERSION:
@@ -361,5 +363,6 @@ def load_encoder(encoder_id: str, weights: str | None = None, device: str | torc
     if encoder_id.startswith("timm/") and len(encoder_id) > 5:
         return _load_timm(encoder_id, weights, device)
     raise InvalidInput(
-        f"unknown encoder {encoder_id!r}; use {', '.join(EMBEDDED)} or timm/<arch> with --encoder-weights FILE"
+        f"unknown encoder {encoder_id!r}; use {', '.join(EMBEDDED)} "
+        f"or timm/<arch> with --encoder-weights FILE"
     )

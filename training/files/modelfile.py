@@ -79,7 +79,8 @@ def normalization(config: GMemConfig) -> dict[str, Any]:
 
 
 def config_from_json(data: dict[str, Any]) -> GMemConfig:
-    """GMemConfig from the file's config JSON; keys that are not config fields (id, train, ...) are ignored."""
+    """GMemConfig from the file's config JSON; keys that are not config fields (id, train, ...) are
+    ignored."""
     fields = {f.name for f in dataclasses.fields(GMemConfig)} - {"sampling"}
     kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in fields}
     for key in ("latent_mean", "latent_std"):
@@ -98,7 +99,8 @@ def save_model(
     config: GMemConfig,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write weights + metadata atomically and durably (shared.fileio); ``extra`` goes into the config JSON."""
+    """Write weights + metadata atomically and durably (shared.fileio); ``extra`` goes into the config
+    JSON."""
     meta = {
         "id": config.name,
         **config_to_json(config),

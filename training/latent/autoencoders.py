@@ -166,7 +166,8 @@ def _vavae_decoder_only(path: Path) -> Autoencoder:
 
 
 def _diffusers(folder: Path) -> Autoencoder:
-    # diffusers is imported only here: it is needed for foreign autoencoders alone and takes seconds to import.
+    # diffusers is imported only here: it is needed for foreign autoencoders alone and takes seconds
+    # to import.
     from diffusers import AutoencoderKL
 
     try:
@@ -278,7 +279,8 @@ def load_model_decoder(
     device: str | torch.device = "cpu",
     base_dir: str | os.PathLike[str] | None = None,
 ) -> Any:
-    """The decoder a latent model file names: the release's decoder-only VA-VAE as before, else an Autoencoder."""
+    """The decoder a latent model file names: the release's decoder-only VA-VAE as before, else an
+    Autoencoder."""
     if spec is None:
         raise IncompatibleArtifacts(
             "this latent-space model names no decoder; its config needs decoder = {'kind', 'weights'}"

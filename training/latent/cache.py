@@ -52,7 +52,8 @@ MANIFEST = "cache.json"
 
 @dataclass(frozen=True)
 class Rows:
-    """A dataset read by row ranges: size, labels, source id and ``read(start, stop) -> uint8 [n, H, W, C]``."""
+    """A dataset read by row ranges: size, labels, source id and ``read(start, stop) -> uint8 [n, H, W,
+    C]``."""
 
     n: int
     labels: np.ndarray
@@ -242,7 +243,8 @@ def read_manifest(cache: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_cache(cache: str | os.PathLike[str], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Concatenate the named tensors over all shards, in dataset order (keys absent from the cache are skipped)."""
+    """Concatenate the named tensors over all shards, in dataset order (keys absent from the cache are
+    skipped)."""
     manifest = read_manifest(cache)
     parts: dict[str, list[torch.Tensor]] = {}
     for k in range(int(manifest["shards"])):

@@ -57,7 +57,8 @@ def _spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
 
 
 def reduce_bank(bank: BankFactors, method: str, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(coefficients [M, r], labels [M]) of the reduced bank, labels ascending, rows in source order per label."""
+    """(coefficients [M, r], labels [M]) of the reduced bank, labels ascending, rows in source order per
+    label."""
     if bank.labels is None or not np.any(np.asarray(bank.labels) >= 0):
         raise InvalidInput(
             f"{bank.path}: the bank has no labels; reduce-bank keeps k rows per label and needs "

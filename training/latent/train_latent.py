@@ -2,7 +2,8 @@
 
 - :func:`load_latent_data`: the cache (training/latent/cache.py) as training data:
   latents normalised per channel, ``x = (z - mean) / std * multiplier`` (the release's
-  ``img_latent_dataset``; the VA-VAE's shipped statistics when it has them, else the cache's), each paired with its own image's snippet (as the release
+  ``img_latent_dataset``; the VA-VAE's shipped statistics when it has them, else the cache's),
+  each paired with its own image's snippet (as the release
   trains; the bank is checked to share the encoder and dimension), the flipped copies
   as extra rows when cached (latent, snippet and REPA target of the same variant, unlike
   the release's three independent coin flips), and the REPA targets resampled to the
@@ -36,7 +37,8 @@ from training.repa import REPA_PRESETS, resample_tokens
 
 def latent_stats(manifest: dict[str, Any], ae: Autoencoder) -> tuple[list[float], list[float]]:
     """Per-channel (mean, std) the network's space is defined by: the autoencoder's own when it ships
-    them (the VA-VAE release's ``latents_stats.pt``, which its networks were trained with), else the cache's."""
+    them (the VA-VAE release's ``latents_stats.pt``, which its networks were trained with), else the
+    cache's."""
     if ae.latent_stats is not None:
         return list(ae.latent_stats[0]), list(ae.latent_stats[1])
     return list(manifest["latent_mean"]), list(manifest["latent_std"])
@@ -48,7 +50,8 @@ def check_bank(bank_path: str, manifest: dict[str, Any]) -> BankMeta:
     if meta.encoder != manifest["encoder"] or meta.feature_dim != int(manifest["feature_dim"]):
         raise IncompatibleArtifacts(
             f"bank {bank_path} holds {meta.encoder!r} snippets of dimension {meta.feature_dim}; the cache's "
-            f"snippets are {manifest['encoder']!r}, dimension {manifest['feature_dim']}: build both with one encoder"
+            f"snippets are {manifest['encoder']!r}, dimension {manifest['feature_dim']}: "
+            f"build both with one encoder"
         )
     return meta
 
@@ -56,7 +59,8 @@ def check_bank(bank_path: str, manifest: dict[str, Any]) -> BankMeta:
 def load_latent_data(
     cache: str, vae: str, repa: bool, grid: int | None = None, ae: Autoencoder | None = None
 ) -> tuple[TrainData, dict[str, Any], Autoencoder]:
-    """(TrainData, manifest, autoencoder) from a finished cache; ``grid`` is the network's token grid for REPA."""
+    """(TrainData, manifest, autoencoder) from a finished cache; ``grid`` is the network's token grid for
+    REPA."""
 
     manifest = read_manifest(cache)
     ae = ae or load_autoencoder(vae)
@@ -105,7 +109,8 @@ def latent_config(
     repa_dim: int = 0,
     **overrides: Any,
 ) -> GMemConfig:
-    """Preset in the autoencoder's latent space: shape and statistics from the cache, decoder spec recorded."""
+    """Preset in the autoencoder's latent space: shape and statistics from the cache, decoder spec
+    recorded."""
     c, h, _ = manifest["latent_shape"]
     set_ = {k: v for k, v in overrides.items() if v is not None}
     mean, std = latent_stats(manifest, ae)

@@ -40,7 +40,8 @@ KIND = "gmem/tiny-vae"
 
 @dataclass(frozen=True)
 class TinyVAEConfig:
-    """Sizes of the tiny VAE: image channels, latent channels, width, and the KL weight it was trained with."""
+    """Sizes of the tiny VAE: image channels, latent channels, width, and the KL weight it was trained
+    with."""
 
     image_channels: int = 1
     latent_channels: int = 4

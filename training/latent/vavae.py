@@ -34,7 +34,8 @@ from training.official.vae import (
 
 
 class Downsample(nn.Module):
-    """Pad one pixel right and bottom, then a 3x3 stride-2 conv without padding (LDM's asymmetric downsample)."""
+    """Pad one pixel right and bottom, then a 3x3 stride-2 conv without padding (LDM's asymmetric
+    downsample)."""
 
     def __init__(self, c: int) -> None:
         super().__init__()

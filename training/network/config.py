@@ -184,7 +184,8 @@ _FIELDS = frozenset(f.name for f in fields(GMemConfig))
 
 
 def with_overrides(cfg: GMemConfig, **overrides: Any) -> GMemConfig:
-    """``cfg`` with fields replaced; sampling defaults may be named by their model-file keys (``default_steps``)."""
+    """``cfg`` with fields replaced; sampling defaults may be named by their model-file keys
+    (``default_steps``)."""
     by_key = {key: name for name, key in SAMPLING_KEYS.items()}
     sampling = {by_key[k]: overrides.pop(k) for k in list(overrides) if k in by_key and k not in _FIELDS}
     if sampling:
@@ -205,7 +206,8 @@ def _lightning(cfg: GMemConfig) -> GMemConfig:
 
 
 def _latent_vavae(cfg: GMemConfig) -> GMemConfig:
-    """16x16x32 VA-VAE latents with DINOv2-B/14 snippets and the release's Heun SDE (49 steps, CFG from t = 0.89)."""
+    """16x16x32 VA-VAE latents with DINOv2-B/14 snippets and the release's Heun SDE (49 steps, CFG from t =
+    0.89)."""
     return replace(
         cfg,
         space=Space.latent,

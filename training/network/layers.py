@@ -37,7 +37,8 @@ def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
 
 
 def sincos_2d(dim: int, grid: int) -> np.ndarray:
-    """Fixed 2-D position table [grid*grid, dim]: first half encodes the column, second the row (MAE order)."""
+    """Fixed 2-D position table [grid*grid, dim]: first half encodes the column, second the row (MAE
+    order)."""
     w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
     return np.concatenate([sincos_1d(dim // 2, w), sincos_1d(dim // 2, h)], axis=1)
 
@@ -98,7 +99,8 @@ class TimestepEmbedder(nn.Module):
 
     @staticmethod
     def frequency_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
-        """``[cos(t w_k), sin(t w_k)]``, ``w_k = exp(-ln(1e4) k / (dim/2))``: cos first, as the release does."""
+        """``[cos(t w_k), sin(t w_k)]``, ``w_k = exp(-ln(1e4) k / (dim/2))``: cos first, as the release
+        does."""
         half = dim // 2
         freqs = torch.exp(
             -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half

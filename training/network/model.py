@@ -159,7 +159,8 @@ class FinalLayer(nn.Module):
 
 
 class GMemDiT(nn.Module):
-    """GMem network: ``forward(x_t, t, c) -> v``; c is a unit snippet [N, d] (zeros = null), labels, or None."""
+    """GMem network: ``forward(x_t, t, c) -> v``; c is a unit snippet [N, d] (zeros = null), labels, or
+    None."""
 
     def __init__(self, cfg: GMemConfig) -> None:
         super().__init__()

@@ -46,7 +46,8 @@ from training.network.layers import AxialRoPE
 from training.network.model import GMemDiT
 from training.official.vae import decoder_state_from_checkpoint, save_decoder
 
-# Release networks -> our presets (LINs-lab/GMem ``models/lightningdit.py``, the model constructors). Both are LightningDiT */1 with RMSNorm, SwiGLU, RoPE.
+# Release networks -> our presets (LINs-lab/GMem ``models/lightningdit.py``, the model constructors).
+# Both are LightningDiT */1 with RMSNorm, SwiGLU, RoPE.
 RELEASE_PRESETS = ("gmem-XL/1", "gmem-B/1-lightning")
 LATENT_CHANNELS = 32
 DECODER_FILE = "vae_decoder.safetensors"
@@ -57,7 +58,8 @@ DINOV2_ID = "timm/vit_base_patch14_dinov2"
 # The release bank holds one CLS token per ImageNet-1k training image, centre-cropped to 256 px.
 BANK_SOURCE = "imagenet-1k/train@256"
 # Sampling settings of the release (LINs-lab/GMem ``transport/integrators.py``, ``transport/transport.py``
-# and ``models/lightningdit.py``'s forward with CFG): SDE Heun on the 50-point grid linspace(0, 1 - 0.004, 50),
+# and ``models/lightningdit.py``'s forward with CFG): SDE Heun on the 50-point grid
+# linspace(0, 1 - 0.004, 50),
 # i.e. 49 Heun steps (our `steps` counts intervals) plus a final noise-free mean step of 0.004: 99 drift
 # evaluations; w(t) = 1 * (1 - t). The ODE configs use Euler on linspace(0, 1, 50) with time shift 0.3
 # (the shift never reaches the SDE path, there or here). CFG is off (scale 1) unless asked; its interval
@@ -107,7 +109,8 @@ def read_release_file(path: str | Path, what: str) -> Any:
 
 
 def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
-    # DDP and accelerate each wrap the model, so "module." can appear more than once (LINs-lab/GMem ``utils/loading.py``).
+    # DDP and accelerate each wrap the model, so "module." can appear more than once
+    # (LINs-lab/GMem ``utils/loading.py``).
     out = {}
     for k, v in state.items():
         while k.startswith("module."):
@@ -119,7 +122,8 @@ def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
 def select_network_state(
     obj: Any, ema: bool = True, where: str = "network"
 ) -> tuple[dict[str, torch.Tensor], str]:
-    """The network weights inside a release file: ``ema`` or ``model`` of a training container, or the bare dict."""
+    """The network weights inside a release file: ``ema`` or ``model`` of a training container, or the bare
+    dict."""
     if not isinstance(obj, Mapping):
         raise IncompatibleArtifacts(
             f"{where}: expected a state dict or {{'model', 'ema', 'config'}}, found {type(obj).__name__}"
@@ -223,7 +227,8 @@ def check_rope_tables(
     if worst > ROPE_TOLERANCE:
         raise IncompatibleArtifacts(
             f"{where}: feat_rope tables differ from the 2-D axial RoPE we compute by {worst:.3g} "
-            f"(tolerance {ROPE_TOLERANCE}); the checkpoint uses another rotary layout and would not run correctly"
+            f"(tolerance {ROPE_TOLERANCE}); the checkpoint uses another rotary layout "
+            f"and would not run correctly"
         )
     return worst
 
@@ -235,14 +240,15 @@ def release_config(
     decoder_path: str | Path = DECODER_FILE,
     **overrides: Any,
 ) -> GMemConfig:
-    """Our GMemConfig for a release network: latent 16x16x32, decoding through the VA-VAE at ``decoder_path``."""
+    """Our GMemConfig for a release network: latent 16x16x32, decoding through the VA-VAE at
+    ``decoder_path``."""
     return preset(
         preset_name,
         latent_mean=tuple(float(v) for v in mean.reshape(-1)),
         latent_std=tuple(float(v) for v in std.reshape(-1)),
         latent_multiplier=1.0,
-        # Absolute, so any working directory finds it; training.official.vae falls back to the same name beside
-        # the model file when the folder has been moved.
+        # Absolute, so any working directory finds it; training.official.vae falls back to the same name
+        # beside the model file when the folder has been moved.
         decoder={"kind": "vavae-f16d32", "weights": str(decoder_path)},
         sampling=RELEASE_SAMPLING,
         **overrides,
@@ -252,7 +258,8 @@ def release_config(
 def convert_network(
     state: Mapping[str, torch.Tensor], config: GMemConfig, where: str = "network"
 ) -> tuple[GMemDiT, list[str], float]:
-    """Load release weights into our GMemDiT for ``config`` (strict); returns (net, ignored keys, rope deviation)."""
+    """Load release weights into our GMemDiT for ``config`` (strict); returns (net, ignored keys, rope
+    deviation)."""
     with torch.device("meta"):
         net = GMemDiT(config)
     expected = {k: v.shape for k, v in net.state_dict().items()}

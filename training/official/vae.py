@@ -1,7 +1,8 @@
 """The VA-VAE f16d32 decoder: latents [N, 32, 16, 16] -> images [N, 3, 256, 256] in [-1, 1].
 
 This is the decoding half of the KL autoencoder the paper authors' GMem release uses
-as its tokenizer (LINs-lab/GMem ``tokenizer/vavae.py``, ``tokenizer/autoencoder.py``): the LDM/VQGAN layout with
+as its tokenizer (LINs-lab/GMem ``tokenizer/vavae.py``, ``tokenizer/autoencoder.py``): the LDM/VQGAN
+layout with
 ch=128, ch_mult=(1, 1, 2, 2, 4), two residual blocks per level (three on the way
 up), attention at resolution 16 (the middle block plus three blocks in ``up.4``),
 GroupNorm(32, eps 1e-6) and swish. Parameter names match the release's
@@ -146,7 +147,8 @@ class _UpLevel(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The LDM decoder: conv_in, mid (res, attn, res), up levels from coarsest to finest, norm_out, conv_out."""
+    """The LDM decoder: conv_in, mid (res, attn, res), up levels from coarsest to finest, norm_out,
+    conv_out."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -191,11 +193,13 @@ class VAEDecoder(nn.Module):
         self.decoder = Decoder(self.cfg)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents [N, 32, 16, 16] (un-normalised VAE space) -> images [N, 3, 256, 256], nominally in [-1, 1]."""
+        """Latents [N, 32, 16, 16] (un-normalised VAE space) -> images [N, 3, 256, 256], nominally in [-1,
+        1]."""
         expect = (self.cfg.embed_dim, self.cfg.latent_resolution, self.cfg.latent_resolution)
         if z.ndim != 4 or tuple(z.shape[1:]) != expect:
             raise IncompatibleArtifacts(
-                f"VA-VAE decoder takes latents [N, {expect[0]}, {expect[1]}, {expect[2]}], got {list(z.shape)}"
+                f"VA-VAE decoder takes latents [N, {expect[0]}, {expect[1]}, {expect[2]}], "
+                f"got {list(z.shape)}"
             )
         return cast(torch.Tensor, self.decoder(self.post_quant_conv(z)))
 

@@ -35,5 +35,6 @@ def retrieval_accuracy(
 
 
 def pick_neighbours(neighbour_ids: list[int], noises: list[np.ndarray]) -> list[int]:
-    """Image k's snippet among the prompt's nearest neighbours: the noise-CDF index of its noise (paper 4.3)."""
+    """Image k's snippet among the prompt's nearest neighbours: the noise-CDF index of its noise (paper
+    4.3)."""
     return [neighbour_ids[cdf_index(z, len(neighbour_ids))] for z in noises]

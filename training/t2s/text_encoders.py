@@ -33,7 +33,8 @@ T5_TYPES = ("t5", "mt5", "umt5")
 
 @dataclass(frozen=True)
 class TextEncoding:
-    """Pooled text features [N, D] and, per text, its token count, whether it was truncated, the text as read."""
+    """Pooled text features [N, D] and, per text, its token count, whether it was truncated, the text as
+    read."""
 
     pooled: np.ndarray
     tokens: list[int]

@@ -56,7 +56,8 @@ class TinyTextNet(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled token states ``mean_i T_i`` [N, dim] of token ids [N, L] with mask [N, L] (True = word)."""
+        """Mean-pooled token states ``mean_i T_i`` [N, dim] of token ids [N, L] with mask [N, L] (True =
+        word)."""
         h = self.embed(ids) + self.pos[: ids.shape[1]]
         h = self.norm(self.blocks(h, src_key_padding_mask=~mask))
         m = mask.unsqueeze(-1).to(h.dtype)
@@ -93,7 +94,8 @@ def train_tiny_text(
     seed: int = 0,
     dim: int = 64,
 ) -> tuple[TinyTextNet, list[str], float]:
-    """Train the encoder to read (digit, thickness, slant, size) back from captions; returns (net, vocab, acc)."""
+    """Train the encoder to read (digit, thickness, slant, size) back from captions; returns (net, vocab,
+    acc)."""
     torch.manual_seed(seed)
     vocab = default_vocab()
     net = TinyTextNet(len(vocab), dim=dim)
