@@ -124,7 +124,8 @@ def test_projection_is_orthogonal_and_normalises_first(bank, data):
     g = f / np.linalg.norm(f)
     same = bankmath.project(g, mu, B, S, normalized=False)
     np.testing.assert_allclose(proj.coefficients, same.coefficients, atol=1e-9)
-    # The leftover (g - mu) - c B^T is orthogonal to every basis vector: c B^T + mu is the orthogonal projection.
+    # The leftover (g - mu) - c B^T is orthogonal to every basis vector: c B^T + mu is the orthogonal
+    # projection.
     leftover = (g - mu) - proj.coefficients[0] @ B.T
     np.testing.assert_allclose(leftover @ B, 0.0, atol=1e-8)
     expected = np.linalg.norm(leftover) / np.linalg.norm(g - mu)

@@ -181,7 +181,8 @@ def test_dinov2_follows_the_papers_preprocessing(tmp_path: Path, mnist):
 
     torch.manual_seed(0)
     # Reference, written from LINs-lab/GMem ``models/dinov2.py``: pos table resampled once to 16x16 (+CLS)
-    # bicubic + antialias; [-1,1] -> [0,1] -> ImageNet mean/std -> bicubic resize to 224; CLS after final norm.
+    # bicubic + antialias; [-1,1] -> [0,1] -> ImageNet mean/std -> bicubic resize to 224; CLS after final
+    # norm.
     ref = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0, img_size=224).eval()
     hub = {k: v.clone() for k, v in ref.state_dict().items()}
     hub["pos_embed"] = torch.randn(1, 1 + 37 * 37, 768) * 0.02  # the hub checkpoint's native 518 px table

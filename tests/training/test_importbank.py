@@ -27,7 +27,8 @@ def raw_cls_tokens(n: int = 200, d: int = 32, seed: int = 0) -> torch.Tensor:
 
 
 def official_svd_dict(bank: torch.Tensor, latent_dim: int) -> dict:
-    """The authors' DMD bank: mean, then SVD of the centred raw features, truncated (LINs-lab/GMem ``utils/svd_utils.py``, DMDMemoryBank)."""
+    """The authors' DMD bank: mean, then SVD of the centred raw features, truncated (LINs-lab/GMem
+    ``utils/svd_utils.py``, DMDMemoryBank)."""
     mean = bank.mean(0)
     U, S, Vh = torch.linalg.svd(bank - mean, full_matrices=False)
     S_d = S[:latent_dim]

@@ -14,7 +14,8 @@ TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, input_size=16, s
 
 
 def official_keys(depth: int, h: int, hd: int, mlp_hidden: int) -> dict[str, tuple[int, ...]]:
-    """The state_dict of the release's LightningDiT (LINs-lab/GMem ``models/lightningdit.py``), written out by hand."""
+    """The state_dict of the release's LightningDiT (LINs-lab/GMem ``models/lightningdit.py``), written out by
+    hand."""
     keys = {
         "pos_embed": (1, 256, h),
         "x_embedder.proj.weight": (h, 32, 1, 1),

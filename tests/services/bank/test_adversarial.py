@@ -63,7 +63,10 @@ def hostile_corpus() -> dict[str, bytes]:
         "webp rgba": _save(Image.fromarray(rgba, "RGBA"), "WEBP"),
         "gif": _save(Image.fromarray(digit), "GIF"),
         "bmp": _save(Image.fromarray(digit), "BMP"),
-        "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"><rect width="9" height="9"/></svg>',
+        "svg": (
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28">'
+            b'<rect width="9" height="9"/></svg>'
+        ),
         "huge text chunk": _save(big_text, pnginfo=info),
         "truncated png": png[: len(png) // 2],
         "png header only": png[:33],
@@ -180,7 +183,8 @@ def test_healthz_stays_responsive_under_slow_clients_and_cpu_heavy_requests(
     assert statuses == [200] * 6
     probes.sort()
     print(
-        f"healthz under load: p50 {probes[len(probes) // 2]:.1f} ms, max {probes[-1]:.1f} ms, {len(probes)} probes"
+        f"healthz under load: p50 {probes[len(probes) // 2]:.1f} ms, max {probes[-1]:.1f} ms, "
+        f"{len(probes)} probes"
     )
     assert len(probes) >= 5 and probes[len(probes) // 2] < 100, probes
 

@@ -140,9 +140,11 @@ from services.bank.app import create_app
 from services.bank.settings import BankSettings
 app = create_app(BankSettings(factors=sys.argv[1], data_dir=sys.argv[2], token='test-token-bank-0123'))
 with TestClient(app) as c:
-    r = c.post('/bank/snippets', json={'feature': [0.5] * %d}, headers={'Authorization': 'Bearer test-token-bank-0123'})
+    r = c.post('/bank/snippets', json={'feature': [0.5] * %d},
+               headers={'Authorization': 'Bearer test-token-bank-0123'})
     assert r.status_code == 201, r.text
-    r = c.post('/bank/snippets', files={'image': ('a.png', b'x')}, headers={'Authorization': 'Bearer test-token-bank-0123'})
+    r = c.post('/bank/snippets', files={'image': ('a.png', b'x')},
+               headers={'Authorization': 'Bearer test-token-bank-0123'})
     assert r.status_code == 422 and r.json()['error']['code'] == 'encoder_unavailable', r.text
     assert c.post('/bank/search', json={'id': 0, 'k': 3}).status_code == 200
 print('ok', sorted(m for m in sys.modules if m.startswith(('torch', 'training'))))

@@ -1,4 +1,5 @@
-"""POST /bank/retrieve with `label`: the noise-CDF index within that label's base rows; /bank says labels exist."""
+"""POST /bank/retrieve with `label`: the noise-CDF index within that label's base rows; /bank says labels
+exist."""
 
 from __future__ import annotations
 

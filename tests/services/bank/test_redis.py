@@ -81,7 +81,8 @@ def test_events_survive_redis_outage_and_restart(
     assert metric(svc.url, "gmem_bank_redis_publish_failures_total") >= 1
     assert metric(svc.url, "gmem_bank_redis_pending_events") >= 7
 
-    redis_server.start().wait_port()  # a fresh, empty Redis on the same port: the whole history is re-sent, in order
+    # a fresh, empty Redis on the same port: the whole history is re-sent, in order
+    redis_server.start().wait_port()
     wait_for(lambda: stream_events(redis_server) == expected, what="events after redis restart")
     wait_for(lambda: metric(svc.url, "gmem_bank_redis_up") == 1.0, what="redis_up metric")
     assert metric(svc.url, "gmem_bank_redis_pending_events") == 0

@@ -292,7 +292,8 @@ def test_a_snippet_is_the_same_bytes_in_every_batch_and_route(
 
 
 def test_noise_of_a_256px_rgb_image_is_accepted(client: TestClient) -> None:
-    """Regression: z was capped at 65536 entries (the feature limit), so a 3 x 256 x 256 noise tensor got 422."""
+    """Regression: z was capped at 65536 entries (the feature limit), so a 3 x 256 x 256 noise tensor got
+    422."""
     z = np.random.default_rng(2).standard_normal(3 * 256 * 256)
     r = client.post("/bank/retrieve", json={"z": z.tolist()})
     assert r.status_code == 200, r.text[:300]

@@ -1,4 +1,5 @@
-"""Snapshots + log rotation: exact round trip, recovery from every kill point of the sequence, SIGKILL under load."""
+"""Snapshots + log rotation: exact round trip, recovery from every kill point of the sequence, SIGKILL under
+load."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def test_label_draws_snippets_of_that_label_from_a_reduced_bank(tmp_path):
         bank.stop()
     body = r.json()
     rows = np.flatnonzero(labels == 7)
-    # Image k's noise is the first draw of seed 11 + k (CONTRACT.md section 6); the index is taken within label 7.
+    # Image k's noise is the first draw of seed 11 + k (CONTRACT.md section 6); the index is taken within
+    # label 7.
     want = [
         int(rows[_cdf_index(torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(11 + k)), 3)])
         for k in range(3)

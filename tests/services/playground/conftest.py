@@ -1,6 +1,7 @@
-"""Real processes for the playground's tests: bank + generator (embedded mnist-5k artifacts) and the playground,
-all on loopback, started with the project's one launcher (gmem.stack), and a headless chromium driven by
-Playwright. Browsers cannot be downloaded here, so the test uses Debian's ``chromium`` (scripts/setup.sh).
+"""Real processes for the playground's tests: bank + generator (embedded mnist-5k artifacts) and the
+playground, all on loopback, started with the project's one launcher (gmem.stack), and a headless chromium
+driven by Playwright. Browsers cannot be downloaded here, so the test uses Debian's ``chromium``
+(scripts/setup.sh).
 """
 
 from __future__ import annotations

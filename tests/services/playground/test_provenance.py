@@ -1,4 +1,5 @@
-"""Source images behind base snippets: the playground's dataset readers agree with training.data, row for row."""
+"""Source images behind base snippets: the playground's dataset readers agree with training.data, row for
+row."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The latent + snippet cache: identical whether written in one pass or resumed; contents are what they say."""
+"""The latent + snippet cache: identical whether written in one pass or resumed; contents are what they
+say."""
 
 from __future__ import annotations
 

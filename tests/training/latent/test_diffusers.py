@@ -1,4 +1,5 @@
-"""A diffusers AutoencoderKL, built small from a config and saved with save_pretrained, through our interface."""
+"""A diffusers AutoencoderKL, built small from a config and saved with save_pretrained, through our
+interface."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`train --init MODEL`: fine-tuning starts from the model's weights (bit equality at step 0) and checks the fit."""
+"""`train --init MODEL`: fine-tuning starts from the model's weights (bit equality at step 0) and checks the
+fit."""
 
 from __future__ import annotations
 

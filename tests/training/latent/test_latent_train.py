@@ -1,4 +1,5 @@
-"""`train --space latent`: the model file records space, VAE and normalisation; sample, eval and the generator use it."""
+"""`train --space latent`: the model file records space, VAE and normalisation; sample, eval and the
+generator use it."""
 
 from __future__ import annotations
 

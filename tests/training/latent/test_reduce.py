@@ -1,4 +1,5 @@
-"""`reduce-bank`: k representatives per label (random@k keeps rows exactly, average@k re-projects group means)."""
+"""`reduce-bank`: k representatives per label (random@k keeps rows exactly, average@k re-projects group
+means)."""
 
 from __future__ import annotations
 

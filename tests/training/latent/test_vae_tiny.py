@@ -1,4 +1,5 @@
-"""The embedded tiny VAE: the shipped file round-trips mnist-5k; training lowers the error; files reload exactly."""
+"""The embedded tiny VAE: the shipped file round-trips mnist-5k; training lowers the error; files reload
+exactly."""
 
 from __future__ import annotations
 

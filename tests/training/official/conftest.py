@@ -1,4 +1,5 @@
-"""Release-layout files built once per session (tests/training/official/fixtures.py) and the imported results."""
+"""Release-layout files built once per session (tests/training/official/fixtures.py) and the imported
+results."""
 
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ import torch
 def lightningdit_shapes(
     depth: int, hidden: int, heads: int, projector: bool = True
 ) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a LightningDiT-*/1 GMem state dict (``models/lightningdit.py``): 32 latent channels, 16x16 tokens."""
+    """Key -> shape of a LightningDiT-*/1 GMem state dict (``models/lightningdit.py``): 32 latent channels,
+    16x16 tokens."""
     hd = hidden // heads
     mlp = int(2 / 3 * 4 * hidden)  # SwiGLU hidden width: 2048 (B) or 3072 (XL)
     shapes: dict[str, tuple[int, ...]] = {
@@ -85,7 +86,8 @@ B_SHAPES = lightningdit_shapes(12, 768, 12)
 
 
 def rope_tables(head_dim: int, grid: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """feat_rope.freqs_cos / freqs_sin [grid^2, head_dim], spelled out channel by channel (``models/lightningdit.py``, the RoPE layer)."""
+    """feat_rope.freqs_cos / freqs_sin [grid^2, head_dim], spelled out channel by channel
+    (``models/lightningdit.py``, the RoPE layer)."""
     half = head_dim // 2
     angles = np.zeros((grid * grid, head_dim), dtype=np.float64)
     for n in range(grid * grid):
@@ -179,7 +181,8 @@ def _attn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
 
 
 def vavae_shapes() -> dict[str, tuple[int, ...]]:
-    """Encoder, quant convs and decoder of the f16d32 KL autoencoder (``tokenizer/autoencoder.py``), LDM naming."""
+    """Encoder, quant convs and decoder of the f16d32 KL autoencoder (``tokenizer/autoencoder.py``), LDM
+    naming."""
     ch, mult, z = 128, (1, 1, 2, 2, 4), 32
     s: dict[str, tuple[int, ...]] = {"encoder.conv_in.weight": (ch, 3, 3, 3), "encoder.conv_in.bias": (ch,)}
     res, c_in = 256, ch
@@ -299,13 +302,15 @@ def raw_cls_features(n: int, seed: int = 0, dim: int = 768) -> torch.Tensor:
 
 
 def save_full_bank(feats: torch.Tensor, path: Path) -> Path:
-    """The 'full' bank file: one [N, 768] tensor saved with torch.save (``utils/svd_utils.py``, FullMemoryBank)."""
+    """The 'full' bank file: one [N, 768] tensor saved with torch.save (``utils/svd_utils.py``,
+    FullMemoryBank)."""
     torch.save(feats.clone(), path)
     return path
 
 
 def save_svd_bank(feats: torch.Tensor, path: Path, latent_dim: int = 64) -> dict:
-    """The 'dmd' bank dict (``utils/svd_utils.py``, DMDMemoryBank): SVD of the raw, centred features split as U*sqrt(S), V*sqrt(S)."""
+    """The 'dmd' bank dict (``utils/svd_utils.py``, DMDMemoryBank): SVD of the raw, centred features split as
+    U*sqrt(S), V*sqrt(S)."""
     mean = feats.mean(0)
     U, S, Vh = torch.linalg.svd(feats - mean, full_matrices=False)
     d = latent_dim

@@ -68,7 +68,8 @@ def swiglu(x: Tensor, sd: dict[str, Tensor], p: str) -> Tensor:
 
 
 def block(x: Tensor, cond: Tensor, sd: dict[str, Tensor], i: int, heads: int) -> Tensor:
-    """One transformer block: adaLN chunks (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp)."""
+    """One transformer block: adaLN chunks (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
+    gate_mlp)."""
     p = f"blocks.{i}."
     mod = linear(torch.nn.functional.silu(cond), sd, p + "adaLN_modulation.1")
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (m[:, None] for m in mod.chunk(6, dim=1))

@@ -46,7 +46,8 @@ def attn(x: Tensor, sd: dict[str, Tensor], p: str) -> Tensor:
 
 
 def encode_mean(sd: dict[str, Tensor], x: Tensor, resolution: int = 256) -> Tensor:
-    """Posterior mean [N, 32, H/16, W/16] of images [N, 3, H, W] (``resolution`` decides where attention is)."""
+    """Posterior mean [N, 32, H/16, W/16] of images [N, 3, H, W] (``resolution`` decides where attention
+    is)."""
     h = conv(x, sd, "encoder.conv_in")
     res = resolution
     for level in range(len(MULT)):

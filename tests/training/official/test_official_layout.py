@@ -19,7 +19,8 @@ def _meta_shapes(name: str, **overrides) -> dict[str, tuple[int, ...]]:
 
 
 def test_fixture_layout_matches_the_release_counts():
-    # Numbers measured on the authors' own modules (LINs-lab/GMem ``models/lightningdit.py``, ``tokenizer/autoencoder.py``), not produced by our code.
+    # Numbers measured on the authors' own modules (LINs-lab/GMem ``models/lightningdit.py``,
+    # ``tokenizer/autoencoder.py``), not produced by our code.
     assert len(fx.XL_SHAPES) == 358 and len(fx.B_SHAPES) == 166
     total = {
         n: sum(math.prod(s) for s in sh.values()) for n, sh in (("XL", fx.XL_SHAPES), ("B", fx.B_SHAPES))

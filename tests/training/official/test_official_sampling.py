@@ -64,7 +64,8 @@ def test_default_sampler_is_heun_sde_on_the_release_grid_with_one_call_per_drift
 
 
 def _release_heun_sde(net, x, c, generator, steps=50, last=0.004):
-    """The authors' algorithm as the release writes it (LINs-lab/GMem ``transport/integrators.py``), score by a second network call."""
+    """The authors' algorithm as the release writes it (LINs-lab/GMem ``transport/integrators.py``), score by
+    a second network call."""
     calls = 0
 
     def drift(x, t):

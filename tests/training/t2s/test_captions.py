@@ -1,4 +1,5 @@
-"""Captions from labels and measured properties: thickness from pixel mass, slant from second moments, size."""
+"""Captions from labels and measured properties: thickness from pixel mass, slant from second moments,
+size."""
 
 from __future__ import annotations
 
