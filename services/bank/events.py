@@ -132,7 +132,7 @@ class EventPublisher:
                 self._publish_pending(client)
                 if not self._wake.wait(_IDLE_PING_S) and not self._stop.is_set():
                     client.ping()  # notice an outage while idle, for /readyz
-            except Exception as exc:  # noqa: BLE001 - this thread must outlive any error; Redis ones are expected
+            except Exception as exc:  # this thread must outlive any error; Redis ones are expected
                 if not isinstance(exc, redis.RedisError | OSError):
                     log.exception("event publisher error; retrying")
                 self.failures += 1

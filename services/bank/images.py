@@ -38,7 +38,7 @@ def load_configured_encoder(
             f"{factors.meta.encoder!r}; configure {factors.meta.encoder!r} (or leave it unset to accept "
             "features only)"
         )
-    from training.encoders.registry import load_encoder  # noqa: PLC0415 - torch only when an encoder is configured
+    from training.encoders.registry import load_encoder  # torch only when an encoder is configured
 
     encoder = load_encoder(encoder_id, str(weights) if weights else None)
     if encoder.feature_dim != factors.feature_dim:
@@ -104,7 +104,7 @@ def decode_image(
             "the upload is not a PNG, JPEG or WebP image (the formats the bank decodes); "
             "convert it to PNG first"
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError...) for bad bytes
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad bytes
         raise InvalidImage(
             f"the upload is not a readable image ({type(exc).__name__}: {exc}); "
             "send a complete PNG, JPEG or WebP file"

@@ -168,7 +168,7 @@ def _parse_pool() -> ProcessPoolExecutor:
     """One process parses large bodies: JSON parsing holds the GIL for long stretches, so in a thread
     of the server it would still starve the event loop (4 concurrent 11 MB bodies in threads:
     /healthz p50 54 ms, max 1 s). Spawned, not forked: the server runs threads."""
-    global _POOL  # noqa: PLW0603 - one per server process, created on first use
+    global _POOL  # one per server process, created on first use
     if _POOL is None:
         _POOL = ProcessPoolExecutor(
             max_workers=1,
@@ -181,7 +181,7 @@ def _parse_pool() -> ProcessPoolExecutor:
 
 def shutdown() -> None:
     """Stop the parse process (the app's close())."""
-    global _POOL  # noqa: PLW0603
+    global _POOL
     if _POOL is not None:
         _POOL.shutdown(wait=False, cancel_futures=True)
         _POOL = None

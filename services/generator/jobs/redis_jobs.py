@@ -309,7 +309,7 @@ class RedisJobs:
                 with contextlib.suppress(RedisError):
                     await self._ensure_group()
                 await asyncio.sleep(0.5)
-            except Exception:  # noqa: BLE001 - Redis away: retry, never stop consuming
+            except Exception:  # Redis away: retry, never stop consuming
                 log.exception("job queue consumer failed; retrying")
                 await asyncio.sleep(1.0)
 
@@ -403,5 +403,5 @@ class RedisJobs:
                     last_claim = time.monotonic()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("job heartbeat failed; retrying")

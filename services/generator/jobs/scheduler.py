@@ -208,7 +208,7 @@ class StepScheduler:
         t0 = time.perf_counter()
         try:
             rows = self.runtime.step(batch)
-        except Exception as exc:  # noqa: BLE001 - every job of a failed forward fails
+        except Exception as exc:  # every job of a failed forward fails
             log.exception("forward failed")
             for work in batch:
                 self._running.remove(work)
@@ -242,7 +242,7 @@ class StepScheduler:
         try:
             preview: bytes | None = self.runtime.preview(work)
             return preview
-        except Exception:  # noqa: BLE001 - a preview never fails a job
+        except Exception:  # a preview never fails a job
             log.exception("preview of job %s failed", work.id)
             return None
 
@@ -259,5 +259,5 @@ class StepScheduler:
         work.state = work.cond = work.null = None  # free the tensors now, not when the record expires
         try:
             work.on_done(pngs, error, work.saved)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("on_done of job %s failed", work.id)
