@@ -8,35 +8,13 @@ from safetensors.torch import load_file
 
 from shared.factors import BankMeta, load_factors, save_factors
 
-from .conftest import BANK, VAE, run_cli
+from .conftest import BANK, latent_train_args, run_cli
 
 
 def _args(cache_dir, out, bank=BANK, steps="0"):
-    return [
-        "train",
-        "--space",
-        "latent",
-        "--vae",
-        str(VAE),
-        "--cache",
-        str(cache_dir),
-        "--bank",
-        str(bank),
-        "--out",
-        str(out),
-        "--steps",
-        steps,
-        "--batch-size",
-        "8",
-        "--preset",
-        "gmem-tiny-latent",
-        "--sample-every",
-        "1000",
-        "--ckpt-every",
-        "1000",
-        "--threads",
-        "1",
-    ]
+    return [*latent_train_args(cache_dir, out, bank), "--steps", steps, "--batch-size", "8",
+            "--preset", "gmem-tiny-latent", "--sample-every", "1000", "--ckpt-every", "1000",
+            "--threads", "1"]  # fmt: skip
 
 
 def test_init_starts_from_the_given_weights_bit_for_bit(latent_model, cache_dir, tmp_path):

@@ -16,7 +16,7 @@ from tests.support.services import start_bank, start_generator
 from training.files.modelfile import load_model, read_model_meta
 from training.latent.cache import read_manifest
 
-from .conftest import BANK, VAE, run_cli
+from .conftest import BANK, SHORT_RUN, VAE, latent_train_args, run_cli
 
 
 def test_model_file_records_space_vae_and_normalisation(latent_model, cache_dir):
@@ -46,35 +46,8 @@ def test_model_file_records_space_vae_and_normalisation(latent_model, cache_dir)
 def test_resume_from_checkpoint_ends_with_the_same_weights(latent_model, cache_dir, tmp_path):
     out = tmp_path / "resumed.safetensors"
     res = run_cli(
-        "train",
-        "--space",
-        "latent",
-        "--vae",
-        str(VAE),
-        "--cache",
-        str(cache_dir),
-        "--bank",
-        str(BANK),
-        "--out",
-        str(out),
-        "--steps",
-        "24",
-        "--batch-size",
-        "16",
-        "--preset",
-        "gmem-tiny-latent",
-        "--repa",
-        "mnist",
-        "--sample-every",
-        "12",
-        "--ckpt-every",
-        "12",
-        "--threads",
-        "1",
-        "--default-steps",
-        "4",
-        "--default-sampler",
-        "euler",
+        *latent_train_args(cache_dir, out),
+        *SHORT_RUN,
         "--resume",
         str(latent_model.parent / "model-run" / "checkpoints" / "step_0000012.safetensors"),
     )

@@ -8,7 +8,7 @@ from training.network.config import preset
 from training.network.model import GMemDiT
 from training.repa import REPA_PRESETS, repa_loss, resample_tokens
 
-from .conftest import BANK, VAE, run_cli
+from .conftest import latent_train_args, run_cli
 
 
 def _net(depth: int) -> GMemDiT:
@@ -51,17 +51,7 @@ def test_release_preset_is_block_4_lambda_half_dinov2():
 
 def test_repa_options_are_checked(cache_dir, tmp_path):
     base = [
-        "train",
-        "--space",
-        "latent",
-        "--vae",
-        str(VAE),
-        "--cache",
-        str(cache_dir),
-        "--bank",
-        str(BANK),
-        "--out",
-        str(tmp_path / "m.safetensors"),
+        *latent_train_args(cache_dir, tmp_path / "m.safetensors"),
         "--steps",
         "1",
         "--preset",
