@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,23 @@ def test_prompt_draws_the_named_digit_and_repeats_bytes(t2s_url: str):
     other = post(t2s_url, {**body, "prompt": "a handwritten zero"}).json()
     assert other["images"] != out["images"]
     assert int((classify(other["images"]) == 0).sum()) >= 6
+
+
+def test_a_prompt_job_gives_the_bytes_of_generate(t2s_url: str):
+    body = {"prompt": "a handwritten three", "n": 2, "seed": 21, "steps": 8}
+    sync = post(t2s_url, body)
+    assert sync.status_code == 200, sync.text
+    made = post(t2s_url, body, "/jobs")
+    assert made.status_code == 202, made.text
+    job = made.json()
+    for _ in range(600):
+        job = httpx.get(f"{t2s_url}/jobs/{job['id']}", timeout=30).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["images"] == sync.json()["images"]
+    assert job["result"]["prompt"] == sync.json()["prompt"]
 
 
 def test_nearest_mode_draws_bank_snippets_of_the_digit(t2s_url: str):
