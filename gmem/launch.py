@@ -209,6 +209,21 @@ def redis_process(
     return Process("redis", argv, log_path or workdir / f"redis-{port}.log", port, host, scheme="redis")
 
 
+def service_process(
+    name: str,
+    flags: list[str],
+    log_path: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+) -> Process:
+    """``python -m services.NAME FLAGS --host H --port P`` on ``port`` (a free one by default)."""
+    port = port or free_port(host)
+    argv = [python, "-m", f"services.{name}", *flags, "--host", host, "--port", str(port)]
+    return Process(name, argv, log_path, port, host, dict(env or {}))
+
+
 def bank_process(
     factors: Path,
     data_dir: Path,
@@ -219,23 +234,9 @@ def bank_process(
     args: list[str] | None = None,
     python: str = sys.executable,
 ) -> Process:
-    """``python -m services.bank`` on ``port`` (a free one by default)."""
-    port = port or free_port(host)
-    argv = [
-        python,
-        "-m",
-        "services.bank",
-        "--factors",
-        str(factors),
-        "--data-dir",
-        str(data_dir),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        *(args or []),
-    ]
-    return Process("bank", argv, log_path, port, host, dict(env or {}))
+    """``python -m services.bank`` over a factors file and a data dir."""
+    flags = ["--factors", str(factors), "--data-dir", str(data_dir), *(args or [])]
+    return service_process("bank", flags, log_path, port, host, env, python)
 
 
 def generator_process(
@@ -247,22 +248,9 @@ def generator_process(
     env: dict[str, str] | None = None,
     python: str = sys.executable,
 ) -> Process:
-    """``python -m services.generator`` on ``port`` (a free one by default)."""
-    port = port or free_port(host)
-    argv = [
-        python,
-        "-m",
-        "services.generator",
-        "--model",
-        str(model),
-        "--bank-url",
-        bank_url,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    return Process("generator", argv, log_path, port, host, dict(env or {}))
+    """``python -m services.generator`` over a model file and a running bank."""
+    flags = ["--model", str(model), "--bank-url", bank_url]
+    return service_process("generator", flags, log_path, port, host, env, python)
 
 
 def playground_process(
@@ -275,18 +263,5 @@ def playground_process(
     python: str = sys.executable,
 ) -> Process:
     """``python -m services.playground`` over a running bank and generator."""
-    port = port or free_port(host)
-    argv = [
-        python,
-        "-m",
-        "services.playground",
-        "--bank-url",
-        bank_url,
-        "--generator-url",
-        generator_url,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    return Process("playground", argv, log_path, port, host, dict(env or {}))
+    flags = ["--bank-url", bank_url, "--generator-url", generator_url]
+    return service_process("playground", flags, log_path, port, host, env, python)
