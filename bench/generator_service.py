@@ -47,7 +47,6 @@ def start_generator(tmp: Path, bank_url: str, model: Path, threads: int, **env: 
     base = {
         "GMEM_GENERATOR_TORCH_THREADS": str(threads),
         "GMEM_GENERATOR_MAX_N": "64",
-        "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "5",
     }
     port = free_port()
     proc = started(

@@ -42,7 +42,7 @@ def build_generator(settings: GeneratorSettings, facts: ModelFacts, metrics: Gen
         if settings.redis_url
         else None
     )
-    gen = Generator(settings, runtime, bank, None, metrics, cache, open_prompts(settings, facts))
+    gen = Generator(settings, runtime, bank, metrics, cache, open_prompts(settings, facts))
     gen.jobs = JobService(gen)
     if settings.redis_url:
         gen.jobs.remote = RedisJobs(gen.jobs, settings.redis_url)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from services.generator.batcher import Batcher
 from services.generator.cache import SnippetCache
 from services.generator.errors import BankRejected, BankUnreachable, LimitExceeded, ModelNotReady
 from services.generator.metrics import GeneratorMetrics
@@ -54,14 +53,13 @@ _DRAWN_SEED_LIMIT = 2**31
 
 
 class Generator:
-    """The service's state: model runtime, bank client, optional cache, batcher and readiness."""
+    """The service's state: model runtime, bank client, optional cache, prompts and readiness."""
 
     def __init__(
         self,
         settings: GeneratorSettings,
         runtime: Runtime,
         bank: bc.AsyncBankClient,
-        batcher: Batcher | None,
         metrics: GeneratorMetrics,
         cache: SnippetCache | None = None,
         prompts: PromptSnippets | None = None,
@@ -69,7 +67,6 @@ class Generator:
         self.settings = settings
         self.runtime = runtime
         self.bank = bank
-        self.batcher = batcher
         self.metrics = metrics
         self.cache = cache
         self.prompts = prompts

@@ -16,9 +16,6 @@ class GeneratorMetrics:
     requests: Counter
     images: Counter
     latency: Histogram
-    batch_images: Histogram
-    batch_requests: Histogram
-    queue_depth: Gauge
     forward_per_nfe: Histogram
     dropped: Counter
     bank_calls: Counter
@@ -49,19 +46,6 @@ def make_metrics() -> GeneratorMetrics:
             buckets=_LATENCY,
             registry=r,
         ),
-        batch_images=Histogram(
-            "gmem_generator_batch_images",
-            "images per merged forward batch",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            registry=r,
-        ),
-        batch_requests=Histogram(
-            "gmem_generator_batch_requests",
-            "requests merged into one batch",
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-            registry=r,
-        ),
-        queue_depth=Gauge("gmem_generator_queue_images", "images waiting for the model", registry=r),
         forward_per_nfe=Histogram(
             "gmem_generator_forward_seconds_per_nfe",
             "wall time per network evaluation of a (micro-)batch, averaged over its sampler run",

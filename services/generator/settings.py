@@ -49,10 +49,8 @@ class GeneratorSettings(HttpSettings):
         120.0, gt=0, description="a request still unanswered after this gets 503"
     )
 
-    # Dynamic batching: up to max_batch_size images from compatible requests share
-    # one forward; the first waits at most max_batch_wait_ms for company.
+    # Step-level batching: the rows of up to max_batch_size images share each forward.
     max_batch_size: int = Field(16, ge=1, description="1 disables dynamic batching")
-    max_batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for company")
     # Batch invariance (see runtime.py): N > 0 runs every forward on exactly N rows (padded);
     # 0 = auto: probe the network at load and pad only if some batch size changes a row.
     micro_batch: int = Field(0, ge=0, description="N > 0: every forward on exactly N rows; 0: probe at load")

@@ -27,7 +27,6 @@ GENERATOR_ENV = {
     "GMEM_GENERATOR_MAX_N": "8",
     "GMEM_GENERATOR_MAX_STEPS": "40",
     "GMEM_GENERATOR_TORCH_THREADS": "1",
-    "GMEM_GENERATOR_MAX_BATCH_WAIT_MS": "20",
     "GMEM_GENERATOR_BANK_TIMEOUT_S": "2",
 }
 STEPS = 8  # sampler steps the tests ask for: enough for a digit, quick on CPU
