@@ -31,9 +31,11 @@ class Conditioning(StrEnum):
 
 
 class MaskStrategy(StrEnum):
-    zero = "zero"
-    noise = "noise"
-    random = "random"
+    """The S-Adapter's snippet masks (paper appendix G.5; ``training.network.model._MASKS``)."""
+
+    zero = "zero"  # masked dims set to 0, kept dims scaled 1/(1-p): the release's nn.Dropout(p)
+    random = "random"  # masked dims replaced by random values, N(0, 1/d)
+    noise = "noise"  # Gaussian noise of relative size p added to every dim, then re-normalised
 
 
 class Mlp(StrEnum):
@@ -130,6 +132,10 @@ class GMemConfig:
     adapter: AdapterKind = AdapterKind.linear
     mask_ratio: float = 0.4
     mask_strategy: MaskStrategy = MaskStrategy.zero
+    # Probability that a training step replaces a whole snippet by the zero vector, so the CFG null is an
+    # input the network was trained on. 0 = no trained null (the release: its dropout never zeroes a whole
+    # snippet, yet CFG uses zeros); such models refuse cfg_scale != 1 against the zero null.
+    p_uncond: float = 0.0
     num_classes: int = 10  # only for conditioning="class" (the comparison baseline)
     # REPA projector (train-time alignment; kept so official checkpoints load strictly)
     repa_dim: int = 0  # 0 = no projector
@@ -168,7 +174,14 @@ class GMemConfig:
             raise ValueError(f"RoPE needs head_dim divisible by 4; got {self.head_dim}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1); got {self.mask_ratio}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1); got {self.p_uncond}")
         return self
+
+    @property
+    def trained_null(self) -> bool:
+        """Whether the zero snippet (the CFG null) is an input this network was trained on."""
+        return self.conditioning != Conditioning.snippet or self.p_uncond > 0
 
 
 _OPTION_FIELDS: dict[str, type[StrEnum]] = {
@@ -200,9 +213,10 @@ def with_overrides(cfg: GMemConfig, **overrides: Any) -> GMemConfig:
 
 def _lightning(cfg: GMemConfig) -> GMemConfig:
     """hustvl/LightningDiT ``models/lightningdit.py`` blocks, as the GMem release uses them."""
-    return replace(
-        cfg, mlp=Mlp.swiglu, norm=Norm.rmsnorm, rope=True, adapter=AdapterKind.linear, init=Init.xavier
-    )
+    # The release comments out LightningDiT's adaLN-zero init (lightningdit.py:375-383), which only matters
+    # when training from scratch; our presets keep DiT's and LightningDiT's adaLN-zero, and official
+    # checkpoints load over it.
+    return replace(cfg, mlp=Mlp.swiglu, norm=Norm.rmsnorm, rope=True, adapter=AdapterKind.linear)
 
 
 def _latent_vavae(cfg: GMemConfig) -> GMemConfig:
@@ -222,7 +236,8 @@ def _latent_vavae(cfg: GMemConfig) -> GMemConfig:
     )
 
 
-_BASE = GMemConfig()
+# From-scratch presets train the CFG null (p_uncond 0.1, as DiT's class dropout); imports of the release set 0.
+_BASE = GMemConfig(p_uncond=0.1)
 _RELEASE = _lightning(_latent_vavae(replace(_BASE, patch_size=1)))
 
 PRESETS: dict[str, GMemConfig] = {

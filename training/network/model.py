@@ -41,26 +41,30 @@ from training.network.layers import (
 
 
 def _mask_zero(c: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Inverted dropout, exactly the release's ``nn.Dropout(p)``."""
+    """Zero mask: masked dims set to 0, the rest scaled by 1/(1-p), exactly the release's ``nn.Dropout(p)``
+    (LINs-lab/GMem ``models/feature_embedder.py``)."""
     return F.dropout(c, p=ratio, training=True)
 
 
-def _mask_noise(c: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Masked dims replaced by N(0, 1/d), the spread of a random unit vector's entries."""
+def _mask_random(c: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Random mask: masked dims replaced by random values, N(0, 1/d) (the spread of a random unit vector's
+    entries), so a masked snippet keeps its norm in expectation."""
     masked = torch.rand_like(c) < ratio
     return torch.where(masked, torch.randn_like(c) / math.sqrt(c.shape[-1]), c)
 
 
-def _mask_random(c: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Masked dims taken from another snippet of the batch (a random permutation)."""
-    masked = torch.rand_like(c) < ratio
-    return torch.where(masked, c[torch.randperm(c.shape[0], device=c.device)], c)
+def _mask_noise(c: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Noise mask: Gaussian noise on every dim, of norm about ``ratio`` relative to the unit snippet, then
+    re-normalised (no dim is removed; the snippet is blurred on the sphere)."""
+    noisy = c + ratio * torch.randn_like(c) / math.sqrt(c.shape[-1])
+    return noisy / noisy.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+# Paper appendix G.5's three strategies; ``MaskStrategy`` names them. p = the config's mask_ratio.
 _MASKS: dict[MaskStrategy, Callable[[torch.Tensor, float], torch.Tensor]] = {
     MaskStrategy.zero: _mask_zero,
-    MaskStrategy.noise: _mask_noise,
     MaskStrategy.random: _mask_random,
+    MaskStrategy.noise: _mask_noise,
 }
 _ADAPTERS: dict[AdapterKind, Callable[[int, int], nn.Module]] = {
     AdapterKind.linear: lambda d, h: RowLinear(d, h),
@@ -77,24 +81,28 @@ _MLPS: dict[Mlp, Callable[[int, float], nn.Module]] = {
 class SnippetAdapter(nn.Module):
     """S-Adapter: masks the unit-norm snippet per feature dimension (train only), then projects it to H.
 
-    Mask strategies (the paper's ablation): ``zero`` = inverted dropout exactly
-    like the release's ``nn.Dropout(p)`` (kept dims scaled by 1/(1-p));
-    ``noise`` = masked dims replaced by N(0, 1/d) (the spread of a random unit
-    vector's entries); ``random`` = masked dims taken from another snippet of the
-    batch (a random permutation). No masking in eval mode.
+    Mask strategies: the ``_MASKS`` table (paper appendix G.5: zero, random and
+    noise mask). ``p_uncond`` > 0 also replaces whole snippets by the zero vector
+    with that probability, which trains the CFG null. Nothing is masked in eval mode.
     """
 
     def __init__(self, cfg: GMemConfig) -> None:
         super().__init__()
         self.ratio, self.strategy, d, h = cfg.mask_ratio, cfg.mask_strategy, cfg.snippet_dim, cfg.hidden_size
+        self.p_uncond = cfg.p_uncond
         # The attribute name is part of the state-dict keys (the release's ``condition_projection.linear``).
         self.kind = cfg.adapter
         self.add_module(cfg.adapter.value, _ADAPTERS[cfg.adapter](d, h))
 
     def mask(self, c: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.ratio <= 0:
+        if not self.training:
             return c
-        return _MASKS[self.strategy](c, self.ratio)
+        if self.ratio > 0:
+            c = _MASKS[self.strategy](c, self.ratio)
+        if self.p_uncond > 0:
+            keep = torch.rand(c.shape[0], 1, device=c.device) >= self.p_uncond
+            c = c * keep.to(c.dtype)
+        return c
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         return cast(torch.Tensor, self.get_submodule(self.kind.value)(self.mask(c)))

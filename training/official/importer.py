@@ -251,7 +251,9 @@ def release_config(
         # beside the model file when the folder has been moved.
         decoder={"kind": "vavae-f16d32", "weights": str(decoder_path)},
         sampling=RELEASE_SAMPLING,
-        **overrides,
+        # The release trains no CFG null: its adapter dropout never zeroes a whole snippet, yet CFG uses the
+        # zero vector (LINs-lab/GMem models/feature_embedder.py, engine/evaluation.py:231-232).
+        **{"p_uncond": 0.0, **overrides},
     )
 
 
