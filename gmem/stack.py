@@ -57,7 +57,7 @@ class StackConfig:
     out_dir: Path
     factors: Path = ARTIFACTS / "bank.safetensors"
     model: Path = ARTIFACTS / "model.safetensors"
-    encoder: str | None = "gmem/mnist-cnn"
+    encoder: str | None = "gmem/mnist-ssl"
     encoder_weights: Path | None = ARTIFACTS / "encoder.safetensors"
     host: str = "127.0.0.1"
     bank_port: int | None = DEFAULT_BANK_PORT

@@ -268,7 +268,7 @@ def main(
     model: Annotated[Path, typer.Option(help="model file")] = ARTIFACTS / "model.safetensors",
     encoder: Annotated[
         str, typer.Option(help="encoder id for image inserts (the bank's)")
-    ] = "gmem/mnist-cnn",
+    ] = "gmem/mnist-ssl",
     encoder_weights: Annotated[Path, typer.Option(help="its weights file")] = ARTIFACTS
     / "encoder.safetensors",
     fresh: Annotated[

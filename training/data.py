@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,3 +186,5 @@ class TrainData:
     preview_ids: list[int]
     repa: torch.Tensor | None = None  # [N, T, D] encoder patch features on the token grid (REPA targets)
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # network space -> pixels (latent space)
+    # What the snippet condition is: {"kind": "exact"} or a rank-r reconstruction and why (model file)
+    snippets: dict[str, Any] | None = None

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.errors import IncompatibleArtifacts
-from training.encoders.registry import Encoder, MnistCNN
+from training.encoders.registry import Encoder, MnistCNN, MnistSSL
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def patch_features(encoder: Encoder, x: torch.Tensor, batch_size: int = 256) -> 
     for start in range(0, x.shape[0], batch_size):
         xb = encoder._preprocess(x[start : start + batch_size].to(encoder.device, torch.float32))
         net = encoder.net
-        if isinstance(net, MnistCNN):
+        if isinstance(net, (MnistCNN, MnistSSL)):
             fmap = net.stages(xb)  # [N, D, 4, 4]
             tokens = fmap.flatten(2).transpose(1, 2)
         elif hasattr(net, "forward_features"):  # timm ViT: drop CLS / register tokens

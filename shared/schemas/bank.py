@@ -64,7 +64,7 @@ class BankInfo(BaseModel):
                     "base_size": 5000,
                     "feature_dim": 128,
                     "rank": 64,
-                    "encoder": "gmem/mnist-cnn",
+                    "encoder": "gmem/mnist-ssl",
                     "format_version": "1",
                 }
             ]

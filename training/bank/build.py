@@ -37,7 +37,7 @@ from shared.errors import (
 )
 from shared.factors import BankMeta, save_factors
 from training.data import load_dataset, to_model_input
-from training.encoders.registry import load_encoder
+from training.encoders.registry import DEFAULT_ENCODER, load_encoder
 
 # Chunks of about 32 MB of float64 keep pass 1's temporaries small at any N.
 _CHUNK_BYTES = 32 << 20
@@ -274,7 +274,7 @@ def build_bank_command(
         None,
         "--encoder",
         envvar="GMEM_ENCODER",
-        help="encoder id (default gmem/mnist-cnn; with --features: recorded only)",
+        help="encoder id (default gmem/mnist-ssl; with --features: recorded only)",
     ),
     encoder_weights: str | None = typer.Option(
         None, "--encoder-weights", envvar="GMEM_ENCODER_WEIGHTS", help="local weights file of the encoder"
@@ -343,7 +343,7 @@ def run_build(
     if labels is not None:
         raise InvalidInput("--labels goes with --features; a dataset brings its own labels")
     assert dataset is not None  # exactly one source, checked above
-    encoder = encoder or "gmem/mnist-cnn"
+    encoder = encoder or DEFAULT_ENCODER
     X, label_arr, src = dataset_features(dataset, encoder, encoder_weights, batch_size, device)
     check_rank(rank, *X.shape)
     fac = factorise(X, rank, c_dtype=c_dtype, what=f"features of {src}")

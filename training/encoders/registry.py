@@ -2,9 +2,15 @@
 
 Registry by id (``load_encoder``):
 
-- ``gmem/mnist-cnn``: the embedded 128-d encoder trained by this project on
-  ``mnist-5k:train`` (:mod:`training.encoders.train`), default weights
+- ``gmem/mnist-ssl``: the default bank's encoder, 128-d, trained by this project on
+  ``mnist-5k:train`` without labels and without reconstruction (SimCLR-style,
+  :mod:`training.encoders.ssl`), frozen, global-average pooled: lossy and
+  self-supervised like the paper's DINOv2 CLS snippets. Default weights
   ``artifacts/mnist-5k/encoder.safetensors``.
+- ``gmem/mnist-cnn``: the "strong conditioning" variant, 128-d, trained with labels
+  and a pixel-reconstruction loss (:mod:`training.encoders.train`), so its code is
+  close to an autoencoder's (the strong end of the paper's section 3.2). Default
+  weights ``artifacts/mnist-5k/encoder-strong.safetensors``.
 - ``gmem/mnist-evalnet``: the evaluation network for Frechet distance (a
   different architecture and seed; its feature is the penultimate layer).
 - ``timm/<arch>``: any timm architecture built with ``pretrained=False,
@@ -39,8 +45,10 @@ from training.data import to_model_input
 
 ENCODER_FORMAT = "gmem-encoder"
 ENCODER_FORMAT_VERSION = "1"
+DEFAULT_ENCODER = "gmem/mnist-ssl"
 DEFAULT_WEIGHTS = {
-    "gmem/mnist-cnn": "artifacts/mnist-5k/encoder.safetensors",
+    "gmem/mnist-ssl": "artifacts/mnist-5k/encoder.safetensors",
+    "gmem/mnist-cnn": "artifacts/mnist-5k/encoder-strong.safetensors",
     "gmem/mnist-evalnet": "artifacts/mnist-5k/evalnet.safetensors",
 }
 DINOV2_ID = "timm/vit_base_patch14_dinov2"
@@ -79,6 +87,30 @@ class MnistCNN(nn.Module):
         return cast(torch.Tensor, self.to_feature(self.stages(x).flatten(1)))
 
 
+class MnistSSL(nn.Module):
+    """``gmem/mnist-ssl``: four conv stages (32 -> 16 -> 8 -> 4 px) and a global average pool; the pooled
+    vector is the feature (no linear map after the pool, as a ViT's CLS token is read straight off)."""
+
+    def __init__(self, channels: int = 1, feature_dim: int = 128) -> None:
+        super().__init__()
+        widths = (channels, feature_dim // 4, feature_dim // 2, feature_dim, feature_dim)
+
+        def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU()
+            )
+
+        self.stages = nn.Sequential(
+            stage(widths[0], widths[1], 1),
+            stage(widths[1], widths[2], 2),
+            stage(widths[2], widths[3], 2),
+            stage(widths[3], widths[4], 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.stages(x).mean(dim=(2, 3)))
+
+
 class MnistEvalNet(nn.Module):
     """``gmem/mnist-evalnet``: a LeNet-style classifier; its penultimate layer is the Frechet feature."""
 
@@ -102,13 +134,16 @@ class MnistEvalNet(nn.Module):
 
 
 class EncoderKind(StrEnum):
-    """What ``train-encoder`` trains: the snippet encoder or the evaluation network."""
+    """What ``train-encoder`` trains: a snippet encoder (self-supervised or strong) or the evaluation
+    network."""
 
+    mnist_ssl = "mnist-ssl"
     mnist_cnn = "mnist-cnn"
     evalnet = "evalnet"
 
 
 EMBEDDED: dict[str, Callable[..., nn.Module]] = {
+    "gmem/mnist-ssl": MnistSSL,
     "gmem/mnist-cnn": MnistCNN,
     "gmem/mnist-evalnet": MnistEvalNet,
 }

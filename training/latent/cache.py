@@ -277,7 +277,8 @@ def cache_command(
     encoder: Annotated[
         str,
         typer.Option(
-            help="snippet encoder id (gmem/mnist-cnn, timm/vit_base_patch14_dinov2)", envvar="GMEM_ENCODER"
+            help="snippet encoder id (gmem/mnist-ssl, gmem/mnist-cnn, timm/vit_base_patch14_dinov2)",
+            envvar="GMEM_ENCODER",
         ),
     ],
     out: Annotated[

@@ -97,6 +97,8 @@ def load_latent_data(
         preview_ids=preview,
         repa=target,
         decode=lambda z: ae.decode(z * std.to(z.device) + mean.to(z.device)),
+        # The cache holds f(x)/|f(x)| of every image as encoded (training/latent/cache.py), not bank rows.
+        snippets={"kind": "exact", "encoder": str(manifest["encoder"]), "from": "latent cache"},
     )
     return data, manifest, ae
 

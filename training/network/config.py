@@ -128,7 +128,7 @@ class GMemConfig:
     # conditioning (S-Adapter)
     conditioning: Conditioning = Conditioning.snippet
     snippet_dim: int = 128
-    encoder: str = "gmem/mnist-cnn"
+    encoder: str = "gmem/mnist-ssl"
     adapter: AdapterKind = AdapterKind.linear
     mask_ratio: float = 0.4
     mask_strategy: MaskStrategy = MaskStrategy.zero
@@ -236,7 +236,7 @@ def _latent_vavae(cfg: GMemConfig) -> GMemConfig:
     )
 
 
-# From-scratch presets train the CFG null (p_uncond 0.1, as DiT's class dropout); imports of the release set 0.
+# From-scratch presets train the CFG null (p_uncond 0.1, as DiT's class dropout); release imports set 0.
 _BASE = GMemConfig(p_uncond=0.1)
 _RELEASE = _lightning(_latent_vavae(replace(_BASE, patch_size=1)))
 

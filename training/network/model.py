@@ -57,7 +57,7 @@ def _mask_noise(c: torch.Tensor, ratio: float) -> torch.Tensor:
     """Noise mask: Gaussian noise on every dim, of norm about ``ratio`` relative to the unit snippet, then
     re-normalised (no dim is removed; the snippet is blurred on the sphere)."""
     noisy = c + ratio * torch.randn_like(c) / math.sqrt(c.shape[-1])
-    return noisy / noisy.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return cast(torch.Tensor, noisy / noisy.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
 # Paper appendix G.5's three strategies; ``MaskStrategy`` names them. p = the config's mask_ratio.
