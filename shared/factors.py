@@ -233,15 +233,41 @@ def _check_shapes(
         )
 
 
-def _encode(name: str, arr: np.ndarray, offset: int) -> tuple[dict[str, Any], int]:
-    code = _CODES.get(arr.dtype)
-    if code is None:
-        raise BankFileError(f"tensor {name!r}: unsupported dtype {arr.dtype}")
-    return {
-        "dtype": code,
-        "shape": list(arr.shape),
-        "data_offsets": [offset, offset + arr.nbytes],
-    }, offset + arr.nbytes
+def _header_blob(specs: dict[str, tuple[np.dtype, tuple[int, ...]]], meta: BankMeta) -> bytes:
+    """The length-prefixed safetensors header for tensors of these dtypes and shapes, in this order."""
+    header: dict[str, Any] = {"__metadata__": meta.to_strings()}
+    offset = 0
+    for name, (dtype, shape) in specs.items():
+        code = _CODES.get(np.dtype(dtype))
+        if code is None:
+            raise BankFileError(f"tensor {name!r}: unsupported dtype {dtype}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # safetensors aligns the data start to 8 bytes
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def factors_nbytes(
+    n: int,
+    meta: BankMeta,
+    c_dtype: np.dtype | type = np.float32,
+    labels: bool = False,
+) -> int:
+    """Exact size in bytes of the factors file ``save_factors`` writes for N rows with ``meta``'s d and r:
+    header plus mu [d], B [d, r], S [r] in float32, C [N, r] in ``c_dtype`` and labels [N] int64."""
+    d, r = meta.feature_dim, meta.rank
+    specs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+        "mu": (np.dtype(np.float32), (d,)),
+        "B": (np.dtype(np.float32), (d, r)),
+        "S": (np.dtype(np.float32), (r,)),
+        "C": (np.dtype(c_dtype), (n, r)),
+    }
+    if labels:
+        specs["labels"] = (np.dtype(np.int64), (n,))
+    data = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for dt, shape in specs.values())
+    return len(_header_blob(specs, meta)) + data
 
 
 def save_factors(
@@ -268,13 +294,8 @@ def save_factors(
     _check_shapes(
         tensors["mu"], tensors["B"], tensors["S"], tensors["C"], tensors.get("labels"), meta, str(path)
     )
-    header: dict[str, Any] = {"__metadata__": meta.to_strings()}
-    offset = 0
-    for name, arr in tensors.items():
-        header[name], offset = _encode(name, arr, offset)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # safetensors aligns the data start to 8 bytes
-    write_atomic(path, [struct.pack("<Q", len(blob)), blob], tensors.values())
+    blob = _header_blob({k: (a.dtype, tuple(a.shape)) for k, a in tensors.items()}, meta)
+    write_atomic(path, [blob], tensors.values())
 
 
 def write_atomic(

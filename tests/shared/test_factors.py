@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from shared.errors import BankFileError, DimensionMismatch, UnknownFormat, UnknownSnippet
-from shared.factors import BankMeta, load_factors, save_factors, write_atomic
+from shared.factors import BankMeta, factors_nbytes, load_factors, save_factors, write_atomic
 from tests.support.banks import svd_factors, unit_rows
 
 
@@ -50,6 +50,18 @@ def test_round_trip_keeps_tensors_and_metadata(tmp_path: Path):
     assert md["format"] == "gmem-bank" and md["format_version"] == "1"
     assert md["normalized"] == "true" and md["rank"] == "4" and md["feature_dim"] == "12"
     assert float(md["explained_variance"]) == pytest.approx(meta.explained_variance)
+
+
+@pytest.mark.parametrize(("c_dtype", "with_labels"), [(np.float32, False), (np.float16, True)])
+def test_planned_size_is_the_written_size(tmp_path: Path, c_dtype, with_labels: bool):
+    mu, B, S, C, meta, labels = bank_arrays(n=37, d=9, r=5)
+    path = tmp_path / "bank.safetensors"
+    save_factors(path, mu, B, S, C.astype(c_dtype), meta, labels=labels if with_labels else None)
+    assert factors_nbytes(37, meta, c_dtype, labels=with_labels) == path.stat().st_size
+    # The data part is what the contract's table says: mu, B, S float32, C in its dtype, labels int64.
+    (n,) = struct.unpack("<Q", path.read_bytes()[:8])
+    data = 4 * (9 + 9 * 5 + 5) + np.dtype(c_dtype).itemsize * 37 * 5 + (8 * 37 if with_labels else 0)
+    assert path.stat().st_size == 8 + n + data
 
 
 def test_snippets_are_unit_reconstructions_by_id(tmp_path: Path):

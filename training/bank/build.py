@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import cast
@@ -62,6 +62,12 @@ class Factorisation:
     S: np.ndarray  # [r] float32
     C: np.ndarray  # [N, r]
     explained_variance: float
+    # Every eigenvalue of the centred scatter (S^2 for the kept ones), descending, and all d eigenvectors
+    # (sign-fixed; the first r are B / S^(1/2)): what any other rank would keep, without refactorising.
+    spectrum: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [d] float64
+    basis: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [d, d] float64
+    # How many directions carry variance above _RELATIVE_EIG_FLOOR: the largest rank allowed.
+    directions: int = 0
 
 
 def default_chunk_rows(d: int) -> int:
@@ -135,30 +141,46 @@ def _moments(
     return shift + m, (scatter + scatter.T) / 2.0
 
 
-def _top_eigenvectors(scatter: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Top-r eigenpairs of the scatter (descending), signs fixed, and the explained variance."""
+def _eigen(scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """All eigenpairs of the scatter (descending, clipped at 0, signs fixed) and how many carry variance."""
     eigvals, eigvecs = np.linalg.eigh(scatter)
     order = np.argsort(eigvals)[::-1]
-    eigvals, eigvecs = np.clip(eigvals[order], 0.0, None), eigvecs[:, order]
+    eigvals, V = np.clip(eigvals[order], 0.0, None), eigvecs[:, order]
     top = eigvals[0] if eigvals.size else 0.0
     kept = int(np.sum(eigvals > _RELATIVE_EIG_FLOOR * top)) if top > 0 else 0
+    # Deterministic signs: each basis vector's largest-magnitude component is positive.
+    flip = np.sign(V[np.argmax(np.abs(V), axis=0), np.arange(V.shape[1])])
+    return eigvals, V * np.where(flip == 0, 1.0, flip), kept
+
+
+def _choose_rank(rank: int | None, kept: int) -> int:
+    """``rank``, or by default every direction in which the centred rows vary (lossless)."""
+    if kept == 0:
+        raise InvalidRank(
+            "every row is the same snippet: the centred features have no variance, so there is nothing "
+            "to factorise; give more distinct rows"
+        )
+    if rank is None:
+        return kept
     if rank > kept:
         raise InvalidRank(
             f"rank {rank} is larger than the {kept} directions in which the centred features vary "
-            f"(the rest have zero variance); use --rank {max(kept, 1)} or less, or more distinct rows"
+            f"(the rest have zero variance); use --rank {kept} or less, or more distinct rows"
         )
-    V = eigvecs[:, :rank]
-    # Deterministic signs: each basis vector's largest-magnitude component is positive.
-    flip = np.sign(V[np.argmax(np.abs(V), axis=0), np.arange(rank)])
-    V = V * np.where(flip == 0, 1.0, flip)
-    trace = float(np.trace(scatter))
-    explained = float(eigvals[:rank].sum() / trace) if trace > 0 else 1.0
-    return V, eigvals[:rank], min(explained, 1.0)
+    return rank
+
+
+def explained_by_rank(spectrum: np.ndarray) -> np.ndarray:
+    """Share of the centred energy kept at each rank 1..len(spectrum): cumsum(S^2) / trace."""
+    total = float(spectrum.sum())
+    if total <= 0:
+        return np.ones(len(spectrum))
+    return np.minimum(np.cumsum(spectrum) / total, 1.0)
 
 
 def factorise(
     X: np.ndarray,
-    rank: int,
+    rank: int | None = None,
     normalize: bool = True,
     chunk_rows: int | None = None,
     c_dtype: CDtype | str = CDtype.float32,
@@ -166,14 +188,17 @@ def factorise(
     progress: bool = True,
 ) -> Factorisation:
     """Factorise the rows of ``X`` (normalised first when ``normalize``) at ``rank`` in two streaming
-    passes."""
+    passes; ``rank=None`` keeps every direction with variance (at most min(N - 1, d)): lossless."""
     check_feature_array(X, what)
     n, d = X.shape
-    check_rank(rank, n, d)
+    if rank is not None:
+        check_rank(rank, n, d)
     chunk_rows = chunk_rows or default_chunk_rows(d)
     mu, scatter = _moments(X, normalize, chunk_rows, what, progress)
-    V, eigvals, explained = _top_eigenvectors(scatter, rank)
-    S = np.sqrt(eigvals)  # singular values of the centred matrix
+    spectrum, basis, kept = _eigen(scatter)
+    rank = _choose_rank(rank, kept)
+    V = basis[:, :rank]
+    S = np.sqrt(spectrum[:rank])  # singular values of the centred matrix
     root_S = np.sqrt(S)
     B = V * root_S
     to_C = V / root_S
@@ -188,7 +213,10 @@ def factorise(
         B=B.astype(np.float32),
         S=S.astype(np.float32),
         C=C,
-        explained_variance=explained,
+        explained_variance=float(explained_by_rank(spectrum)[rank - 1]),
+        spectrum=spectrum,
+        basis=basis,
+        directions=kept,
     )
 
 

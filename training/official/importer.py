@@ -9,8 +9,9 @@
 - ``--vae VAE.pt``: the VA-VAE f16d32 Lightning checkpoint -> ``DIR/vae_decoder.safetensors``;
 - ``--latent-stats STATS.pt``: per-channel latent mean/std (needed with ``--network``);
 - ``--bank BANK.pth``: the full bank ``[N, 768]`` of raw DINOv2 CLS tokens (L2-normalised
-  then factorised at ``--rank``) or the SVD dict (imported as is, ``normalized=false``)
-  -> ``DIR/bank.safetensors``.
+  then factorised, losslessly at rank 768 unless ``--rank`` is given) or the SVD dict
+  (imported as is, ``normalized=false``) -> ``DIR/bank.safetensors``, with a table of the
+  bank's size and fidelity at each rank.
 
 Foreign pickles are read with ``torch.load(weights_only=True)`` only. Every tensor our
 network needs must be present with its exact shape; missing, unexpected and misshapen
@@ -36,7 +37,8 @@ from rich.table import Table
 
 from shared.errors import ArtifactFileError, GMemError, IncompatibleArtifacts
 from shared.factors import load_factors
-from training.bank.importer import DEFAULT_FULL_RANK, run_import
+from training.bank.importer import BankImport, run_import
+from training.bank.storage import format_report
 from training.files.modelfile import save_model
 from training.files.statedict import state_dict_problems
 from training.latent.autoencoders import save_vavae
@@ -87,6 +89,7 @@ class PartReport:
     parameters: int
     out: str
     notes: list[str] = field(default_factory=list)
+    bank: BankImport | None = None  # for the bank: its size and fidelity at each rank
 
 
 # ----------------------------------------------------------------------------- reading foreign files
@@ -366,24 +369,28 @@ def import_vae(path: Path, out_dir: Path, stats: Path | None = None) -> PartRepo
 
 
 def import_bank(path: Path, out_dir: Path, rank: int | None) -> PartReport:
-    """Full bank or SVD dict -> DIR/bank.safetensors through training.bank.importer."""
+    """Full bank or SVD dict -> DIR/bank.safetensors through training.bank.importer (lossless without
+    ``rank``: the release's FID needs the snippets the network was trained on, not a truncation)."""
     target = out_dir / BANK_FILE
-    meta = run_import(path, target, rank=rank, encoder=DINOV2_ID, source=BANK_SOURCE)
+    result = run_import(path, target, rank=rank, encoder=DINOV2_ID, source=BANK_SOURCE)
+    meta = result.meta
     layout = meta.extra.get("official_layout", "?")
     detail = {
         "full": "full bank [N, 768], rows L2-normalised then factorised",
         "svd": "SVD dict, imported as is",
     }.get(layout, layout)
+    written = result.storage.written
     notes = [
-        f"rank {meta.rank}"
-        + (f" (default {DEFAULT_FULL_RANK})" if rank is None and layout == "full" else ""),
+        f"rank {meta.rank} of d = {meta.feature_dim} ({result.rank_note})",
         f"normalized={str(meta.normalized).lower()}",
         "explained variance unknown (the SVD dict keeps no trace of the dropped directions)"
         if math.isnan(meta.explained_variance)
         else f"explained variance {meta.explained_variance:.4f}",
+        f"{written.file_bytes:,} bytes, {written.dense_ratio:.3f} x the dense snippets; read back: "
+        f"min cos {result.storage.file_min_cosine:.6f} over {result.storage.sample:,} rows",
     ]
     size = load_factors(target).size
-    return PartReport("bank", path.name, detail, size, size * meta.rank, str(target), notes)
+    return PartReport("bank", path.name, detail, size, size * meta.rank, str(target), notes, bank=result)
 
 
 # ----------------------------------------------------------------------------- command
@@ -399,6 +406,9 @@ def print_summary(reports: list[PartReport]) -> None:
             r.part, r.source, r.detail, str(r.tensors), f"{r.parameters:,}", r.out, "; ".join(r.notes)
         )
     Console().print(table)
+    for r in reports:
+        if r.bank is not None:
+            typer.echo(format_report(r.bank.storage, r.bank.rank_note))
 
 
 def import_official_command(
@@ -436,7 +446,8 @@ def import_official_command(
     rank: Annotated[
         int | None,
         typer.Option(
-            help=f"Rank for factorising a full bank (default {DEFAULT_FULL_RANK}); truncates an SVD dict.",
+            help="Bank rank; default lossless (full bank: rank d = 768, SVD dict: its own rank); "
+            "smaller truncates.",
             envvar="GMEM_OFFICIAL_RANK",
         ),
     ] = None,
