@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-GMEM_STEPS, BASE_STEPS = 3000, 6000
+GMEM_STEPS, BASE_STEPS = 3000, 5000
 EVAL_SEED = 10_000
 HELD_SEED = 20_000
 
@@ -188,7 +188,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> str:
     out = Path(args.work) / slug(name, seed)
     if (out / "done.json").exists():
         return f"{name} seed {seed}: already done"
-    inp = load_inputs(("strong",) if v.snippets == "strong" else ("ssl",))
+    kinds = {None: (), "strong": ("strong",)}.get(v.snippets, ("ssl",))  # baselines need no encoder
+    inp = load_inputs(kinds)
     cfg = network_config(v, args)
     cond: torch.Tensor | None = None
     if v.conditioning == "snippet":
