@@ -27,7 +27,7 @@ from shared.factors import BankFactors, load_factors
 from training.data import load_dataset, to_model_input
 from training.encoders.registry import load_encoder
 from training.files.modelfile import check_compatible, load_model
-from training.flow.generate import decode, initial_noise, sample_tensor
+from training.flow.generate import check_cfg, decode, initial_noise, sample_tensor
 from training.network.config import GMemConfig
 from training.network.model import GMemDiT
 
@@ -153,6 +153,7 @@ def run_eval(
     if n < 2:
         raise InvalidInput(f"--n must be at least 2 for a Frechet distance; got {n}")
     model = load_model(model_path)
+    check_cfg(model.config, cfg_scale, "--cfg-scale")  # before the bank, the evalnet and the dataset load
     bank = None
     if model.config.conditioning == "snippet":
         if bank_path is None:

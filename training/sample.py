@@ -19,7 +19,7 @@ from shared.bankmath import cdf_index
 from shared.errors import GMemError, InvalidInput
 from shared.factors import load_factors
 from training.files.modelfile import LoadedModel, check_compatible, load_model
-from training.flow.generate import generate, initial_noise, to_png
+from training.flow.generate import check_cfg, generate, initial_noise, to_png
 
 GRID_PAD = 2
 GRID_FILL = 255  # white gutters: MNIST digits are white on black, so cells stay visible
@@ -69,6 +69,7 @@ def sample_grid(
     if n < 1:
         raise InvalidInput(f"--n must be at least 1; got {n}")
     model = load_model(model_path)
+    check_cfg(model.config, cfg_scale, "--cfg-scale")  # before the bank is read
     seeds = [seed + k for k in range(n)]
     snippets, ids = None, []
     if model.config.conditioning == "snippet":

@@ -4,7 +4,8 @@ Class tree (beside the shared domain errors of ``shared.errors``, which domain c
 
     GMemError (shared.errors)
     ├── InvalidInput (shared.errors)   422 (bad snippet: dimension, NaN, zero)
-    │   └── LimitExceeded              422 n or steps above the configured maxima
+    │   ├── LimitExceeded              422 n or steps above the configured maxima
+    │   └── CfgUnsupported             422 cfg_scale != 1 against a zero null the model was never trained on
     ├── IncompatibleArtifacts          503 the bank does not fit the model
     └── GeneratorError
         ├── BankUnreachable            503 + Retry-After: the bank cannot be reached or timed out
@@ -29,6 +30,12 @@ from shared.http.errors import SHARED_ROWS, ErrorTable, error_responses
 
 class LimitExceeded(InvalidInput):
     code = "limit_exceeded"
+
+
+class CfgUnsupported(InvalidInput):
+    """cfg_scale != 1 with the zero snippet as the null, on a model whose file records no trained null."""
+
+    code = "cfg_unsupported"
 
 
 class GeneratorError(GMemError):
@@ -59,6 +66,7 @@ STATUS = ErrorTable(
     [
         *SHARED_ROWS,
         (LimitExceeded, 422),
+        (CfgUnsupported, 422),
         (IncompatibleArtifacts, 503),
         (BankUnreachable, 503),
         (BankRejected, 502),

@@ -23,10 +23,16 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from services.generator.cache import SnippetCache
-from services.generator.errors import BankRejected, BankUnreachable, LimitExceeded, ModelNotReady
+from services.generator.errors import (
+    BankRejected,
+    BankUnreachable,
+    CfgUnsupported,
+    LimitExceeded,
+    ModelNotReady,
+)
 from services.generator.metrics import GeneratorMetrics
 from services.generator.prompts import PromptSnippets, check_prompt, prompt_snippets
-from services.generator.runtime import Runtime, check_bank_compatible, prepare_snippet
+from services.generator.runtime import ModelFacts, Runtime, check_bank_compatible, prepare_snippet
 from services.generator.settings import GeneratorSettings
 from shared import client as bc
 from shared.errors import EmptyPool, IncompatibleArtifacts, InvalidInput, UnknownSnippet
@@ -50,6 +56,30 @@ class Prepared:
 
 # Seeds drawn for the caller stay small enough to type back in.
 _DRAWN_SEED_LIMIT = 2**31
+
+NULL_REMEDY = (
+    "send cfg_scale 1, or give negative_snippet_id or negative_snippet: a real snippet, which the "
+    "network did see, replaces the zero null"
+)
+
+
+def check_cfg_null(
+    facts: ModelFacts, cfg_scale: float, has_negative: bool, remedy: str = NULL_REMEDY
+) -> None:
+    """422 ``cfg_unsupported`` for CFG against the zero null on a model that never saw it.
+
+    The default null is the zero snippet. A model trained with ``p_uncond`` 0 (files from before the
+    field count as 0) never had a whole snippet replaced by it, so its velocity there is an arbitrary
+    extrapolation and guiding against it steers by noise. A caller's negative snippet is a real
+    snippet, so that combination stays allowed; cfg_scale 1 never reads the null.
+    """
+    if cfg_scale == 1.0 or has_negative or facts.trained_null:
+        return
+    raise CfgUnsupported(
+        f"cfg_scale {cfg_scale:g} is refused: model {facts.id!r} records no trained CFG null (p_uncond 0: "
+        "it never saw the zero snippet that guidance uses as the null, so guiding against it steers by "
+        f"noise; GET /model trained_null is false); {remedy}"
+    )
 
 
 class Generator:
@@ -140,6 +170,8 @@ class Generator:
                 f"{self.settings.max_work} per request (GMEM_GENERATOR_MAX_WORK); ask for fewer "
                 "images or steps, or split the request"
             )
+        has_negative = req.negative_snippet_id is not None or req.negative_snippet is not None
+        check_cfg_null(self.runtime.facts, req.cfg_scale, has_negative)
         ok, detail = self.model_status()
         if not ok:
             raise ModelNotReady(f"{detail}; retry shortly")

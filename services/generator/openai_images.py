@@ -7,7 +7,9 @@ Mapping (also in docs/T2S.md): ``prompt`` -> ``prompt``; ``n`` -> ``n``; ``size`
 ``unsupported_response_format`` (the service keeps no images to link to);
 ``model``/``quality``/``style``/``user`` are accepted and ignored. ``seed``, ``steps``,
 ``sampler``, ``cfg_scale``, ``prompt_mode`` pass through (OpenAI clients send them with
-``extra_body``). ``revised_prompt`` is the prompt as the text encoder read it.
+``extra_body``); ``cfg_scale`` != 1 on a model with no trained CFG null (``GET /model``
+``trained_null`` false) is 422 ``cfg_unsupported``, since this route takes no negative snippet.
+``revised_prompt`` is the prompt as the text encoder read it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from services.generator.errors import ERROR_RESPONSES
-from services.generator.generation import Generator
+from services.generator.generation import Generator, check_cfg_null
 from shared.errors import InvalidInput
 from shared.schemas.generator import GenerateRequest
 from shared.schemas.images import ImageData, ImagesRequest, ImagesResponse
@@ -60,6 +62,14 @@ def openai_router(gen: Generator) -> APIRouter:
                 "to; ask for response_format 'b64_json' (the default here)"
             )
         check_size(body.size, gen.runtime.facts.resolution)
+        # This route takes no negative snippet, so the remedy names the route that does.
+        check_cfg_null(
+            gen.runtime.facts,
+            body.cfg_scale,
+            has_negative=False,
+            remedy="send cfg_scale 1; to guide against a real snippet instead, POST /generate with the "
+            "prompt and negative_snippet_id or negative_snippet",
+        )
         try:
             req = GenerateRequest(
                 prompt=body.prompt,

@@ -55,6 +55,7 @@ class ModelFacts:
     default_steps: int
     default_sampler: str
     space: str
+    trained_null: bool  # the zero snippet (the default CFG null) was a training input (GMemConfig)
 
 
 def read_model_facts(path: str | Path) -> ModelFacts:
@@ -96,6 +97,7 @@ def facts_from_config(cfg: GMemConfig, model_id: str) -> ModelFacts:
         default_steps=cfg.sampling.steps,
         default_sampler=cfg.sampling.sampler,
         space=str(cfg.space),
+        trained_null=cfg.trained_null,
     )
 
 
@@ -238,6 +240,7 @@ class Runtime:
             max_n=self.settings.max_n,
             max_steps=self.settings.max_steps,
             batch_invariance=self.invariance,
+            trained_null=self.facts.trained_null,
         )
 
     def observe_nfe(self, fn: Callable[[float], None]) -> None:

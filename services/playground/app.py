@@ -129,6 +129,9 @@ async def _generator_status(st: State) -> dict[str, Any]:
             "feature_dim": model.feature_dim,
             "default_steps": model.default_steps,
             "samplers": model.samplers,
+            # false: CFG against the zero null is refused (the page disables its cfg control); null: a
+            # generator from before GET /model said, which may still guide.
+            "trained_null": model.extra.get("trained_null"),
         },
     }
 

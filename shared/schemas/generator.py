@@ -49,7 +49,8 @@ class GenerateRequest(BaseModel):
             "examples": [
                 {"n": 4, "seed": 7, "steps": 16, "sampler": "euler"},
                 {"n": 2, "seed": 1, "snippet_ids": [42]},
-                {"n": 1, "pool": "user", "cfg_scale": 1.5},
+                # with a real null: valid whether or not the model trained the zero one (GET /model)
+                {"n": 1, "pool": "user", "cfg_scale": 1.5, "negative_snippet_id": 7},
             ]
         },
     )
@@ -74,7 +75,12 @@ class GenerateRequest(BaseModel):
     pool: Pool = Field(Pool.BASE, description="pool the noise-CDF index draws from when no snippet is given")
     # allow_inf_nan=False: a NaN would otherwise be reported as "should be <= 50", which misleads.
     cfg_scale: StrictFloat = Field(
-        1.0, ge=0.0, le=50.0, allow_inf_nan=False, description="classifier-free guidance scale; 1 = none"
+        1.0,
+        ge=0.0,
+        le=50.0,
+        allow_inf_nan=False,
+        description="classifier-free guidance scale; 1 = none. Against the zero null only where GET /model "
+        "trained_null is true; otherwise give negative_snippet_id or negative_snippet (else 422)",
     )
     prompt: str | None = Field(
         None,
@@ -216,4 +222,9 @@ class ModelInfo(BaseModel):
     max_steps: int | None = None
     batch_invariance: str | None = Field(
         None, description="how batched images are kept bit-identical to single ones"
+    )
+    trained_null: bool | None = Field(
+        None,
+        description="whether the network was trained on the zero snippet, the default CFG null; when "
+        "false, cfg_scale != 1 needs negative_snippet_id or negative_snippet (else 422 cfg_unsupported)",
     )

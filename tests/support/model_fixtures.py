@@ -72,6 +72,24 @@ def make_model(path: Path, seed: int = 0, **overrides) -> Path:
     return path
 
 
+def make_bank_model(path: Path, p_uncond: float, model_id: str, seed: int = 0) -> Path:
+    """A tiny random model file that fits the embedded mnist-5k bank (dimension 128, gmem/mnist-cnn), for
+    services over that bank; ``p_uncond`` says whether the file records a trained CFG null."""
+    from training.files.modelfile import save_model
+    from training.network.config import preset
+    from training.network.model import GMemDiT
+
+    torch.manual_seed(seed)
+    cfg = preset(
+        "gmem-tiny",
+        **{**TINY, "snippet_dim": 128, "input_size": 16, "init": "xavier", "default_steps": 3},
+        default_sampler="euler",
+        p_uncond=p_uncond,
+    )
+    save_model(path, GMemDiT(cfg), cfg, {"id": model_id})
+    return path
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """One intra-op thread: on a shared 2-core machine two OpenMP threads can run 20x slower than one."""

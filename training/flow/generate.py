@@ -40,6 +40,26 @@ def initial_noise(model: LoadedModel | GMemConfig, seed: int) -> torch.Tensor:
     return torch.randn(image_shape(config), generator=noise_generator(seed), dtype=torch.float32)
 
 
+def check_cfg(config: GMemConfig, cfg_scale: float, name: str = "cfg_scale") -> None:
+    """Refuse a guidance scale sampling cannot honour: not finite, or CFG against a null never trained.
+
+    ``guided`` uses the zero snippet as the null. A snippet network trained with ``p_uncond`` 0 never
+    saw it (its snippet dropout masks dimensions, never a whole snippet), so its "unconditional"
+    velocity is an arbitrary extrapolation and ``cfg_scale != 1`` steers by noise. ``name`` is how the
+    caller spells the option (``--cfg-scale`` on the command line). This is the entry points' check;
+    ``sample_tensor`` itself stays a plain sampler (release parity runs it with the release's CFG).
+    """
+    if not math.isfinite(cfg_scale):
+        # A NaN scale would silently turn every image into NaN (clamped to black).
+        raise InvalidInput(f"{name} must be a finite number; got {cfg_scale} (1 = no guidance)")
+    if cfg_scale != 1.0 and not config.trained_null:
+        raise InvalidInput(
+            f"{name} {cfg_scale:g} needs a CFG null the network was trained on, and this model file records "
+            f"none (p_uncond {config.p_uncond:g}: no training step replaced a whole snippet by the zero "
+            f"vector that guidance uses as the null); use {name} 1, or a model trained with p_uncond > 0"
+        )
+
+
 def sample_tensor(
     net: GMemDiT,
     config: GMemConfig,

@@ -196,7 +196,8 @@ def test_a_disconnecting_sync_client_cancels_and_vanished_clients_leave_the_queu
 def test_images_are_identical_alone_and_joining_a_running_batch_at_any_step(jobs_gen: Proc):
     bodies = [
         {"n": 2, "seed": 21, "steps": 40, "sampler": "heun"},
-        {"n": 1, "seed": 7, "steps": 20, "sampler": "euler", "cfg_scale": 1.5},
+        # CFG rows in the shared forward; a real null, since the embedded model may have no trained zero null
+        {"n": 1, "seed": 7, "steps": 20, "sampler": "euler", "cfg_scale": 1.5, "negative_snippet_id": 40},
         {"n": 1, "seed": 4, "steps": 30, "sampler": "sde", "snippet_ids": [12]},
     ]
     jobs = []
@@ -236,10 +237,13 @@ def test_blend_negative_snippet_and_guidance_interval(jobs_gen: Proc, stack: Sta
         httpx.post(url + "/generate", json={**base, "snippets": [{"id": 10**7, "weight": 1}]}).status_code
         == 404
     )
-    guided = {**base, "snippet_ids": [5], "cfg_scale": 2.0}
+    # Against a real null: the embedded model may record no trained zero null (test_cfg_null.py covers the
+    # zero null, and its refusal, on tiny models).
+    guided = {**base, "snippet_ids": [5], "cfg_scale": 2.0, "negative_snippet_id": 40}
     plain = _generate(url, guided)
     assert plain["forwards_saved"] == 0
-    assert _generate(url, {**guided, "negative_snippet_id": 40})["images"] != plain["images"]
+    assert _generate(url, {**guided, "negative_snippet_id": 41})["images"] != plain["images"]
+    assert _generate(url, {**guided, "cfg_scale": 1.0})["images"] != plain["images"]
     assert _generate(url, {**guided, "guidance_interval": [0.0, 1.0]})["images"] == plain["images"]
     saved_before = _metric(url, "gmem_generator_saved_forwards_total")
     half = _generate(url, {**guided, "guidance_interval": [0.5, 1.0]})

@@ -47,12 +47,24 @@ function fillSamplers(g) {
   $("#steps").placeholder = `model's (${g.model.default_steps})`;
 }
 
+// A model trained without a CFG null refuses cfg != 1 (the page sends no negative snippet): show cfg 1, disabled.
+function applyCfg(g) {
+  const input = $("#cfg");
+  const off = g.ok && g.model.trained_null === false;
+  if (off) input.value = "1";
+  input.disabled = off;
+  input.title = off
+    ? "this model was trained without a CFG null (p_uncond 0), so guidance is off: cfg 1"
+    : "classifier-free guidance scale; 1 = none";
+}
+
 export async function refreshStatus() {
   try {
     const s = await api("/api/status");
     state.status = s;
     renderStatus(s);
     fillSamplers(s.generator);
+    applyCfg(s.generator);
     return s;
   } catch (err) {
     $("#status").replaceChildren(pill("bad", el("b", {}, "playground unreachable: "), err.message));
