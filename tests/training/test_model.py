@@ -114,7 +114,7 @@ def test_unpatchify_inverts_row_major_patch_order():
 
 
 def _adapter(strategy: str, ratio: float = 0.4) -> SnippetAdapter:
-    return SnippetAdapter(preset("gmem-tiny", **TINY, mask_strategy=strategy, mask_ratio=ratio))
+    return SnippetAdapter(preset("gmem-tiny", **TINY, mask_strategy=strategy, mask_ratio=ratio, p_uncond=0.0))
 
 
 def test_zero_mask_is_inverted_dropout_per_dimension_and_off_in_eval():
@@ -131,15 +131,56 @@ def test_zero_mask_is_inverted_dropout_per_dimension_and_off_in_eval():
     assert torch.equal(ad.mask(c), c)
 
 
-@pytest.mark.parametrize("strategy", ["noise", "random"])
-def test_noise_and_random_masks_replace_about_ratio_of_dims(strategy):
+def test_random_mask_replaces_about_ratio_of_dims_by_random_values():
     torch.manual_seed(0)
     c = torch.nn.functional.normalize(torch.randn(2000, 8), dim=1)
-    m = _adapter(strategy).mask(c)
+    m = _adapter("random").mask(c)
     changed = float((m != c).float().mean())
     assert abs(changed - 0.4) < 0.03
     kept = m == c
     assert torch.equal(m[kept], c[kept])  # unmasked dims pass through unscaled
+    # the replacements have the spread of a random unit vector's entries, N(0, 1/d)
+    assert abs(float(m[~kept].std()) - 8**-0.5) < 0.03
+
+
+def test_noise_mask_blurs_every_dim_and_stays_on_the_sphere():
+    torch.manual_seed(0)
+    c = torch.nn.functional.normalize(torch.randn(4000, 64), dim=1)
+    m = _adapter("noise", 0.4).mask(c)
+    assert bool((m != c).all())
+    assert torch.allclose(m.norm(dim=1), torch.ones(4000), atol=1e-5)
+    # noise of relative norm 0.4: cos(s, s') is close to 1 / sqrt(1 + 0.4^2) = 0.928
+    cos = float((m * c).sum(1).mean())
+    assert 0.90 < cos < 0.95
+
+
+def test_every_mask_strategy_has_a_function_in_the_one_table():
+    from training.network.config import MaskStrategy
+    from training.network.model import _MASKS
+
+    assert set(_MASKS) == set(MaskStrategy) == {"zero", "random", "noise"}
+
+
+def test_p_uncond_zeroes_whole_snippets_in_training_only():
+    torch.manual_seed(0)
+    ad = SnippetAdapter(preset("gmem-tiny", **TINY, mask_ratio=0.0, p_uncond=0.2))
+    c = torch.nn.functional.normalize(torch.randn(5000, 8), dim=1)
+    m = ad.mask(c)
+    null = (m == 0).all(1)
+    assert abs(float(null.float().mean()) - 0.2) < 0.02
+    assert torch.equal(m[~null], c[~null])  # the other rows are untouched
+    ad.eval()
+    assert torch.equal(ad.mask(c), c)
+
+
+def test_presets_trained_from_scratch_use_adaln_zero_and_a_trained_null():
+    from training.network.config import PRESETS
+
+    for name, cfg in PRESETS.items():
+        assert cfg.init == "adaln-zero", name
+        assert cfg.p_uncond > 0 and cfg.trained_null, name
+    net = GMemDiT(preset("gmem-tiny", **TINY))
+    assert float(net.final_layer.linear.weight.abs().sum()) == 0.0  # the network starts as v = 0
 
 
 def test_ratio_zero_never_masks():

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from shared.errors import InvalidInput
 from training.encoders.registry import MnistSSL
 
 
@@ -119,7 +120,10 @@ def train_ssl_encoder(x: torch.Tensor, cfg: SSLConfig) -> tuple[MnistSSL, dict[s
     )
     params = [*net.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    per_epoch = len(x) // cfg.batch_size  # full batches only: NT-Xent's difficulty depends on the batch
+    batch = min(cfg.batch_size, len(x))
+    if batch < 2:
+        raise InvalidInput("self-supervised training needs at least 2 images (each must find its partner)")
+    per_epoch = len(x) // batch  # full batches only: NT-Xent's difficulty depends on the batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * per_epoch)
     stats: dict[str, Any] = {}
     bar = tqdm(range(cfg.epochs), desc="train gmem/mnist-ssl", unit="epoch")
@@ -128,7 +132,7 @@ def train_ssl_encoder(x: torch.Tensor, cfg: SSLConfig) -> tuple[MnistSSL, dict[s
         order = torch.randperm(len(x), generator=gen)
         loss_sum = 0.0
         for b in range(per_epoch):
-            xb = x[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            xb = x[order[b * batch : (b + 1) * batch]]
             loss = nt_xent(head(net(augment(xb, gen))), head(net(augment(xb, gen))), cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
