@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-GMEM_STEPS, BASE_STEPS = 3000, 5000
+GMEM_STEPS, BASE_STEPS = 3000, 8000
 EVAL_SEED = 10_000
 HELD_SEED = 20_000
 

@@ -60,7 +60,9 @@ class TrainOptions:
     ckpt_at: tuple[int, ...] = ()  # extra checkpoint steps (log-spaced curves: bench.reproduce)
 
 
-def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[TrainData, Any]:
+def load_train_data(
+    dataset: str, bank: str | None, conditioning: str, encoder_weights: str | None = None
+) -> tuple[TrainData, Any]:
     """Open the dataset (and bank), check they pair row by row; returns the data and the bank meta."""
     ds = load_dataset(dataset)
     if len(ds) == 0:
@@ -81,7 +83,7 @@ def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[
                 f"row i of the bank must be the snippet of image i: "
                 "build the bank from this dataset (python -m training build-bank --dataset ...)"
             )
-        cond, how = exact_snippets(x, factors)
+        cond, how = exact_snippets(x, factors, encoder_weights)
     elif conditioning == "class":
         if np.any(ds.labels < 0):
             raise InvalidInput(f"dataset {dataset!r} has unlabelled images; class conditioning needs labels")
@@ -97,7 +99,9 @@ def load_train_data(dataset: str, bank: str | None, conditioning: str) -> tuple[
 _EXACT_AGREEMENT = 0.95
 
 
-def exact_snippets(x: torch.Tensor, factors: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+def exact_snippets(
+    x: torch.Tensor, factors: Any, weights: str | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """The training condition of every image: the exact snippet ``f(x)/|f(x)|`` (paper eq. 3), encoded here
     with the bank's encoder, not the bank's rank-r reconstruction.
 
@@ -111,7 +115,7 @@ def exact_snippets(x: torch.Tensor, factors: Any) -> tuple[torch.Tensor, dict[st
     recon = torch.from_numpy(factors.snippets(np.arange(factors.size)))
     record: dict[str, Any] = {"encoder": meta.encoder, "bank_rank": meta.rank}
     try:
-        enc = load_encoder(meta.encoder)
+        enc = load_encoder(meta.encoder, weights)
     except (EncoderUnavailable, InvalidInput, GMemError) as exc:
         return recon, {**record, "kind": f"rank-{meta.rank} reconstruction", "why": str(exc)}
     f = enc.encode(x)
@@ -397,6 +401,13 @@ def train_command(
         Path | None,
         typer.Option(help="model file to fine-tune from (new dataset and bank)", envvar="GMEM_INIT"),
     ] = None,
+    encoder_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="weights of the bank's encoder, to train on exact snippets f(x)/|f(x)| (embedded: default)",
+            envvar="GMEM_ENCODER_WEIGHTS",
+        ),
+    ] = None,
     repa: Annotated[
         str | None,
         typer.Option(help="REPA preset: release (block 4, lambda 0.5, DINOv2) or mnist", envvar="GMEM_REPA"),
@@ -437,7 +448,8 @@ def train_command(
                 raise InvalidInput(
                     "pixel-space training needs --dataset (or --space latent --vae ... --cache ...)"
                 )
-            data, bank_meta = load_train_data(dataset, str(bank) if bank else None, conditioning)
+            weights = str(encoder_weights) if encoder_weights else None
+            data, bank_meta = load_train_data(dataset, str(bank) if bank else None, conditioning, weights)
             cfg, weight = build_config(preset_name, bank_meta, data, **fields), 0.0
         else:
             raise InvalidInput(f"--space must be pixel or latent; got {space!r}")

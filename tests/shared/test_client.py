@@ -28,7 +28,7 @@ from tests.support.services import TOKEN, free_port
 def test_bank_reads(stack):
     with BankClient(stack.bank.url) as bank:
         info = bank.info()
-        assert info.feature_dim == 128 and info.base_size > 0 and info.encoder == "gmem/mnist-cnn"
+        assert info.feature_dim == 128 and info.base_size > 0 and info.encoder == "gmem/mnist-ssl"
         z = np.random.default_rng(0).normal(size=(3, 64))
         got = bank.retrieve(z=z, pool="base")
         assert got.indices == [cdf_index(row, info.base_size) for row in z]

@@ -73,7 +73,7 @@ def make_model(path: Path, seed: int = 0, **overrides) -> Path:
 
 
 def make_bank_model(path: Path, p_uncond: float, model_id: str, seed: int = 0) -> Path:
-    """A tiny random model file that fits the embedded mnist-5k bank (dimension 128, gmem/mnist-cnn), for
+    """A tiny random model file that fits the embedded mnist-5k bank (dimension 128, gmem/mnist-ssl), for
     services over that bank; ``p_uncond`` says whether the file records a trained CFG null."""
     from training.files.modelfile import save_model
     from training.network.config import preset

@@ -116,7 +116,7 @@ def start_stack(tmp: Path) -> Stack:
     redis = start_redis(tmp)
     redis_url = f"redis://127.0.0.1:{redis.port}/0"
     try:
-        bank = start_bank(tmp, redis_url=redis_url, encoder="gmem/mnist-cnn")
+        bank = start_bank(tmp, redis_url=redis_url, encoder="gmem/mnist-ssl")
         try:
             gen = start_generator(tmp, bank.url, GMEM_REDIS_URL=redis_url)
         except BaseException:

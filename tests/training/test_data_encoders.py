@@ -90,7 +90,7 @@ def test_bank_from_an_image_folder_through_the_embedded_encoder(tmp_path: Path):
     out = tmp_path / "bank.safetensors"
     meta = run_build(out, 2, None, str(tmp_path / "images"), None, None, None, None)
     bank = load_factors(out)
-    assert meta.encoder == "gmem/mnist-cnn" and bank.meta.source == str(tmp_path / "images")
+    assert meta.encoder == "gmem/mnist-ssl" and bank.meta.source == str(tmp_path / "images")
     np.testing.assert_array_equal(np.asarray(bank.labels), [0, 0, 2, 2])
     assert (bank.size, bank.feature_dim, bank.rank) == (4, 128, 2)
 

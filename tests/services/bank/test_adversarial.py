@@ -85,7 +85,7 @@ def rss_mb(pid: int) -> float:
 
 def test_hostile_image_corpus_gets_answers_and_bounded_memory(tmp_path: Path) -> None:
     svc = start_service(
-        MNIST_BANK, tmp_path / "data", tmp_path / "bank.log", env={"GMEM_BANK_ENCODER": "gmem/mnist-cnn"}
+        MNIST_BANK, tmp_path / "data", tmp_path / "bank.log", env={"GMEM_BANK_ENCODER": "gmem/mnist-ssl"}
     )
     try:
         with httpx.Client(base_url=svc.url, timeout=60) as c:

@@ -106,7 +106,7 @@ def test_embedded_mnist_encoder_inserts_a_digit_near_its_class(tmp_path: Path) -
     X, y = mnist_data()
     factors = load_factors(MNIST_BANK)
     settings = BankSettings(
-        factors=MNIST_BANK, data_dir=tmp_path / "d", token=TOKEN, encoder="gmem/mnist-cnn"
+        factors=MNIST_BANK, data_dir=tmp_path / "d", token=TOKEN, encoder="gmem/mnist-ssl"
     )
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz").json()
@@ -122,7 +122,7 @@ def test_embedded_mnist_encoder_inserts_a_digit_near_its_class(tmp_path: Path) -
         # same numbers as projecting the encoder's feature in-process (eq. 10)
         from training.encoders.registry import load_encoder
 
-        f = load_encoder("gmem/mnist-cnn").encode_pil([Image.fromarray(digit)])
+        f = load_encoder("gmem/mnist-ssl").encode_pil([Image.fromarray(digit)])
         want = bankmath.project(f, factors.mu, factors.B, factors.S).coefficients[0]
         got = client.get(f"/bank/snippets/{out['id']}").json()["coefficients"]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -18,7 +18,7 @@ from gmem.launch import Process as Proc
 from tests.support.model_fixtures import make_bank_model
 from tests.support.services import ROOT, Stack, start_generator
 
-T2S_FILE = ROOT / "artifacts" / "mnist-5k" / "t2s.safetensors"  # fits any dimension-128 gmem/mnist-cnn model
+T2S_FILE = ROOT / "artifacts" / "mnist-5k" / "t2s.safetensors"  # fits any dimension-128 gmem/mnist-ssl model
 BASE = {"n": 2, "seed": 5, "steps": 3, "sampler": "euler", "snippet_ids": [12]}
 PROMPT = {"prompt": "a handwritten seven", "n": 1, "seed": 5, "steps": 3, "sampler": "euler"}
 CONTRACT_MODEL_FIELDS = {

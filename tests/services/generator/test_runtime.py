@@ -49,13 +49,13 @@ def test_model_facts_come_from_the_header(tiny_model_file):
     assert (facts.id, facts.feature_dim, facts.encoder, facts.resolution, facts.channels) == (
         "tiny-runtime-test",
         128,
-        "gmem/mnist-cnn",
+        "gmem/mnist-ssl",
         32,
         1,
     )
-    check_bank_compatible(facts, 128, "gmem/mnist-cnn", "http://bank")
+    check_bank_compatible(facts, 128, "gmem/mnist-ssl", "http://bank")
     with pytest.raises(IncompatibleArtifacts, match="dimension 128.*dimension 64"):
-        check_bank_compatible(facts, 64, "gmem/mnist-cnn", "http://bank")
+        check_bank_compatible(facts, 64, "gmem/mnist-ssl", "http://bank")
 
 
 def test_padded_and_natural_batches_give_the_same_bytes_as_singles(tiny_model_file):

@@ -51,7 +51,7 @@ def _run_generator(bank_url: str) -> subprocess.CompletedProcess:
 
 
 def test_wrong_snippet_dimension_refuses_to_start_naming_both(tmp_path):
-    _bank_file(tmp_path / "d16.safetensors", 16, "gmem/mnist-cnn")
+    _bank_file(tmp_path / "d16.safetensors", 16, "gmem/mnist-ssl")
     bank = start_bank(tmp_path, factors=tmp_path / "d16.safetensors")
     try:
         done = _run_generator(bank.url)
@@ -70,7 +70,7 @@ def test_wrong_encoder_refuses_to_start_naming_both(tmp_path):
     finally:
         bank.stop()
     assert done.returncode != 0
-    assert "gmem/mnist-cnn" in done.stderr and "timm/some-other-encoder" in done.stderr
+    assert "gmem/mnist-ssl" in done.stderr and "timm/some-other-encoder" in done.stderr
 
 
 def test_a_file_that_is_not_a_model_refuses_to_start(tmp_path):

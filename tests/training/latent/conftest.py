@@ -47,7 +47,7 @@ def cache_dir(tmp_path_factory) -> Path:
         "--vae",
         str(VAE),
         "--encoder",
-        "gmem/mnist-cnn",
+        "gmem/mnist-ssl",
         "--out",
         str(out),
         "--shard-size",

@@ -43,7 +43,7 @@ def test_init_refuses_a_bank_of_another_encoder(latent_model, cache_dir, tmp_pat
     )
     save_factors(other, f.mu, f.B, f.S, np.asarray(f.C), meta)
     res = run_cli(*_args(cache_dir, tmp_path / "x.safetensors", bank=other), "--init", str(latent_model))
-    assert res.exit_code == 2 and "test/other" in res.output and "gmem/mnist-cnn" in res.output
+    assert res.exit_code == 2 and "test/other" in res.output and "gmem/mnist-ssl" in res.output
 
 
 def test_init_refuses_a_model_of_another_shape(cache_dir, tmp_path):

@@ -53,7 +53,7 @@ def test_default_trains_the_embedded_text_encoder_and_the_adapter(tmp_path: Path
         keys = set(f.keys())
     assert md["format"] == "gmem-t2s" and md["format_version"] == "1"
     assert md["text_encoder"] == "gmem/mnist-text" and md["snippet_dim"] == "128"
-    assert md["encoder"] == "gmem/mnist-cnn" and "text_vocab" in md
+    assert md["encoder"] == "gmem/mnist-ssl" and "text_vocab" in md
     assert {"adapter.0.weight", "adapter.2.weight"} <= keys and any(k.startswith("text.") for k in keys)
     t2s = load_t2s(out)
     s, enc = t2s.snippets(["a handwritten seven", "a handwritten zero"])
