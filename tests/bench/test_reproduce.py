@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("repro")
-    argv = [sys.executable, "-m", "bench.reproduce", "--work", str(tmp / "work"), "--out-dir", str(tmp / "docs")]
+    argv = [sys.executable, "-m", "bench.reproduce", "--work", str(tmp / "work")]
+    argv += ["--out-dir", str(tmp / "docs")]
     argv += ["--quick", "--jobs", "1", "--n-eval", "60", "--bootstrap", "20"]
     argv += ["--only", "class-conditional", "gmem ssl, mask 0.4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

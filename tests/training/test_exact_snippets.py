@@ -37,7 +37,7 @@ def test_training_condition_is_the_exact_snippet_of_each_image(tmp_path):
     assert float((data.cond - recon).abs().max()) > 1e-3  # and not the bank's rank-4 rows
 
 
-def test_a_bank_of_an_encoder_not_available_here_falls_back_and_says_so(tmp_path, one_torch_thread):
+def test_a_bank_of_an_encoder_not_available_here_falls_back_and_says_so(tmp_path):
     make_folder(tmp_path / "ds", per_class=4)
     make_dataset_bank(tmp_path / "bank.safetensors", str(tmp_path / "ds"))  # encoder "test/bars"
     data, _ = load_train_data(str(tmp_path / "ds"), str(tmp_path / "bank.safetensors"), "snippet")

@@ -30,7 +30,7 @@ def test_nt_xent_rewards_views_that_find_their_partner():
     assert float(unmatched) > 0.8 * torch.log(torch.tensor(127.0))  # chance: 1 of 2N - 1 = 127
 
 
-def test_train_encoder_mnist_ssl_writes_a_loadable_self_supervised_encoder(tmp_path, one_torch_thread):
+def test_train_encoder_mnist_ssl_writes_a_loadable_self_supervised_encoder(tmp_path):
     make_folder(tmp_path / "ds", per_class=6, size=32)
     out = tmp_path / "ssl.safetensors"
     res = CliRunner().invoke(
