@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.reproduce --work runs/reproduce --jobs 2      # about an hour of CPU
     .venv/bin/python -m bench.reproduce --work runs/reproduce --report-only # tables again from saved features
 
-Successor of the earlier equal-budget comparison (2,400 steps, 250 samples). Same network, batch, optimiser and data for every run
-(a 64-wide, 4-deep ``gmem-tiny`` body, patch 4, batch 32, AdamW 1e-3, EMA 0.995):
+Successor of the earlier equal-budget comparison (2,400 steps, 250 samples). Same network, batch,
+optimiser and data for every run (a 64-wide, 4-deep ``gmem-tiny`` body, patch 4, batch 32, AdamW
+1e-3, EMA 0.995):
 
 - baselines trained 8,000 steps: class-conditional (the paper's comparator, SiT with labels; two
   training seeds) and unconditional;
