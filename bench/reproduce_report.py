@@ -77,7 +77,7 @@ class Scorer:
             "fd": fd,
             "fd_ci": list(fd_ci),
             "kid_x1e3": k,
-            "kid_ci": list(st.percentile_ci(np.asarray(kid_reps))),
+            "kid_ci": list(st.percentile_ci(st.centred(np.asarray(kid_reps), k))),
             "n": len(f),
             "floor": self.floor["fd"],
             "_reps": reps,
@@ -173,7 +173,7 @@ def held_out_block(sc: Scorer, feats: np.ndarray) -> dict[str, Any]:
     f = feats.astype(np.float64)
     idx = st.bootstrap_indices(len(f), sc.idx.shape[0], seed=2)
     point = st.frechet_distance(sc.held, f)
-    reps = [st.frechet_distance(sc.held, f[i]) for i in idx]
+    reps = st.centred(np.asarray([st.frechet_distance(sc.held, f[i]) for i in idx]), point)
     rng = np.random.default_rng(3)
     floor = [
         st.frechet_distance(sc.held, sc.ref[rng.choice(len(sc.ref), len(f), replace=False)])
@@ -184,7 +184,7 @@ def held_out_block(sc: Scorer, feats: np.ndarray) -> dict[str, Any]:
     own = int((j == np.arange(len(f))).sum())
     return {
         "fd_vs_held_out": point,
-        "fd_ci": list(st.percentile_ci(np.asarray(reps))),
+        "fd_ci": list(st.percentile_ci(reps)),
         "floor": float(np.mean(floor)),
         "n": len(f),
         "consistency": sc.consistency(feats, sc.labels_held),
@@ -202,7 +202,7 @@ def paired_fd_diff(sc: Scorer, a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     d = st.frechet_distance(sc.ref, a64) - st.frechet_distance(sc.ref, b64)
     reps = [st.frechet_distance(sc.ref, a64[i]) - st.frechet_distance(sc.ref, b64[i]) for i in sc.idx]
-    return {"diff": d, "ci": list(st.percentile_ci(np.asarray(reps)))}
+    return {"diff": d, "ci": list(st.percentile_ci(st.centred(np.asarray(reps), d)))}
 
 
 def index_block(

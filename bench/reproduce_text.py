@@ -35,7 +35,8 @@ def render(result: dict[str, Any], args: argparse.Namespace, out_dir: Path) -> s
         f"AdamW 1e-3, EMA 0.995), baselines {BASE_STEPS} steps, GMem {GMEM_STEPS} steps, checkpoints at "
         f"log-spaced steps. Every evaluation: n = {n} samples (heun 10 steps = 20 network calls), "
         "`gmem/mnist-evalnet` features (a classifier of our own, never the snippet encoder), FD and "
-        "KID x 1000 against the 4,500 mnist-5k:train images, 95% percentile bootstrap intervals over the "
+        "KID x 1000 against the 4,500 mnist-5k:train images, 95% bias-corrected percentile bootstrap "
+        "intervals over the "
         f"samples ({result['bootstrap']} replicates). **Floor** at the same n: {floor['what']}: "
         f"FD {floor['fd']:.2f} (range {floor['fd_range'][0]:.2f}-{floor['fd_range'][1]:.2f}), "
         f"KID x 1000 {floor['kid_x1e3']:.2f}.",
