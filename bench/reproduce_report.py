@@ -346,7 +346,14 @@ def write_markdown(result: dict[str, Any], out_dir: Path, args: argparse.Namespa
     path = out_dir / "RESULTS.md"
     old = path.read_text() if path.exists() else ""
     keep = old[old.index("## Text to snippet") :] if "## Text to snippet" in old else ""
-    path.write_text(render(result, args, out_dir) + ("\n" + keep if keep else ""))
+    preface = (
+        "## Earlier measurements, on the previous embedded default\n\n"
+        "The sections below were measured before this release's rebuild: their bank held the strong "
+        "encoder's (`gmem/mnist-cnn`) snippets at rank 32 and their models trained on those rank-32 "
+        "reconstructions. They were not rerun on the self-supervised default; read them as results about "
+        "that setup.\n\n"
+    )
+    path.write_text(render(result, args, out_dir) + ("\n" + preface + keep if keep else ""))
 
 
 __all__ = ["KEY", "write_report"]
