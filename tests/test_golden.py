@@ -20,10 +20,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "mnist-5k"
 
+# Recorded again on purpose for the self-supervised default (gmem/mnist-ssl bank, retrained model).
 SAMPLE_PNG_SHA256 = {
-    "sde": "56c749af9812759d8c8bb85cfbe038cb0ab99ee12a3a14c3a1b0515a9fe87359",
-    "heun": "fb35838cee9c218d5465ff016777a921e9b6e140ff0168ebb3c8bf6fca72b4cb",
-    "euler": "f1cc02f7539557ffb4e846040a892c18dbf8a789aeba246ecd0776b302b38f9c",
+    "sde": "4720fb7eaab7c93ae5e8eec27f45e4a701ad57935e15be2d6e6978650c8694d2",
+    "heun": "8d4d1c939fcc4cd86f8a290d6adcb4ddc9841c51a208cd983b8dfde088925d4e",
+    "euler": "9b083ace2a757a731bcd5386972e81adf1ac5bb4bd37aad55c60649e496b3dc8",
 }
 FEATURES_BANK_SHA256 = "b8201738bca2579ceccc3c49e0a66a150302c9d4c6690f529e8b821d5d14fc8e"
 DATASET_BANK_SHA256 = "8be173a23660cb88910f5146e35202bc264e6798438dbb8d4bf5e508b0f270b5"

@@ -8,8 +8,8 @@ tokens and batch. The release uses DINOv2-B/14 patch tokens (``x_norm_patchtoken
 256 x 768 at 224 px), block 4 and lambda 0.5 (``configs/gmem_sde_xl.yaml``).
 
 Patch features come from the same frozen encoder as the snippets: DINOv2's patch
-tokens after the final norm, or, for the embedded ``gmem/mnist-cnn``, its last 4x4
-feature map as 16 tokens. When the encoder's grid differs from the network's token
+tokens after the final norm, or, for the embedded ``gmem/mnist-ssl`` (self-supervised, as
+DINOv2 is; ``gmem/mnist-cnn`` works too), its last 4x4 feature map as 16 tokens. When the encoder's grid differs from the network's token
 grid the features are resampled (bilinear) to the network's grid once, at load time.
 """
 
@@ -36,10 +36,10 @@ class RepaPreset:
 
 
 # The release's values (configs/gmem_sde_{b,xl}.yaml: encoder_depth 4, proj_coeff 0.5, dinov2_vitb14),
-# and the same recipe scaled to the embedded mnist-5k network (6 blocks, CNN encoder).
+# and the same recipe scaled to the embedded mnist-5k network (6 blocks, the self-supervised CNN encoder).
 REPA_PRESETS: dict[str, RepaPreset] = {
     "release": RepaPreset(encoder_depth=4, weight=0.5, encoder="timm/vit_base_patch14_dinov2"),
-    "mnist": RepaPreset(encoder_depth=2, weight=0.5, encoder="gmem/mnist-cnn"),
+    "mnist": RepaPreset(encoder_depth=2, weight=0.5, encoder="gmem/mnist-ssl"),
 }
 
 

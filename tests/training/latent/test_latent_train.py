@@ -27,7 +27,7 @@ def test_model_file_records_space_vae_and_normalisation(latent_model, cache_dir)
     assert meta["latent_mean"] == manifest["latent_mean"] and meta["latent_std"] == manifest["latent_std"]
     assert meta["normalization"]["space"] == "latent"
     assert (
-        meta["repa_dim"] == 64
+        meta["repa_dim"] == 128  # gmem/mnist-ssl's 4x4 map has 128 channels
         and meta["encoder_depth"] == 2
         and meta["train"]["options"]["repa_weight"] == 0.5
     )
