@@ -9,8 +9,9 @@ tokens and batch. The release uses DINOv2-B/14 patch tokens (``x_norm_patchtoken
 
 Patch features come from the same frozen encoder as the snippets: DINOv2's patch
 tokens after the final norm, or, for the embedded ``gmem/mnist-ssl`` (self-supervised, as
-DINOv2 is; ``gmem/mnist-cnn`` works too), its last 4x4 feature map as 16 tokens. When the encoder's grid differs from the network's token
-grid the features are resampled (bilinear) to the network's grid once, at load time.
+DINOv2 is; ``gmem/mnist-cnn`` works too), its last 4x4 feature map as 16 tokens. When the
+encoder's grid differs from the network's token grid the features are resampled (bilinear) to the
+network's grid once, at load time.
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ import torch.distributed as dist
 import typer
 from tqdm import tqdm
 
-from shared.errors import GMemError, IncompatibleArtifacts, InvalidInput
+from shared.errors import EncoderUnavailable, GMemError, IncompatibleArtifacts, InvalidInput
 from shared.factors import load_factors
 from training.data import TrainData, load_dataset, to_model_input
+from training.encoders.registry import load_encoder
 from training.files.checkpoint import check_same_architecture, load_checkpoint, restore, save_checkpoint
 from training.files.modelfile import save_model
 from training.flow.generate import sample_tensor, to_uint8
@@ -108,9 +109,6 @@ def exact_snippets(
     Falls back to the reconstructions, and says so in the returned record (written to the model file),
     when the bank's encoder cannot be loaded here (foreign weights) or its snippets do not match the bank
     (the bank was built with other weights)."""
-    from shared.errors import EncoderUnavailable  # one error type, only this path raises it
-    from training.encoders.registry import load_encoder
-
     meta = factors.meta
     recon = torch.from_numpy(factors.snippets(np.arange(factors.size)))
     record: dict[str, Any] = {"encoder": meta.encoder, "bank_rank": meta.rank}

@@ -213,6 +213,8 @@ def test_train_encoder_command_writes_a_loadable_encoder(tmp_path: Path):
             "-m",
             "training",
             "train-encoder",
+            "--kind",
+            "mnist-cnn",
             "--dataset",
             "mnist-5k:eval",
             "--epochs",

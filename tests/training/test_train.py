@@ -149,7 +149,7 @@ def test_bad_options_are_refused_with_the_allowed_values(data_dir, tmp_path):
         "--mask-strategy",
         "blur",
     )
-    assert res.exit_code == 2 and "zero, noise or random" in res.output
+    assert res.exit_code == 2 and "zero, random or noise" in res.output
     res = run_cli("--dataset", str(data_dir / "ds"), "--out", str(tmp_path / "m.safetensors"))
     assert res.exit_code == 2 and "--bank" in res.output
 
