@@ -25,7 +25,7 @@ import torch.distributed as dist
 import typer
 from tqdm import tqdm
 
-from shared.errors import EncoderUnavailable, GMemError, IncompatibleArtifacts, InvalidInput
+from shared.errors import GMemError, IncompatibleArtifacts, InvalidInput
 from shared.factors import load_factors
 from training.data import TrainData, load_dataset, to_model_input
 from training.encoders.registry import load_encoder
@@ -70,7 +70,7 @@ def load_train_data(
         raise InvalidInput(f"dataset {dataset!r} holds no images")
     x = to_model_input(ds.images)
     preview = np.linspace(0, len(ds) - 1, 16).round().astype(int).tolist()
-    meta, cond = None, None
+    meta, cond, how = None, None, None
     if conditioning == "snippet":
         if bank is None:
             raise InvalidInput("snippet conditioning needs --bank FILE (built from the same dataset)")
@@ -89,10 +89,7 @@ def load_train_data(
         if np.any(ds.labels < 0):
             raise InvalidInput(f"dataset {dataset!r} has unlabelled images; class conditioning needs labels")
         cond = torch.from_numpy(ds.labels.astype(np.int64))
-    data = TrainData(x=x, cond=cond, source=ds.source, preview_ids=preview)
-    if conditioning == "snippet":
-        data.snippets = how
-    return data, meta
+    return TrainData(x=x, cond=cond, source=ds.source, preview_ids=preview, snippets=how), meta
 
 
 # A bank row and the exact snippet of its image must agree at least this well (mean cosine) for the exact
@@ -114,7 +111,7 @@ def exact_snippets(
     record: dict[str, Any] = {"encoder": meta.encoder, "bank_rank": meta.rank}
     try:
         enc = load_encoder(meta.encoder, weights)
-    except (EncoderUnavailable, InvalidInput, GMemError) as exc:
+    except GMemError as exc:  # not loadable here (EncoderUnavailable, foreign weights, unknown id)
         return recon, {**record, "kind": f"rank-{meta.rank} reconstruction", "why": str(exc)}
     f = enc.encode(x)
     exact = torch.nn.functional.normalize(f, dim=1) if meta.normalized else f

@@ -170,27 +170,23 @@ def run_training(
         **{**cfg.__dict__, "epochs": epochs or cfg.epochs, "seed": cfg.seed if seed is None else seed}
     )
     ds = load_dataset(dataset)
-    if kind == EncoderKind.mnist_ssl:
-        return _run_ssl(out, dataset, cfg)
-    if (ds.labels < 0).any():
+    if kind != EncoderKind.mnist_ssl and (ds.labels < 0).any():
         raise InvalidInput(f"{dataset}: training an embedded network needs a label for every image")
     if ds.resolution != 32:
         raise InvalidInput(
             f"{dataset}: embedded networks take 32x32 images; got {ds.resolution}x{ds.resolution}"
         )
     x = to_model_input(ds.images)
-    y = torch.from_numpy(np.asarray(ds.labels))
+    extra: dict[str, Any] = {"dataset": dataset, "seed": cfg.seed, "epochs": cfg.epochs}
     net: nn.Module
-    if kind == EncoderKind.mnist_cnn:
-        net, stats = train_snippet_encoder(x, y, cfg)
+    if kind == EncoderKind.mnist_ssl:
+        net, stats = _train_ssl(x, ds.labels, dataset, cfg)
+        extra["objective"] = "SimCLR NT-Xent, temperature 0.2, no labels, no reconstruction; head discarded"
+    elif kind == EncoderKind.mnist_cnn:
+        net, stats = train_snippet_encoder(x, torch.from_numpy(np.asarray(ds.labels)), cfg)
     else:
-        net, stats = train_evalnet(x, y, cfg)
-    extra = {
-        "dataset": dataset,
-        "seed": cfg.seed,
-        "epochs": cfg.epochs,
-        **{k: f"{v:.5f}" for k, v in stats.items()},
-    }
+        net, stats = train_evalnet(x, torch.from_numpy(np.asarray(ds.labels)), cfg)
+    extra.update({k: f"{v:.5f}" for k, v in stats.items()})
     save_embedded(out, cfg.encoder_id, net, cfg.feature_dim, extra)
     print(
         f"wrote {out}: {cfg.encoder_id}, feature_dim {cfg.feature_dim}, "
@@ -199,42 +195,27 @@ def run_training(
     return stats
 
 
-def _run_ssl(out: str, dataset: str, cfg: EncoderTrainConfig) -> dict[str, Any]:
+def _train_ssl(
+    x: torch.Tensor, labels: np.ndarray, dataset: str, cfg: EncoderTrainConfig
+) -> tuple[nn.Module, dict[str, Any]]:
     """``gmem/mnist-ssl``: images only; labels, where the dataset has them, only score the frozen feature."""
     from training.encoders.ssl import SSLConfig, probe, train_ssl_encoder  # only this kind needs it
 
-    ds = load_dataset(dataset)
-    if ds.resolution != 32:
-        raise InvalidInput(
-            f"{dataset}: embedded networks take 32x32 images; got {ds.resolution}x{ds.resolution}"
-        )
-    x = to_model_input(ds.images)
-    ssl = SSLConfig(feature_dim=cfg.feature_dim, epochs=cfg.epochs, seed=cfg.seed)
-    net, stats = train_ssl_encoder(x, ssl)
-    if (ds.labels >= 0).all():
+    net, stats = train_ssl_encoder(
+        x, SSLConfig(feature_dim=cfg.feature_dim, epochs=cfg.epochs, seed=cfg.seed)
+    )
+    if (labels >= 0).all():
         # The probe's held-out images: mnist-5k:eval for the built-in training split, else every 10th row.
+        y_all = torch.from_numpy(labels)
         if dataset == "mnist-5k:train":
             held = load_dataset("mnist-5k:eval")
+            x_fit, y_fit = x, y_all
             x_eval, y_eval = to_model_input(held.images), torch.from_numpy(held.labels)
-            x_fit, y_fit = x, torch.from_numpy(ds.labels)
         else:
             rows = torch.arange(len(x)) % 10 == 9
-            y_all = torch.from_numpy(ds.labels)
             x_fit, y_fit, x_eval, y_eval = x[~rows], y_all[~rows], x[rows], y_all[rows]
         stats.update(probe(net, x_fit, y_fit, x_eval, y_eval))
-    extra = {
-        "dataset": dataset,
-        "seed": cfg.seed,
-        "epochs": cfg.epochs,
-        "objective": "SimCLR NT-Xent, temperature 0.2, no labels, no reconstruction; head discarded",
-        **{k: f"{v:.5f}" for k, v in stats.items()},
-    }
-    save_embedded(out, cfg.encoder_id, net, cfg.feature_dim, extra)
-    print(
-        f"wrote {out}: {cfg.encoder_id}, feature_dim {cfg.feature_dim}, "
-        + ", ".join(f"{k} {v:.4f}" for k, v in stats.items())
-    )
-    return stats
+    return net, stats
 
 
 def train_encoder_command(
