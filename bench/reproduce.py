@@ -20,8 +20,8 @@ sample k is the noise-CDF pick of paper 4.3 from the 4,500 training rows, the cl
 baseline's label is the label of that same row). Their ``gmem/mnist-evalnet`` features are saved,
 and every number below is computed from those files:
 
-- FD and KID against the 4,500 training images, each with a 95% percentile bootstrap interval
-  (resampling the 1,000 samples); the floor is 1,000 real training images at the same n;
+- FD and KID against the 4,500 training images, each with a 95% bias-corrected percentile bootstrap
+  interval (resampling the 1,000 samples); the floor is 1,000 real training images at the same n;
 - speedup: the step ratio at matched FD against the class-conditional curve, interpolated in
   (log step, log FD) over the whole curve, with a bootstrap interval over samples and seeds;
 - copy rate: share of samples whose nearest training image (evalnet features) is closer than 90%

@@ -19,10 +19,6 @@ from bench.reproduce import KEY, VARIANTS, slug
 COPY_QUANTILE = 10  # a sample is a copy when nearer to a training image than 90% of held-out images are
 
 
-def _fmt(v: float, ci: tuple[float, float], digits: int = 1) -> str:
-    return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
 def _nn_dist(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distance from each row of a to its nearest row of b (Euclidean), and that row's index."""
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
