@@ -14,6 +14,7 @@ import pytest
 
 from gmem.launch import Process as Proc
 from tests.support.services import Stack, start_generator
+from tests.support.sse import read_events
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +60,7 @@ def _wait(url: str, job_id: str, timeout: float = 60) -> dict:
 
 
 def _events(url: str, job_id: str) -> list[tuple[str, dict]]:
-    out, event = [], None
-    with httpx.stream("GET", f"{url}/jobs/{job_id}/events", timeout=60) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event:
-                out.append((event, json.loads(line.split(":", 1)[1])))
-                if event == "done":
-                    break
-    return out
+    return read_events(f"{url}/jobs/{job_id}/events", timeout=60)
 
 
 def _generate(url: str, body: dict) -> dict:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from gmem.launch import Process, free_port, playground_process, started
 from tests.services.playground.conftest import Tab
 from tests.support.model_fixtures import make_bank_model
 from tests.support.services import start_bank, start_generator
+from tests.support.sse import read_events
 
 expect.set_options(timeout=60_000)
 
@@ -44,16 +44,7 @@ def playgrounds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 def run_events(url: str, body: dict) -> list[tuple[str, dict]]:
     r = httpx.post(url + "/api/runs", json=body, timeout=30)
     assert r.status_code == 202, r.text
-    out, event = [], None
-    with httpx.stream("GET", url + r.json()["events"], timeout=60) as resp:
-        for line in resp.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event:
-                out.append((event, json.loads(line.split(":", 1)[1])))
-                if event == "done":
-                    break
-    return out
+    return read_events(url + r.json()["events"], timeout=60)
 
 
 def test_status_reports_the_trained_null(playgrounds):

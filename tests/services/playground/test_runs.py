@@ -6,31 +6,17 @@ the JSON envelope with a 4xx.
 from __future__ import annotations
 
 import base64
-import json
 
 import httpx
 
 from gmem.stack import LocalStack
 from tests.services.playground.conftest import STEPS
+from tests.support.sse import read_events
 
 
 def events_of(url: str) -> list[tuple[str, dict]]:
     """The whole text/event-stream of a run, parsed here (not with the playground's own parser)."""
-    out, event, data = [], None, []
-    with httpx.stream("GET", url, timeout=120) as resp:
-        assert resp.status_code == 200
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        for line in resp.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                data.append(line.split(":", 1)[1].strip())
-            elif line == "" and event:
-                out.append((event, json.loads("\n".join(data))))
-                if event == "done":
-                    break
-                event, data = None, []
-    return out
+    return read_events(url)
 
 
 def generator_has_jobs(stack: LocalStack) -> bool:
